@@ -1,0 +1,225 @@
+"""Run configuration: plain dataclasses, loaded from YAML and validated strictly.
+
+A run is described by one `RunConfig`. YAML files under `configs/` and `--set a.b=value`
+overrides on the command line are checked against these dataclasses: an unknown key, a value of
+the wrong type or an inconsistent combination raises `ConfigError` with a one-line message that
+names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hdlm.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """The transformer backbone (see `hdlm.model.Transformer`)."""
+
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    max_len: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    d_model: int = 256
+    mlp_ratio: float = 4.0
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    rope_theta: float = 10000.0
+    tie_weights: bool = True
+    bias: bool = False
+    dropout: float = 0.0
+    time_conditioning: bool = False  # add an embedding of each position's noise level
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["bpe", "gpt2", "char"] = "bpe"
+    vocab_size: int = 4096  # for kind=bpe: trained on the corpus' training split
+    path: str | None = None  # an existing tokenizer.json (or a directory holding one)
+
+
+@dataclass
+class SyntheticConfig:
+    """A seeded random Markov chain over `n_states` symbols (corpus `synthetic`)."""
+
+    n_states: int = 32
+    n_docs: int = 2000
+    doc_len: int = 256
+    concentration: float = 0.2  # Dirichlet concentration of each transition row
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "pydocs"  # pydocs | synthetic | a Hugging Face dataset name | a local path
+    seq_len: int = 128  # tokens per training block, BOS included
+    text_field: str = "text"  # column holding the text in HF / jsonl data
+    hf_subset: str | None = None  # configuration name of a Hugging Face dataset
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    max_documents: int | None = None
+    cache_dir: str = "~/.cache/hdlm"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    ema: float = 0.0  # EMA decay of the weights; 0 disables
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False
+    eval_every: int = 200
+    eval_batches: int = 16
+    log_every: int = 10
+    save_every: int = 500
+    tensorboard: bool = False
+    init_from: str | None = None  # start from the weights of this checkpoint
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    family: str = "ar"
+    seed: int = 0
+    out_dir: str = "runs/{name}"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out_dir.format(name=self.name))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value or {}, path)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _coerce(inner, value, path)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{path} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(
+            f"{path} must be {hint.__name__}, got {type(value).__name__} {value!r}; "
+            f"fix the value in the YAML file or the --set override"
+        )
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value (e.g. train.steps=100)")
+        dotted, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = dotted.strip().split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{key}' is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass an existing YAML (see configs/)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    config = from_dict(RunConfig, apply_overrides(data, list(overrides)))
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Checks that span several keys; every message names the keys and the fix."""
+    m, d, t = config.model, config.data, config.train
+    if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+        raise ConfigError(
+            f"model.d_model={m.d_model} must split into model.n_heads={m.n_heads} heads "
+            "of even size (RoPE rotates pairs of dimensions)"
+        )
+    if d.seq_len > m.max_len:
+        raise ConfigError(
+            f"data.seq_len={d.seq_len} is longer than the model's context model.max_len={m.max_len}; "
+            "lower data.seq_len or raise model.max_len"
+        )
+    if d.seq_len < 2:
+        raise ConfigError(f"data.seq_len={d.seq_len} must be at least 2 (BOS plus one token)")
+    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1:
+        raise ConfigError("data.val_fraction and data.test_fraction must lie in [0, 1)")
+    positive = {
+        "train.steps": t.steps,
+        "train.batch_size": t.batch_size,
+        "train.grad_accum": t.grad_accum,
+        "model.n_layers": m.n_layers,
+        "model.n_heads": m.n_heads,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1")
+    if not 0 <= t.ema < 1:
+        raise ConfigError(f"train.ema={t.ema} must lie in [0, 1) (0 disables EMA)")
+    from hdlm.objectives import FAMILIES
+
+    if config.family not in FAMILIES:
+        raise ConfigError(f"unknown family '{config.family}'; choose one of {', '.join(FAMILIES)}")
