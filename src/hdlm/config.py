@@ -91,6 +91,7 @@ class TrainConfig:
     eval_batches: int = 16
     log_every: int = 10
     save_every: int = 500
+    keep_last: int = 3  # checkpoints kept on disk
     tensorboard: bool = False
     init_from: str | None = None  # start from the weights of this checkpoint
 
@@ -144,7 +145,9 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{path} must be one of {', '.join(map(str, choices))}, got {value!r}")
+            raise ConfigError(
+                f"{path} must be one of {', '.join(map(str, choices))}, got {value!r}"
+            )
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -162,7 +165,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key.sub=value (e.g. train.steps=100)")
+            raise ConfigError(
+                f"override '{item}' must look like key.sub=value (e.g. train.steps=100)"
+            )
         dotted, raw = item.split("=", 1)
         node = data
         *parents, leaf = dotted.strip().split(".")
@@ -213,6 +218,7 @@ def validate(config: RunConfig) -> None:
         "train.grad_accum": t.grad_accum,
         "model.n_layers": m.n_layers,
         "model.n_heads": m.n_heads,
+        "train.keep_last": t.keep_last,
     }
     for key, value in positive.items():
         if value < 1:

@@ -1,0 +1,149 @@
+"""The `hdlm` command line: train | sample | eval | plot.
+
+Every user mistake surfaces as one line `hdlm: error: ...` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hdlm.errors import HdlmError
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.n_layers=4 (repeatable)",
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from hdlm.config import load_config
+    from hdlm.train import train
+
+    overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
+    config = load_config(args.config, overrides)
+    out = train(config, resume=args.resume, progress=not args.no_progress)
+    print(f"saved to {out} (hdlm sample {out} / hdlm eval {out})")
+
+
+def _load(args: argparse.Namespace):
+    import hdlm
+
+    return hdlm.load(args.checkpoint, device=args.device)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    lm = _load(args)
+    tokens = lm.sample(
+        args.num_samples,
+        args.length,
+        sampler=args.sampler,
+        prompt=args.prompt,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        use_cache=not args.no_cache,
+    )
+    for i, text in enumerate(lm.decode(tokens)):
+        print(f"=== sample {i} ===\n{text}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from hdlm.config import apply_overrides, from_dict, to_dict
+    from hdlm.data import prepare_data
+    from hdlm.errors import DataError
+    from hdlm.evaluate import perplexity
+
+    lm = _load(args)
+    overrides = [o.removeprefix("data.") for o in args.overrides]
+    overrides += [f"corpus={args.data}"] if args.data else []
+    data_config = from_dict(
+        type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides)
+    )
+    data = prepare_data(data_config, lm.tokenizer)
+    if args.split not in data.blocks:
+        raise DataError(f"split '{args.split}' is empty; choose one of {', '.join(data.blocks)}")
+    result = perplexity(lm, data.blocks[args.split], args.batch_size, max_blocks=args.max_blocks)
+    result.update(
+        checkpoint=str(args.checkpoint),
+        family=lm.config.family,
+        corpus=data_config.corpus,
+        split=args.split,
+        entropy_floor=data.entropy_floor,
+    )
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hdlm",
+        description="Train, sample and evaluate AR, diffusion, hybrid (HDLM) and A3 language models.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", required=True, help="YAML file, e.g. configs/ar-tiny.yaml")
+    p.add_argument("--out", help="run directory (default: the config's out_dir)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_set(p)
+    p.set_defaults(func=cmd_train)
+
+    def add_checkpoint(p: argparse.ArgumentParser) -> None:
+        p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+
+    p = commands.add_parser("sample", help="generate text from a checkpoint")
+    add_checkpoint(p)
+    p.add_argument("--prompt", default=None, help="text the samples continue")
+    p.add_argument("-n", "--num-samples", type=int, default=2)
+    p.add_argument("--length", type=int, default=None, help="tokens per sample incl. the prompt")
+    p.add_argument("--sampler", default=None, help="sampler (default: the family's own)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
+    p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("eval", help="perplexity (NELBO) of a checkpoint on a corpus")
+    add_checkpoint(p)
+    p.epilog = "--set overrides the checkpoint's data section, e.g. --set data.seq_len=256"
+    p.add_argument("--data", default=None, help="corpus (default: the one it was trained on)")
+    p.add_argument("--split", default="test", help="train, validation or test (default test)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-blocks", type=int, default=None, help="evaluate at most this many blocks")
+    p.add_argument("--json", default=None, help="also write the result to this file")
+    _add_set(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except HdlmError as e:
+        print(f"hdlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hdlm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Device and precision choice, by measurement rather than assumption.
+
+CPUs differ wildly in bf16 speed (from ~300x slower than fp32 to ~6x faster with AMX), so
+`precision: auto` times a matmul in each candidate precision on this machine and keeps the faster.
+The same measurement is the peak that MFU is reported against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from functools import cache
+
+import torch
+
+from hdlm.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"train.device={name!r} is not a device (use auto, cpu or cuda:N)") from e
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@cache
+def matmul_flops(precision: str, device_type: str, size: int = 1024, seconds: float = 0.3) -> float:
+    """Measured throughput (FLOP/s) of size x size x size matmuls in one precision."""
+    device = torch.device(device_type)
+    a = torch.randn(size, size, device=device, dtype=DTYPES[precision])
+    b = torch.randn(size, size, device=device, dtype=DTYPES[precision])
+    for _ in range(3):  # warm-up: thread pools, kernel selection
+        a @ b
+    synchronize(device)
+    runs, start = 0, time.perf_counter()
+    while runs < 2 or time.perf_counter() - start < seconds:
+        a @ b
+        synchronize(device)
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 on GPUs that support it; on CPU whichever of fp32/bf16 measures faster."""
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise ConfigError("train.precision=fp16 needs a GPU; use auto, fp32 or bf16 on CPU")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    fp32, bf16 = matmul_flops("fp32", "cpu", 512, 0.1), matmul_flops("bf16", "cpu", 512, 0.1)
+    return "bf16" if bf16 > 1.2 * fp32 else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context for the forward pass (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])

@@ -1,0 +1,229 @@
+"""The one backbone every family shares: a pre-norm transformer with RoPE, SDPA and a KV cache.
+
+Families differ only in what they feed it (noised tokens, per-position noise levels, an attention
+mask) and how they read its output; the network itself is the same function everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hdlm.config import ModelConfig
+from hdlm.errors import HdlmError
+
+
+@dataclass
+class KVCache:
+    """Keys and values of committed positions, per layer, preallocated to the model's context.
+
+    `keys[l]` and `values[l]` are [B, H, max_len, head_dim]; entries `[:length]` are valid. A
+    forward pass with `commit=True` appends its positions; with `commit=False` it only reads, so a
+    sampler can compute in-flight positions against the cache without changing it.
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, config: ModelConfig, batch: int, device, dtype) -> KVCache:
+        head_dim = config.d_model // config.n_heads
+        shape = (batch, config.n_heads, config.max_len, head_dim)
+        make = lambda: torch.zeros(shape, device=device, dtype=dtype)  # noqa: E731
+        return cls(
+            [make() for _ in range(config.n_layers)], [make() for _ in range(config.n_layers)]
+        )
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after `length` (entries are overwritten by the next commit)."""
+        self.length = length
+
+
+def rope_tables(max_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin of the rotation angles pos * theta^(-2k/head_dim), each [max_len, head_dim/2]."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate consecutive pairs (x1, x2) of x [B, H, L, D] by the angles of each position."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+def norm_layer(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=1e-6)
+    return nn.LayerNorm(config.d_model, bias=config.bias)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, attn_mask, causal, cache: KVCache | None, layer: int, commit):
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            start, end = cache.length, cache.length + x.shape[1]
+            if commit:
+                cache.keys[layer][:, :, start:end] = k
+                cache.values[layer][:, :, start:end] = v
+                k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
+            else:
+                k = torch.cat((cache.keys[layer][:, :, :start], k), dim=2)
+                v = torch.cat((cache.values[layer][:, :, :start], v), dim=2)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=causal and attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out(y.transpose(1, 2).flatten(-2))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = int(config.mlp_ratio * config.d_model)
+        self.norm1, self.norm2 = norm_layer(config), norm_layer(config)
+        self.attn = Attention(config)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, hidden, bias=config.bias),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden, config.d_model, bias=config.bias),
+        )
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, attn_mask, causal, cache, layer, commit):
+        x = x + self.drop(
+            self.attn(self.norm1(x), cos, sin, attn_mask, causal, cache, layer, commit)
+        )
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class NoiseLevelEmbedding(nn.Module):
+    """e(t) = MLP(sinusoidal features of 1000·t), added to each position's input embedding.
+
+    The last layer starts at zero, so enabling conditioning does not change the initial function.
+    """
+
+    def __init__(self, d_model: int, n_features: int = 128):
+        super().__init__()
+        self.n_features = n_features
+        self.mlp = nn.Sequential(
+            nn.Linear(n_features, d_model), nn.SiLU(), nn.Linear(d_model, d_model)
+        )
+
+    def zero_output(self) -> None:
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.n_features // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        angles = 1000.0 * t.float()[..., None] * freqs
+        return self.mlp(torch.cat((angles.cos(), angles.sin()), dim=-1))
+
+
+class Transformer(nn.Module):
+    """Pre-norm transformer language model.
+
+    forward(tokens [B, L]) -> logits [B, L, V]. Options:
+    * `attn_mask`: bool (True = may attend) or additive float mask, [Lq, Lk] or [B, 1, Lq, Lk],
+      where Lk counts cached positions first. Every row must allow at least one key.
+    * `causal`: used when no mask is given (True: causal, False: full attention).
+    * `positions`: RoPE positions [L] or [B, L]; default continues after the cache.
+    * `cache` / `commit`: read a `KVCache`, and with `commit=True` append these positions to it.
+    * `noise_level`: per-position t [B, L] when `config.time_conditioning` is on.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size < 1:
+            raise HdlmError("model.vocab_size is unset; build the tokenizer first")
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.time_embed = NoiseLevelEmbedding(config.d_model) if config.time_conditioning else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = norm_layer(config)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.head.weight = self.embed.weight
+        cos, sin = rope_tables(config.max_len, config.d_model // config.n_heads, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("attn.out.weight", "mlp.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
+        if self.time_embed is not None:
+            self.time_embed.zero_output()
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if embeddings else n - self.embed.weight.numel()
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        attn_mask: Tensor | None = None,
+        causal: bool = True,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        commit: bool = False,
+        noise_level: Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> Tensor:
+        offset = cache.length if cache is not None else 0
+        length = tokens.shape[1]
+        if offset + length > self.config.max_len:
+            raise HdlmError(
+                f"sequence of {offset + length} tokens is longer than the model's context "
+                f"({self.config.max_len}); shorten the input or train with a larger model.max_len"
+            )
+        if positions is None:
+            positions = torch.arange(offset, offset + length, device=tokens.device)
+        if offset > 0 and attn_mask is None and causal:
+            # SDPA's is_causal aligns top-left; after a cache, row i sees the cache + new j <= i
+            if length > 1:
+                attn_mask = torch.ones(length, offset + length, dtype=torch.bool).tril(offset)
+                attn_mask = attn_mask.to(tokens.device)
+            causal = False
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        if cos.dim() == 3:  # per-sequence positions [B, L, D/2] -> broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
+        x = self.embed(tokens)
+        if self.time_embed is not None:
+            if noise_level is None:
+                raise HdlmError("this model is noise-level conditioned: pass noise_level [B, L]")
+            x = x + self.time_embed(noise_level).to(x.dtype)
+        x = self.drop(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, attn_mask, causal, cache, layer, commit)
+        if cache is not None and commit:
+            cache.length = offset + length
+        x = self.norm(x)
+        return x if return_hidden else self.head(x)

@@ -1,0 +1,53 @@
+"""One entry point for every sampler: `sample(lm, n, length, sampler=..., prompt=...)`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hdlm.errors import HdlmError
+from hdlm.sampling.ar import sample_ar
+
+SAMPLERS = {"ar": sample_ar}
+
+
+def sample(
+    lm,
+    n: int = 1,
+    length: int | None = None,
+    sampler: str | None = None,
+    prompt: str | list[int] | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> Tensor:
+    """Draw `n` sequences of `length` tokens (BOS and prompt included) from a `LanguageModel`."""
+    sampler = sampler or lm.objective.default_sampler
+    if sampler not in SAMPLERS:
+        raise HdlmError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    length = length or lm.config.data.seq_len
+    prompt_ids = lm.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt or [])
+    prefix = torch.tensor([lm.tokenizer.bos_id, *prompt_ids], device=lm.device)
+    if len(prefix) >= length:
+        raise HdlmError(
+            f"the prompt is {len(prefix) - 1} tokens but --length is {length}; "
+            "raise --length or shorten the prompt"
+        )
+    if length > lm.config.model.max_len:
+        raise HdlmError(
+            f"--length {length} is longer than the model's context ({lm.config.model.max_len}); "
+            f"use --length {lm.config.model.max_len} or less"
+        )
+    generator = torch.Generator(lm.device).manual_seed(seed)
+    return SAMPLERS[sampler](
+        lm.net,
+        prefix.expand(n, -1),
+        length,
+        generator,
+        use_cache=use_cache,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )

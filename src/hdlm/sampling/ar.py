@@ -1,0 +1,37 @@
+"""Left-to-right sampling with a KV cache: each step computes one new position."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hdlm.model.transformer import KVCache, Transformer
+from hdlm.sampling.tokens import pick_tokens
+
+
+@torch.no_grad()
+def sample_ar(
+    net: Transformer,
+    prefix: Tensor,
+    length: int,
+    generator: torch.Generator | None,
+    use_cache: bool = True,
+    **pick_options,
+) -> Tensor:
+    """Extend `prefix` [n, P] (BOS and prompt) to [n, length] one token at a time.
+
+    With the cache the prefix is committed once and every step feeds only the newest token;
+    `use_cache=False` recomputes the whole sequence each step (same tokens, slower).
+    """
+    cache = None
+    if use_cache:
+        cache = KVCache.empty(net.config, len(prefix), prefix.device, net.embed.weight.dtype)
+    logits = net(prefix, cache=cache, commit=True)[:, -1]
+    tokens = prefix
+    while tokens.shape[1] < length:
+        new = pick_tokens(logits, generator, **pick_options)
+        tokens = torch.cat((tokens, new[:, None]), dim=1)
+        if tokens.shape[1] < length:
+            step_logits = net(new[:, None], cache=cache, commit=True) if use_cache else net(tokens)
+            logits = step_logits[:, -1]
+    return tokens

@@ -1,0 +1,291 @@
+"""Hyperschedules: a noise level for every (generation step, position) pair.
+
+A hyperschedule is a table T[s, i] over steps s = 0..S (rows) and positions i = 0..L-1 (columns)
+of noise levels, 1 = fully noised, 0 = clean. Row 0 is all ones, row S all zeros and every column
+is non-increasing: generation walks down the table, step s taking position i from T[s-1, i] to
+T[s, i].
+
+Every built-in schedule is a *staggered flat* schedule: position i waits start_i steps, then goes
+from 1 to 0 in tau equal steps,
+
+    T[s, i] = clip(1 - (s - start_i) / tau, 0, 1),        S = max_i start_i + tau,
+
+and the constructors differ only in start_i and tau:
+
+    quenched_ar(L)            start_i = i                    tau = 1
+    flat(L, steps)            start_i = 0                    tau = steps
+    block(L, width, k)        start_i = k * (i // width)     tau = k
+    slide(L, width, tau)      start_i = (i * tau) // width   tau
+
+Levels are multiples of 1/tau: the continuous form of the official code's integer levels 0..tau.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hdlm.errors import ConfigError
+
+SPEC_SYNTAX = (
+    "quenched_ar | flat:STEPS | block:WIDTH:STEPS_PER_BLOCK | slide:WIDTH:TAU | "
+    "file:PATH (.pt, .npy or .csv table)"
+)
+_VALID_TABLE = (
+    "a valid table has shape [S+1, L] with S >= 1, values in [0, 1], row 0 all ones, "
+    "the last row all zeros and every column non-increasing"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Hyperschedule:
+    """A validated noise table T (float32, [S+1, L]) and its name (a `from_spec` string).
+
+    Relative to step s (1..S) every position is in exactly one of three states:
+
+        settled before it   T[s-1, i] == 0               clean, never changes again: cacheable
+        active              T[s-1, i] > 0, T[s, i] < 1   in flight: computed and denoised at s
+        untouched           T[s, i] == 1                 still pure noise: need not be computed
+
+    For the built-in schedules "active" is exactly T[s-1, i] > T[s, i]. A custom table that holds
+    a position at a level strictly between 0 and 1 keeps it active: it is noisy context, neither
+    cacheable nor skippable.
+    """
+
+    table: torch.Tensor
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        _check_table(self.table)
+
+    @property
+    def num_steps(self) -> int:
+        """S, the number of generation steps."""
+        return self.table.shape[0] - 1
+
+    @property
+    def length(self) -> int:
+        """L, the number of positions."""
+        return self.table.shape[1]
+
+    @cached_property
+    def settle_step(self) -> torch.Tensor:
+        """LongTensor [L]: the step that makes each position clean, min{s : T[s, i] == 0}."""
+        return (self.table > 0).sum(0)
+
+    def _row(self, s: int) -> torch.Tensor:
+        if not 0 <= s <= self.num_steps:
+            raise IndexError(f"step {s} is outside 0..{self.num_steps} of schedule {self.name}")
+        return self.table[s]
+
+    def levels(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T[s-1], T[s]): every position's noise level before and after step s (1 <= s <= S)."""
+        if s < 1:
+            raise IndexError(f"step {s} has no level before it: steps run 1..{self.num_steps}")
+        return self._row(s - 1), self._row(s)
+
+    def settled(self, s: int) -> torch.Tensor:
+        """BoolTensor [L]: positions clean after step s (0 <= s <= S), T[s, i] == 0."""
+        return self._row(s) == 0
+
+    def untouched(self, s: int) -> torch.Tensor:
+        """BoolTensor [L]: positions still fully noised after step s (0 <= s <= S), T[s, i] == 1."""
+        return self._row(s) == 1
+
+    def active(self, s: int) -> torch.Tensor:
+        """BoolTensor [L]: positions in flight during step s, T[s-1, i] > 0 and T[s, i] < 1."""
+        before, after = self.levels(s)
+        return (before > 0) & (after < 1)
+
+    def newly_settled(self, s: int) -> torch.Tensor:
+        """BoolTensor [L]: positions that step s makes clean, T[s-1, i] > 0 and T[s, i] == 0.
+
+        A KV-cached sampler commits their keys and values after step s.
+        """
+        before, after = self.levels(s)
+        return (before > 0) & (after == 0)
+
+    def active_span(self, s: int) -> tuple[int, int]:
+        """(first, last + 1) of the active positions at step s; (0, 0) if none is active.
+
+        For left-to-right schedules (quenched AR, block, slide) the active positions fill this
+        span, so a cached sampler computes `x[:, first:last + 1]` only.
+        """
+        index = self.active(s).nonzero().flatten()
+        return (int(index[0]), int(index[-1]) + 1) if len(index) else (0, 0)
+
+
+def _first(mask: torch.Tensor) -> tuple[int, ...]:
+    """Index of the first True entry of `mask`, row-major."""
+    return tuple(mask.nonzero()[0].tolist())
+
+
+def _check_table(table: torch.Tensor) -> None:
+    def fail(problem: str) -> None:
+        raise ConfigError(f"bad hyperschedule table: {problem}; {_VALID_TABLE}")
+
+    if table.dim() != 2 or table.shape[0] < 2 or table.shape[1] < 1:
+        fail(f"shape {tuple(table.shape)} is not [S+1, L] with at least 2 rows and 1 column")
+    outside = ~((table >= 0) & (table <= 1))  # also catches NaN
+    if outside.any():
+        s, i = _first(outside)
+        fail(f"value {table[s, i].item()} at step {s}, column {i} is outside [0, 1]")
+    if (table[0] != 1).any():
+        (i,) = _first(table[0] != 1)
+        fail(f"row 0 is not all ones (column {i} is {table[0, i].item()})")
+    if (table[-1] != 0).any():
+        (i,) = _first(table[-1] != 0)
+        fail(f"the last row is not all zeros (column {i} is {table[-1, i].item()})")
+    rises = table[1:] > table[:-1]
+    if rises.any():
+        s, i = _first(rises)
+        fail(f"column {i} increases from step {s} to {s + 1}")
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _staggered(name: str, start: torch.Tensor, tau: int) -> Hyperschedule:
+    """T[s, i] = clip(1 - (s - start[i]) / tau, 0, 1) for s = 0..max(start) + tau."""
+    steps = torch.arange(int(start.max()) + tau + 1)[:, None]
+    steps_left = (tau - (steps - start)).clamp(0, tau)  # integers, so 0 and 1 come out exact
+    return Hyperschedule(steps_left.float() / tau, name)
+
+
+def quenched_ar(length: int) -> Hyperschedule:
+    """Autoregression as a hyperschedule: S = L, T[s, i] = 1 if i >= s else 0.
+
+    Step s turns position s-1 from noise to clean in one go.
+    """
+    _check_positive(length=length)
+    return _staggered("quenched_ar", torch.arange(length), 1)
+
+
+def flat(length: int, steps: int) -> Hyperschedule:
+    """Ordinary (MDLM-like) diffusion: S = steps, T[s, i] = 1 - s/S at every position."""
+    _check_positive(length=length, steps=steps)
+    return _staggered(f"flat:{steps}", torch.zeros(length, dtype=torch.long), steps)
+
+
+def block(length: int, width: int, steps_per_block: int) -> Hyperschedule:
+    """Block diffusion: blocks of `width` positions (the last may be shorter), left to right.
+
+    With k = steps_per_block, block b = i // width runs a flat schedule over steps
+    b*k + 1 .. (b+1)*k while earlier blocks are clean and later ones fully noised:
+    T[s, i] = clip(1 - (s - k * (i // width)) / k, 0, 1), S = ceil(L / width) * k.
+    """
+    _check_positive(length=length, width=width, steps_per_block=steps_per_block)
+    start = steps_per_block * (torch.arange(length) // width)
+    return _staggered(f"block:{width}:{steps_per_block}", start, steps_per_block)
+
+
+def slide(length: int, width: int, tau: int) -> Hyperschedule:
+    """Slide annealing: a diagonal band of `width` in-flight positions moving left to right.
+
+    Position i starts after start_i = floor(i * tau / width) steps and takes tau steps from 1
+    to 0:
+
+        T[s, i] = clip(1 - (s - floor(i * tau / width)) / tau, 0, 1),
+        S = floor((L - 1) * tau / width) + tau.
+
+    Consecutive positions start tau/width steps apart (floor-rounded when width does not divide
+    tau), so exactly `width` positions are active at every step once the band is clear of the
+    sequence's ends, and at one step the band reads, left to right, levels rising from 0 towards
+    1 in increments of about 1/width. width = tau = 1 is `quenched_ar`; tau = 1 is
+    `block(L, width, 1)`.
+
+    The official code's "simple annealing" lays the integer ramp round(k (tau-1) / (width-1)),
+    k = 0..width-1, over the band and shifts it right by its number of leading zeros every step.
+    When tau divides width the two tables are the same (up to the official code's smoothing of
+    levels by a small e). When tau > width they differ: the official band still advances one
+    position per step, so a position is in flight only about `width` steps and tau just sets the
+    level resolution (the ramp skips levels); here the band slows to width/tau positions per step
+    so every position really takes tau steps, and S grows to about (L + width) * tau / width.
+    """
+    _check_positive(length=length, width=width, tau=tau)
+    start = torch.arange(length) * tau // width
+    return _staggered(f"slide:{width}:{tau}", start, tau)
+
+
+def from_table(table: object, name: str = "custom") -> Hyperschedule:
+    """A hyperschedule from a user-made table (tensor, numpy array or nested list), validated."""
+    try:
+        table = torch.as_tensor(table, dtype=torch.float32).detach().clone()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ConfigError(
+            f"bad hyperschedule table: not numeric ({error}); {_VALID_TABLE}"
+        ) from None
+    return Hyperschedule(table, name)
+
+
+_LOADERS = {
+    ".pt": lambda path: torch.load(path, weights_only=True),
+    ".npy": np.load,
+    ".csv": lambda path: np.loadtxt(path, delimiter=",", ndmin=2),
+}
+_BUILDERS = {
+    "quenched_ar": (quenched_ar, 0),
+    "flat": (flat, 1),
+    "block": (block, 2),
+    "slide": (slide, 2),
+}
+
+
+def _load_table(path: Path, length: int) -> Hyperschedule:
+    if path.suffix not in _LOADERS:
+        raise ConfigError(f"schedule file {path} must end in .pt, .npy or .csv")
+    if not path.is_file():
+        raise ConfigError(f"schedule file {path} not found; check the path after 'file:'")
+    try:
+        table = _LOADERS[path.suffix](path)
+    except Exception as error:
+        raise ConfigError(f"cannot read schedule file {path}: {error}") from None
+    schedule = from_table(table, name=f"file:{path}")
+    if schedule.length != length:
+        raise ConfigError(
+            f"schedule file {path} has {schedule.length} columns but sequences have length "
+            f"{length}; give the table one column per position"
+        )
+    return schedule
+
+
+def from_spec(spec: str, length: int) -> Hyperschedule:
+    """Parse a CLI/config string (see SPEC_SYNTAX) into a hyperschedule over `length` positions.
+
+    Examples: "quenched_ar", "flat:128", "block:16:8" (width 16, 8 steps per block),
+    "slide:8:4" (width 8, tau 4), "file:tables/mine.npy". A built-in schedule's `.name` is its
+    spec, so `from_spec(schedule.name, schedule.length)` rebuilds it.
+    """
+    kind, _, rest = spec.strip().partition(":")
+    if kind == "file" and rest:
+        return _load_table(Path(rest), length)
+    args = rest.split(":") if rest else []
+    build, arity = _BUILDERS.get(kind, (None, -1))
+    if build is None or len(args) != arity or not all(arg.isdigit() for arg in args):
+        raise ConfigError(f"bad schedule {spec!r}; use one of: {SPEC_SYNTAX}")
+    return build(length, *map(int, args))
+
+
+def plot_schedule(schedule: Hyperschedule, path: str | Path) -> Path:
+    """Save a heatmap of T (steps down, positions across, colour = noise level) as PNG or SVG."""
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise ConfigError(f"cannot plot to {path}: use a file name ending in .png or .svg")
+    from matplotlib.figure import Figure  # lazy, so importing this module stays fast
+
+    # A bare Figure renders with Agg (PNG) or the SVG backend and leaves pyplot's state alone.
+    figure = Figure(figsize=(6, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    table = schedule.table.cpu().numpy()
+    image = axes.imshow(table, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="none")
+    figure.colorbar(image, ax=axes, label="noise level T[s, i]")
+    axes.set(xlabel="position i", ylabel="step s", title=f"hyperschedule {schedule.name}")
+    figure.savefig(path)
+    return path

@@ -1,0 +1,72 @@
+import dataclasses
+
+import pytest
+import torch
+
+from hdlm.errors import HdlmError
+from hdlm.model import KVCache, Transformer
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
+def test_kv_cache_decoding_equals_full_causal_forward(tiny_model_config, norm):
+    net = Transformer(dataclasses.replace(tiny_model_config, norm=norm)).eval()
+    tokens = torch.randint(0, 37, (3, 20))
+    full = net(tokens)
+    cache = KVCache.empty(net.config, 3, "cpu", torch.float32)
+    pieces = [net(tokens[:, :7], cache=cache, commit=True)]  # a prompt, then one token per step
+    pieces += [net(tokens[:, i : i + 1], cache=cache, commit=True) for i in range(7, 20)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 20
+
+
+def test_reading_the_cache_without_commit_leaves_it_unchanged(tiny_model_config):
+    net = Transformer(tiny_model_config).eval()
+    tokens = torch.randint(0, 37, (2, 12))
+    cache = KVCache.empty(net.config, 2, "cpu", torch.float32)
+    net(tokens[:, :8], cache=cache, commit=True)
+    # four in-flight positions with full attention among themselves and to the cache
+    peek = net(tokens[:, 8:], cache=cache, attn_mask=torch.ones(4, 12, dtype=torch.bool))
+    assert cache.length == 8
+    full = net(tokens, causal=False, attn_mask=torch.ones(12, 12, dtype=torch.bool).tril().logical_or(
+        torch.arange(12)[:, None] >= 8))
+    torch.testing.assert_close(peek, full[:, 8:], rtol=1e-5, atol=1e-5)
+
+
+def test_explicit_causal_mask_equals_is_causal(tiny_model_config):
+    net = Transformer(tiny_model_config).eval()
+    tokens = torch.randint(0, 37, (2, 16))
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    torch.testing.assert_close(net(tokens, attn_mask=mask), net(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_future_tokens_do_not_change_causal_outputs(tiny_model_config):
+    net = Transformer(tiny_model_config).eval()
+    tokens = torch.randint(0, 37, (1, 16))
+    changed = tokens.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 37
+    torch.testing.assert_close(net(tokens)[:, :10], net(changed)[:, :10])
+    assert not torch.allclose(net(tokens, causal=False)[:, :10], net(changed, causal=False)[:, :10])
+
+
+def test_noise_level_conditioning_starts_as_the_identity(tiny_model_config):
+    plain = Transformer(tiny_model_config).eval()
+    conditioned = Transformer(dataclasses.replace(tiny_model_config, time_conditioning=True)).eval()
+    conditioned.load_state_dict(plain.state_dict(), strict=False)
+    tokens = torch.randint(0, 37, (2, 10))
+    t = torch.rand(2, 10)
+    torch.testing.assert_close(conditioned(tokens, noise_level=t), plain(tokens))
+    with pytest.raises(HdlmError, match="noise_level"):
+        conditioned(tokens)
+
+
+def test_weight_tying(tiny_model_config):
+    tied = Transformer(tiny_model_config)
+    untied = Transformer(dataclasses.replace(tiny_model_config, tie_weights=False))
+    assert tied.head.weight is tied.embed.weight
+    assert untied.num_params() - tied.num_params() == 37 * 32
+
+
+def test_sequence_longer_than_context_is_a_clear_error(tiny_model_config):
+    net = Transformer(tiny_model_config)
+    with pytest.raises(HdlmError, match="longer than the model's context"):
+        net(torch.zeros(1, 33, dtype=torch.long))
