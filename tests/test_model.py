@@ -27,8 +27,13 @@ def test_reading_the_cache_without_commit_leaves_it_unchanged(tiny_model_config)
     # four in-flight positions with full attention among themselves and to the cache
     peek = net(tokens[:, 8:], cache=cache, attn_mask=torch.ones(4, 12, dtype=torch.bool))
     assert cache.length == 8
-    full = net(tokens, causal=False, attn_mask=torch.ones(12, 12, dtype=torch.bool).tril().logical_or(
-        torch.arange(12)[:, None] >= 8))
+    full = net(
+        tokens,
+        causal=False,
+        attn_mask=torch.ones(12, 12, dtype=torch.bool)
+        .tril()
+        .logical_or(torch.arange(12)[:, None] >= 8),
+    )
     torch.testing.assert_close(peek, full[:, 8:], rtol=1e-5, atol=1e-5)
 
 

@@ -8,6 +8,7 @@ names the key and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -149,8 +150,10 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
                 f"{path} must be one of {', '.join(map(str, choices))}, got {value!r}"
             )
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and not isinstance(value, bool):
+        # YAML reads 3e-4 (no dot) as a string; accept it and ints as floats
+        with contextlib.suppress(TypeError, ValueError):
+            return float(value)
     if hint in (int, float, str, bool) and (
         not isinstance(value, hint) or (hint is int and isinstance(value, bool))
     ):

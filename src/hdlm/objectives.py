@@ -11,11 +11,14 @@ Every objective sees blocks of tokens [B, L] whose column 0 is BOS (never scored
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hdlm.model.transformer import Transformer
+if TYPE_CHECKING:
+    from hdlm.model.transformer import Transformer
 
 
 class AutoregressiveObjective:

@@ -202,12 +202,16 @@ def slide(length: int, width: int, tau: int) -> Hyperschedule:
     `block(L, width, 1)`.
 
     The official code's "simple annealing" lays the integer ramp round(k (tau-1) / (width-1)),
-    k = 0..width-1, over the band and shifts it right by its number of leading zeros every step.
-    When tau divides width the two tables are the same (up to the official code's smoothing of
-    levels by a small e). When tau > width they differ: the official band still advances one
-    position per step, so a position is in flight only about `width` steps and tau just sets the
-    level resolution (the ramp skips levels); here the band slows to width/tau positions per step
-    so every position really takes tau steps, and S grows to about (L + width) * tau / width.
+    k = 0..width-1, over the band, shifts it right by its number of leading zeros every step, and
+    enters it one position per step during a warm-up of width - 1 steps. For tau == width the two
+    tables are identical. Elsewhere we differ on purpose: (1) tau > width: the official band still
+    advances one position per step, so a position is in flight only about `width` steps and tau
+    merely sets the level resolution (the ramp skips levels); here the band slows to width/tau
+    positions per step so that every position takes exactly tau steps, and S grows to about
+    (L + width) * tau / width. (2) tau < width: the official warm-up makes early positions pause
+    at a level and the rounded ramp can put unequal numbers of positions on each level; here
+    every position starts at step floor(i * tau / width), never pauses, and each level holds
+    width/tau positions (floor-rounded), which also gives a shorter S.
     """
     _check_positive(length=length, width=width, tau=tau)
     start = torch.arange(length) * tau // width
