@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hdlm",
-        description="Train, sample and evaluate AR, diffusion, hybrid (HDLM) and A3 language models.",
+        description="Train, sample and evaluate AR, diffusion, hybrid (HDLM) and A3 models.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -208,8 +208,8 @@ def validate(config: RunConfig) -> None:
         )
     if d.seq_len > m.max_len:
         raise ConfigError(
-            f"data.seq_len={d.seq_len} is longer than the model's context model.max_len={m.max_len}; "
-            "lower data.seq_len or raise model.max_len"
+            f"data.seq_len={d.seq_len} is longer than the model's context "
+            f"model.max_len={m.max_len}; lower data.seq_len or raise model.max_len"
         )
     if d.seq_len < 2:
         raise ConfigError(f"data.seq_len={d.seq_len} must be at least 2 (BOS plus one token)")

@@ -148,7 +148,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Pat
     if config.model.vocab_size not in (0, data.tokenizer.vocab_size):
         raise ConfigError(
             f"model.vocab_size={config.model.vocab_size} but the tokenizer has "
-            f"{data.tokenizer.vocab_size} ids; leave model.vocab_size at 0 to take it from the tokenizer"
+            f"{data.tokenizer.vocab_size} ids; leave model.vocab_size at 0 to use the tokenizer's"
         )
     config.model.vocab_size = data.tokenizer.vocab_size
 
@@ -194,10 +194,9 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Pat
             blocks = data.blocks["validation"][: t.eval_batches * t.batch_size]
             val = perplexity(lm, blocks, t.batch_size, precision, progress=False)["nelbo_per_token"]
         lm.net.train()
-        log.write({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
-        tqdm.write(
-            f"step {step}: validation loss {val:.4f} nats/token, perplexity {math.exp(min(val, 50)):.2f}"
-        )
+        ppl = math.exp(min(val, 50))
+        log.write({"step": step, "val_loss": val, "val_ppl": ppl})
+        tqdm.write(f"step {step}: validation loss {val:.4f} nats/token, perplexity {ppl:.2f}")
 
     lm.net.train()
     bar = tqdm(
