@@ -34,11 +34,12 @@ JSON_SUFFIXES = (".jsonl", ".json")  # one document per record, text in data.tex
 SYMBOLS_START, MAX_SYMBOLS = 0x4E00, 20992  # synthetic symbols: the CJK Unified Ideographs
 TOKENIZE_CHUNK = 256  # documents per encode_batch call
 
-# reStructuredText that is markup only: blocks dropped with their indented body, and lines
-# that are a directive without argument (".. note::") or a directive option (":synopsis: ...").
+# reStructuredText that is markup only. Dropped with their indented body: the directives below,
+# comments and link targets (".. " then anything but a directive, footnote or substitution).
+# Dropped alone: a directive without argument (".. note::") and a directive option (":noindex:").
 _RST_BLOCK = re.compile(
-    r"\.\. (index|toctree|module|currentmodule|moduleauthor|sectionauthor|highlight|"
-    r"tabularcolumns|testsetup|testcleanup|include|literalinclude)::|\.\. _[^:]*:"
+    r"\.\. ((index|toctree|module|currentmodule|moduleauthor|sectionauthor|highlight|"
+    r"tabularcolumns|testsetup|testcleanup|include|literalinclude)::|(?![\w:-]+::|\[|\|))"
 )
 _RST_LINE = re.compile(r"\s*(\.\. [\w-]+::|:[\w-]+:(\s.*)?)")
 
@@ -92,25 +93,32 @@ def _dataset_documents(cfg: DataConfig) -> list[str]:
     import datasets  # slow to import: only when needed
 
     path = Path(cfg.corpus).expanduser()
-    if not (path.exists() or _looks_like_path(cfg.corpus)):
-        try:
-            dataset = datasets.load_dataset(cfg.corpus, cfg.hf_subset)
-        except Exception as e:
-            raise DataError(
-                f"could not load corpus '{cfg.corpus}' from the Hugging Face hub "
-                f"({type(e).__name__}); check the name and your connection, or use "
-                "data.corpus=pydocs, synthetic or a local path"
-            ) from e
-        docs = []
-        for split in dataset.values():  # the dataset's own split order
-            remaining = None if cfg.max_documents is None else cfg.max_documents - len(docs)
-            docs += _text_column(split, cfg)[:remaining]
-        return docs
-    if not path.exists():
+    if path.exists():
+        return _local_documents(path, cfg)
+    if _looks_like_path(cfg.corpus):
         raise DataError(
             f"corpus path {cfg.corpus} not found; give an existing file or folder "
             "(.txt/.md/.json/.jsonl), or data.corpus=pydocs or synthetic"
         )
+    try:
+        dataset = datasets.load_dataset(cfg.corpus, cfg.hf_subset)
+    except Exception as e:
+        reason = next(iter(str(e).splitlines()), type(e).__name__)
+        raise DataError(
+            f"could not load corpus '{cfg.corpus}' from the Hugging Face hub ({reason}); "
+            "check the name and connection, or use data.corpus=pydocs, synthetic or a local path"
+        ) from e
+    docs = []
+    for split in dataset.values():  # the dataset's own split order
+        remaining = None if cfg.max_documents is None else cfg.max_documents - len(docs)
+        docs += _text_column(split, cfg)[:remaining]  # the column is lazy: reads `remaining` rows
+    return docs
+
+
+def _local_documents(path: Path, cfg: DataConfig) -> list[str]:
+    """Each .txt/.md file is one document, each .json/.jsonl record one (in data.text_field)."""
+    import datasets
+
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
     text_files = [str(f) for f in files if f.name.endswith(TEXT_SUFFIXES)]
     json_files = [str(f) for f in files if f.name.endswith(JSON_SUFFIXES)]
@@ -134,7 +142,7 @@ def _looks_like_path(corpus: str) -> bool:
     )
 
 
-def _text_column(dataset, cfg: DataConfig) -> list[str]:
+def _text_column(dataset, cfg: DataConfig) -> Sequence[str]:
     if cfg.text_field not in dataset.column_names:
         raise DataError(
             f"corpus '{cfg.corpus}' has no column data.text_field='{cfg.text_field}'; "
@@ -243,8 +251,8 @@ def synthetic_alphabet(n_states: int) -> str:
 
 def synthetic_documents(cfg: SyntheticConfig) -> list[str]:
     """`n_docs` strings of `doc_len` symbols sampled from the seeded Markov chain."""
-    chain_ = SyntheticMarkov(cfg.n_states, cfg.concentration, cfg.seed)
-    states = chain_.sample(cfg.n_docs, cfg.doc_len, seed=cfg.seed + 1)  # seed drew P itself
+    markov = SyntheticMarkov(cfg.n_states, cfg.concentration, cfg.seed)
+    states = markov.sample(cfg.n_docs, cfg.doc_len, seed=cfg.seed + 1)  # seed drew P itself
     symbols = np.array(list(synthetic_alphabet(cfg.n_states)))
     return ["".join(row) for row in symbols[states]]
 
@@ -263,7 +271,7 @@ def tokenize_split(
     if path.exists():
         return np.load(path)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
-    pieces = [np.empty(0, dtype)]
+    eos, pieces = [tokenizer.eos_id], [np.empty(0, dtype)]
     for start in tqdm(
         range(0, len(docs), TOKENIZE_CHUNK),
         desc=f"tokenizing {key}",
@@ -271,9 +279,7 @@ def tokenize_split(
         disable=len(docs) <= TOKENIZE_CHUNK,
     ):
         encoded = tokenizer.encode_batch(list(docs[start : start + TOKENIZE_CHUNK]))
-        pieces.append(
-            np.fromiter(chain.from_iterable(e + [tokenizer.eos_id] for e in encoded), dtype)
-        )
+        pieces.append(np.fromiter(chain.from_iterable(ids + eos for ids in encoded), dtype))
     stream = np.concatenate(pieces)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -286,6 +292,8 @@ def tokenize_split(
 def pack_blocks(stream: np.ndarray, seq_len: int, bos_id: int) -> torch.Tensor:
     """Blocks [n, seq_len] with n = len(stream) // (seq_len - 1): block i is BOS followed by
     stream[i (seq_len-1) : (i+1) (seq_len-1)]. The tail shorter than seq_len - 1 is dropped."""
+    if seq_len < 2:
+        raise DataError(f"data.seq_len={seq_len} must be at least 2 (BOS plus one token)")
     body = seq_len - 1
     n = len(stream) // body
     blocks = torch.full((n, seq_len), bos_id, dtype=torch.long)
@@ -305,12 +313,13 @@ def prepare_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepare
 
     Without `tokenizer`, kinds bpe and char are trained on the train split (and cached).
 
-    entropy_floor (synthetic corpus only): the entropy of the validation token stream per token,
-    n_docs H(X_1..X_doc_len) / n_tokens; with kind=char that is H(X_1..X_doc_len)/(doc_len+1),
-    since each document is doc_len symbol tokens plus a free EOS. A lossless tokenizer keeps the
-    entropy of the text, so no model's mean NLL per predicted token can be lower in expectation.
-    The achievable NLL is slightly higher: a block's first token lacks its predecessor, and a model
-    that has not seen its document start cannot know exactly where the EOS falls.
+    entropy_floor (synthetic corpus only): the entropy per token of the validation stream (train
+    if there is no validation split), n_docs H(X_1..X_doc_len) / n_tokens; with kind=char that
+    is H(X_1..X_doc_len) / (doc_len + 1), as each document is doc_len symbol tokens plus an EOS
+    that carries no information. A lossless tokenizer keeps the entropy of the text, so no
+    model's mean NLL per predicted token can be lower in expectation. The achievable NLL is
+    slightly higher: a block's first token lacks its predecessor, and a model that has not seen
+    its document's start cannot know exactly where the EOS falls.
     """
     docs = load_documents(cfg)
     splits = split_documents(docs, cfg.val_fraction, cfg.test_fraction)
@@ -334,10 +343,10 @@ def prepare_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepare
     if cfg.corpus == "synthetic":
         s = cfg.synthetic
         split = "validation" if splits["validation"] else "train"
-        doc_entropy = SyntheticMarkov(s.n_states, s.concentration, s.seed).sequence_entropy(
-            s.doc_len
+        markov = SyntheticMarkov(s.n_states, s.concentration, s.seed)
+        entropy_floor = (
+            len(splits[split]) * markov.sequence_entropy(s.doc_len) / len(streams[split])
         )
-        entropy_floor = len(splits[split]) * doc_entropy / len(streams[split])
     return PreparedData(tokenizer, blocks, entropy_floor)
 
 

@@ -134,8 +134,14 @@ class MetricsLog:
                     self.writer.add_scalar(key, value, record["step"])
 
 
-def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train `config` and return the run directory (its `latest` names the final checkpoint)."""
+def train(
+    config: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> Path:
+    """Train `config` and return the run directory (its `latest` names the final checkpoint).
+
+    `stop_after` ends the run after that step with a checkpoint, as if it had been interrupted
+    there (for time-limited jobs and resume tests); `resume=True` continues it.
+    """
     out = config.out_path
     check_output_dir(out, resume)
     device = pick_device(config.train.device)
@@ -198,6 +204,8 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Pat
         log.write({"step": step, "val_loss": val, "val_ppl": ppl})
         tqdm.write(f"step {step}: validation loss {val:.4f} nats/token, perplexity {ppl:.2f}")
 
+    if start_step == 0:
+        evaluate(0)  # the untrained baseline, so every curve starts at the same place
     lm.net.train()
     bar = tqdm(
         total=t.steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True
@@ -241,10 +249,14 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Pat
             running_loss.zero_()
             window_start, window_steps = time.perf_counter(), 0
         bar.update(1)
+        paused = time.perf_counter()
         if done % t.eval_every == 0 or done == t.steps:
             evaluate(done)
-        if done % t.save_every == 0 or done == t.steps:
+        if done % t.save_every == 0 or done in (t.steps, stop_after):
             save(done)
+        if done == stop_after:
+            break
+        window_start += time.perf_counter() - paused  # tokens/s counts training time only
     bar.close()
     return out
 

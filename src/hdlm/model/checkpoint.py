@@ -105,10 +105,10 @@ def save_checkpoint(
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory itself, or a run directory whose `latest` file names one."""
     path = Path(path)
-    if (path / CONFIG).is_file():
-        return path
     if (path / "latest").is_file():
         return path / (path / "latest").read_text().strip()
+    if (path / CONFIG).is_file():
+        return path
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found; pass a run directory or a checkpoint")
     raise CheckpointError(
