@@ -146,8 +146,8 @@ def test_checkpoint_misuse_is_a_clear_error(tmp_path, cache, capsys):
     assert "already holds a training run" in error(train_args(out, cache, "--set", "train.steps=4"))
     other_model = train_args(out, cache, "--set", "train.steps=4", "--set", "model.n_layers=1")
     assert "resume with the same config" in error([*other_model, "--resume"])
-    other_vocab = train_args(tmp_path / "b", cache, "--set", f"train.init_from={out}",
-                             "--set", "data.tokenizer.kind=bpe", "--set", "data.tokenizer.vocab_size=300")  # fmt: skip
+    bpe = ["--set", "data.tokenizer.kind=bpe", "--set", "data.tokenizer.vocab_size=300"]
+    other_vocab = train_args(tmp_path / "b", cache, "--set", f"train.init_from={out}", *bpe)
     assert "another tokenizer" in error(other_vocab)
     assert not (tmp_path / "b").exists()
     assert "longer than the model's context" in error(["sample", str(out), "--length", "65"])
