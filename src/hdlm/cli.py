@@ -70,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides)
     )
     data = prepare_data(data_config, lm.tokenizer)
-    if args.split not in data.blocks:
+    if len(data.blocks.get(args.split, [])) == 0:
         raise DataError(f"split '{args.split}' is empty; choose one of {', '.join(data.blocks)}")
     result = perplexity(lm, data.blocks[args.split], args.batch_size, max_blocks=args.max_blocks)
     result.update(

@@ -73,6 +73,24 @@ class DataConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """Schedule + process + attention + read-out of the hyperschedule families (HDLM).
+
+    `None` fields take the family's default (`hdlm.objectives.FAMILY_DEFAULTS`). The schedule
+    spans the L - 1 positions after BOS: quenched_ar | flat:STEPS | block:WIDTH:STEPS_PER_BLOCK |
+    slide:WIDTH:TAU | file:PATH.
+    """
+
+    schedule: str | None = None
+    process: Literal["absorbing", "uniform", "eps-hybrid"] | None = None
+    eps: float = 0.01  # ε-hybrid: probability that a visible token is a uniform random one
+    time: Literal["discrete", "continuous"] | None = None
+    attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
+    readout: Literal["aligned", "shifted"] = "aligned"  # output i predicts token i, or i + 1
+    eval_steps: int = 32  # NELBO evaluation: every step if S <= eval_steps, else stratified MC
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 32
@@ -105,6 +123,7 @@ class RunConfig:
     out_dir: str = "runs/{name}"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @property

@@ -43,8 +43,10 @@ def block_causal(length: int, width: int) -> torch.Tensor:
     return _group_causal(_blocks(length, width))
 
 
-def from_schedule(schedule: Hyperschedule, step: int) -> torch.Tensor:
+def from_schedule(schedule: Hyperschedule, step: int | torch.Tensor) -> torch.Tensor:
     """[L, L]: the mask for training on step s of a hyperschedule, equal to cached inference.
+
+    A LongTensor of steps [B] (one per sequence) gives the masks [B, L, L] in one go.
 
     With settled = schedule.settled(s - 1), active = schedule.active(s),
     untouched = schedule.untouched(s) (a partition of the positions) and
@@ -64,9 +66,9 @@ def from_schedule(schedule: Hyperschedule, step: int) -> torch.Tensor:
     settled, active = schedule.settled(step - 1), schedule.active(step)
     untouched = schedule.untouched(step)
     # settle_step[k] <= settle_step[q] < s already makes k settled when q is.
-    settled_rows = settled[:, None] & _group_causal(schedule.settle_step)
-    active_rows = active[:, None] & ~untouched[None, :]
-    untouched_rows = untouched[:, None] & torch.eye(schedule.length, dtype=torch.bool)
+    settled_rows = settled[..., :, None] & _group_causal(schedule.settle_step)
+    active_rows = active[..., :, None] & ~untouched[..., None, :]
+    untouched_rows = untouched[..., :, None] & torch.eye(schedule.length, dtype=torch.bool)
     return settled_rows | active_rows | untouched_rows
 
 

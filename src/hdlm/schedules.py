@@ -77,16 +77,20 @@ class Hyperschedule:
         """LongTensor [L]: the step that makes each position clean, min{s : T[s, i] == 0}."""
         return (self.table > 0).sum(0)
 
-    def _row(self, s: int) -> torch.Tensor:
-        if not 0 <= s <= self.num_steps:
+    def _row(self, s: int | torch.Tensor) -> torch.Tensor:
+        """T[s]; a LongTensor of steps [B] gives one row per step, [B, L]."""
+        s_min, s_max = (int(s.min()), int(s.max())) if torch.is_tensor(s) else (s, s)
+        if not 0 <= s_min <= s_max <= self.num_steps:
             raise IndexError(f"step {s} is outside 0..{self.num_steps} of schedule {self.name}")
         return self.table[s]
 
-    def levels(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def levels(self, s: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T[s-1], T[s]): every position's noise level before and after step s (1 <= s <= S)."""
-        if s < 1:
+        if (int(s.min()) if torch.is_tensor(s) else s) < 1:
             raise IndexError(f"step {s} has no level before it: steps run 1..{self.num_steps}")
         return self._row(s - 1), self._row(s)
+
+    # The state queries below accept an int step (-> [L]) or a LongTensor of steps (-> [B, L]).
 
     def settled(self, s: int) -> torch.Tensor:
         """BoolTensor [L]: positions clean after step s (0 <= s <= S), T[s, i] == 0."""

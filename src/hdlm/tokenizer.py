@@ -45,7 +45,7 @@ class Tokenizer:
         """Inverse of `encode`; EOS and MASK are rendered as their literal strings."""
         return self.hf.decode(list(map(int, ids)), skip_special_tokens=False)
 
-    @property
+    @cached_property
     def vocab_size(self) -> int:
         return max(self.hf.get_vocab(with_added_tokens=True).values()) + 1
 

@@ -193,7 +193,7 @@ def train(
             shutil.rmtree(old)
 
     def evaluate(step: int) -> None:
-        if "validation" not in data.blocks:
+        if len(data.blocks["validation"]) == 0:  # data.val_fraction = 0
             return
         lm.net.eval()
         with ema.applied(lm.net) if ema is not None else contextlib.nullcontext():
