@@ -251,3 +251,38 @@ def validate(config: RunConfig) -> None:
 
     if config.family not in FAMILIES:
         raise ConfigError(f"unknown family '{config.family}'; choose one of {', '.join(FAMILIES)}")
+    if config.family != "ar":
+        validate_diffusion(config)
+
+
+def validate_diffusion(config: RunConfig) -> None:
+    """Fill the family's defaults into `diffusion` and check that the pieces fit together."""
+    from hdlm.objectives import FAMILY_DEFAULTS
+    from hdlm.schedules import from_spec
+
+    d = config.diffusion
+    for key, value in FAMILY_DEFAULTS[config.family].items():
+        if getattr(d, key) is None:
+            setattr(d, key, value)
+    if d.schedule is None:
+        raise ConfigError(
+            f"family {config.family} needs diffusion.schedule (quenched_ar, flat:STEPS, "
+            "block:WIDTH:STEPS_PER_BLOCK, slide:WIDTH:TAU or file:PATH)"
+        )
+    from_spec(d.schedule, config.data.seq_len - 1)  # raises a ConfigError on a bad spec
+    if d.attention == "two-copy" and (
+        not d.schedule.startswith("block:") or d.readout != "aligned"
+    ):
+        raise ConfigError(
+            "diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule and readout=aligned; "
+            "use attention=schedule for other schedules"
+        )
+    if d.time == "continuous" and d.process == "eps-hybrid" and not d.schedule.startswith("flat"):
+        raise ConfigError(
+            "continuous-time eps-hybrid needs a flat schedule (its t=0+ term assumes every "
+            "position settles at once); use diffusion.time=discrete with this schedule"
+        )
+    if not 0 <= d.eps < 1:
+        raise ConfigError(f"diffusion.eps={d.eps} must lie in [0, 1)")
+    if d.eval_steps < 1:
+        raise ConfigError(f"diffusion.eval_steps={d.eval_steps} must be at least 1")

@@ -11,11 +11,17 @@ Every objective sees blocks of tokens [B, L] whose column 0 is BOS (never scored
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from hdlm import masks
+from hdlm.errors import ConfigError
+from hdlm.processes import Absorbing, EpsHybrid, NoiseProcess, Uniform
+from hdlm.schedules import Hyperschedule, from_spec
 
 if TYPE_CHECKING:
     from hdlm.model.transformer import Transformer
@@ -27,7 +33,7 @@ class AutoregressiveObjective:
     name = "ar"
     default_sampler = "ar"
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, mask_id: int) -> None:
         self.config = config
 
     def token_nll(self, net: Transformer, tokens: Tensor) -> Tensor:
@@ -46,9 +52,219 @@ class AutoregressiveObjective:
         return tokens.shape[1] - 1
 
 
-FAMILIES = {"ar": AutoregressiveObjective}
+class DiffusionObjective:
+    """The NELBO of a hyperschedule diffusion: schedule x process x attention x read-out (HDLM).
+
+    Training (Monte Carlo, unbiased): each sequence gets one step s of the schedule, stratified
+    across the batch; every position i is noised at its own level t_i = T[s-1, i] and pays the
+    process' term for the reverse step to T[s, i]; the sum is scaled by S. With
+    `attention: two-copy` (block schedules) every block gets its own within-block step k and the
+    network sees [BOS ; noisy ; clean] at once (BD3-LM's vectorised layout), scaled by K.
+    In continuous time a point r in the step is drawn and `rate_loss` is integrated instead.
+    Evaluation sums every step exactly when there are at most `eval_steps` of them, else uses
+    `eval_steps` stratified draws; the result bounds the NLL from above (docs/math.md).
+    Positions: column 0 is BOS (clean, never scored); the schedule spans the L - 1 others.
+    """
+
+    default_sampler = "ancestral"
+
+    def __init__(self, config, mask_id: int) -> None:
+        self.config = config
+        self.options = d = config.diffusion
+        self.mask_id = mask_id
+        self.process = build_process(d.process, d.eps, config.model.vocab_size, mask_id)
+        self.conditioned = config.model.time_conditioning
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (one objective per model; a few lengths)
+    def schedule(self, length: int) -> Hyperschedule:
+        """The hyperschedule over the `length` positions after BOS."""
+        return from_spec(self.options.schedule, length)
+
+    @staticmethod
+    def scored_tokens(tokens: Tensor) -> int:
+        return tokens.shape[1] - 1
+
+    # -- which step, which levels -------------------------------------------------------------
+
+    def block_width(self, schedule: Hyperschedule) -> tuple[int, int]:
+        """(width, steps per block) of a block schedule, needed by the two-copy layout."""
+        kind, *numbers = self.options.schedule.split(":")
+        if kind != "block":
+            raise ConfigError("diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule")
+        return int(numbers[0]), int(numbers[1])
+
+    def step_index(self, tokens: Tensor, draws: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Per-position step numbers [B, L-1] and fractions in the step [B, L-1] from uniform
+        `draws` in [0, 1) ([B] for one step per sequence, [B, n_blocks] for two-copy), and the
+        number of steps each draw stands for (S, or K per block)."""
+        schedule = self.schedule(tokens.shape[1] - 1)
+        if self.options.attention == "two-copy":
+            width, steps = self.block_width(schedule)
+            block_of = torch.arange(schedule.length, device=tokens.device) // width
+            position = draws[:, block_of] * steps
+            return block_of * steps + position.floor().long() + 1, position.frac(), steps
+        position = (draws * schedule.num_steps)[:, None].expand(-1, schedule.length)
+        return position.floor().long() + 1, position.frac(), schedule.num_steps
+
+    def levels(self, tokens: Tensor, step: Tensor, frac: Tensor) -> tuple[Tensor, Tensor]:
+        """(t, s) per position: T[step-1] and T[step] in discrete time; in continuous time the
+        level at `frac` of the way through the step and its rate of decrease per step."""
+        table = self.schedule(tokens.shape[1] - 1).table.to(tokens.device)
+        before, after = table.gather(0, step - 1), table.gather(0, step)
+        if self.options.time == "discrete":
+            return before, after
+        return before + frac * (after - before), before - after
+
+    # -- the network's view ---------------------------------------------------------------------
+
+    def log_probs(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
+        """log p_θ(x0_i | x_t) for the positions after BOS, [B, L-1, V] (MASK excluded)."""
+        bos, length = tokens[:, :1], tokens.shape[1]
+        zeros = torch.zeros_like(t[:, :1])
+        options = {"causal": self.options.attention == "causal"}
+        if self.options.attention == "two-copy":
+            inputs = torch.cat((bos, x_t, tokens[:, 1:]), dim=1)
+            options.update(attn_mask=self.two_copy_mask(length, tokens.device))
+            options.update(positions=torch.cat((torch.arange(length), torch.arange(1, length))))
+            noise_level = torch.cat((zeros, t, torch.zeros_like(t)), dim=1)
+        else:
+            inputs, noise_level = torch.cat((bos, x_t), dim=1), torch.cat((zeros, t), dim=1)
+            if self.options.attention == "schedule":
+                options.update(attn_mask=self.schedule_mask(length, step[:, 0]))
+        if "positions" in options:
+            options["positions"] = options["positions"].to(tokens.device)
+        out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
+        out = out[:, 1:length] if self.options.readout == "aligned" else out[:, : length - 1]
+        out = out.float()
+        out[..., self.mask_id] = float("-inf")  # MASK is never a clean token
+        return out.log_softmax(-1)
+
+    def schedule_mask(self, length: int, step: Tensor) -> Tensor:
+        """[B, 1, L, L]: `masks.from_schedule` for each sequence's step, with BOS as a settled
+        position every other position may see."""
+        inner = masks.from_schedule(self.schedule(length - 1), step.cpu())
+        mask = F.pad(inner, (1, 0, 1, 0), value=False)
+        mask[..., 1:, 0] = True
+        mask[..., 0, 0] = True
+        return mask[:, None].to(step.device)
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019
+    def two_copy_mask(self, length: int, device) -> Tensor:
+        """[2L-1, 2L-1]: BOS, then `masks.two_copy_block_diffusion` over the L-1 positions."""
+        width, _ = self.block_width(self.schedule(length - 1))
+        inner = masks.two_copy_block_diffusion(length - 1, width)
+        mask = F.pad(inner, (1, 0, 1, 0), value=False)
+        mask[:, 0] = True
+        return mask.to(device)
+
+    # -- NELBO ---------------------------------------------------------------------------------
+
+    def terms(self, net, tokens: Tensor, draws: Tensor, generator) -> Tensor:
+        """Per-sequence NELBO estimate [B] from one draw per sequence (or per block)."""
+        x0 = tokens[:, 1:]
+        step, frac, weight = self.step_index(tokens, draws)
+        t, s_or_rate = self.levels(tokens, step, frac)
+        x_t = self.process.corrupt(x0, t, generator)
+        log_probs = self.log_probs(net, tokens, x_t, t, step)
+        if self.options.time == "discrete":
+            loss = self.process.step_loss(log_probs, x0, x_t, t, s_or_rate)
+        else:
+            loss = self.process.rate_loss(log_probs, x0, x_t, t, s_or_rate)
+        return weight * loss.sum(-1)
+
+    def reconstruction(self, net, tokens: Tensor, generator) -> Tensor:
+        """Continuous time only: the NELBO's term at t = 0+ (ε-hybrid's jump), per sequence."""
+        x0 = tokens[:, 1:]
+        x_t = self.process.corrupt_visible(x0, generator)
+        t = torch.zeros(x0.shape, device=x0.device)
+        step = torch.full_like(x0, self.schedule(x0.shape[1]).num_steps)
+        log_probs = self.log_probs(net, tokens, x_t, t, step)
+        return self.process.reconstruction_loss(log_probs, x0).sum(-1)
+
+    def draws(self, shape: tuple[int, ...], generator, device) -> Tensor:
+        """Uniform draws in [0, 1), stratified along the batch (low variance, still unbiased)."""
+        n = shape[0]
+        offsets = torch.arange(n, device=device).view(n, *[1] * (len(shape) - 1))
+        return (offsets + torch.rand(shape, generator=generator, device=device)) / n
+
+    def draw_shape(self, tokens: Tensor) -> tuple[int, ...]:
+        if self.options.attention == "two-copy":
+            width, _ = self.block_width(self.schedule(tokens.shape[1] - 1))
+            return (len(tokens), -(-(tokens.shape[1] - 1) // width))
+        return (len(tokens),)
+
+    def loss(self, net, tokens: Tensor, generator) -> Tensor:
+        """NELBO estimate per scored token, averaged over the batch (the training loss)."""
+        nelbo = self.terms(
+            net, tokens, self.draws(self.draw_shape(tokens), generator, tokens.device), generator
+        )
+        if self.needs_reconstruction:
+            nelbo = nelbo + self.reconstruction(net, tokens, generator)
+        return nelbo.mean() / self.scored_tokens(tokens)
+
+    @property
+    def needs_reconstruction(self) -> bool:
+        return self.options.time == "continuous" and self.process.has_reconstruction
+
+    def nelbo(self, net, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Per-sequence NELBO [B] in nats: every step summed when there are at most
+        `eval_steps`, else `eval_steps` stratified draws (a fixed seed keeps it reproducible)."""
+        generator = generator or torch.Generator(tokens.device).manual_seed(0)
+        shape = self.draw_shape(tokens)
+        _, _, steps = self.step_index(tokens, torch.zeros(shape, device=tokens.device))
+        exact = self.options.time == "discrete" and steps <= self.options.eval_steps
+        n = steps if exact else self.options.eval_steps
+        total = torch.zeros(len(tokens), device=tokens.device)
+        for k in range(n):
+            if exact:  # the midpoint of step k + 1
+                draws = torch.full(shape, (k + 0.5) / steps, device=tokens.device)
+            else:
+                draws = (k + torch.rand(shape, generator=generator, device=tokens.device)) / n
+            total += self.terms(net, tokens, draws, generator) / n
+        if self.needs_reconstruction:
+            total += self.reconstruction(net, tokens, generator)
+        return total
 
 
-def build_objective(config):
+def build_process(name: str, eps: float, vocab_size: int, mask_id: int) -> NoiseProcess:
+    if name == "absorbing":
+        return Absorbing(mask_id)
+    if name == "uniform":
+        return Uniform(vocab_size, mask_id)
+    return EpsHybrid(eps, mask_id, vocab_size)
+
+
+# Families are presets of the diffusion section; `ar` is the plain next-token objective.
+FAMILY_DEFAULTS = {
+    "mdlm": {
+        "schedule": "flat:1000",
+        "process": "absorbing",
+        "time": "continuous",
+        "attention": "full",
+    },
+    "block-diffusion": {
+        "schedule": "block:16:16",
+        "process": "absorbing",
+        "time": "discrete",
+        "attention": "two-copy",
+    },
+    "slide": {
+        "schedule": "slide:16:16",
+        "process": "absorbing",
+        "time": "discrete",
+        "attention": "schedule",
+    },
+    "eps-hybrid": {
+        "schedule": "flat:1000",
+        "process": "eps-hybrid",
+        "time": "continuous",
+        "attention": "full",
+    },
+    "hyperschedule": {"process": "absorbing", "time": "discrete", "attention": "schedule"},
+}
+FAMILIES = {"ar": AutoregressiveObjective, **dict.fromkeys(FAMILY_DEFAULTS, DiffusionObjective)}
+
+
+def build_objective(config, mask_id: int):
     """The objective of `config.family` (config validation has checked the name)."""
-    return FAMILIES[config.family](config)
+    return FAMILIES[config.family](config, mask_id)

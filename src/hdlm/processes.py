@@ -77,14 +77,20 @@ def data_index(x: Tensor, mask_id: int) -> Tensor:
     return x - (x > mask_id).long()
 
 
-def random_data_tokens(like: Tensor, mask_id: int, num_data: int, generator=None) -> Tensor:
+def random_data_tokens(
+    like: Tensor, mask_id: int, num_data: int, generator: torch.Generator | None = None
+) -> Tensor:
     """Token ids drawn uniformly from the num_data ids other than MASK, shaped like `like`."""
     r = torch.randint(num_data, like.shape, generator=generator, device=like.device)
     return r + (r >= mask_id).long()
 
 
 def resample(
-    x: Tensor, prob: Tensor | float, mask_id: int, num_data: int, generator=None
+    x: Tensor,
+    prob: Tensor | float,
+    mask_id: int,
+    num_data: int,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Replace each non-MASK token by a uniform data id with probability `prob`; MASK stays."""
     hit = torch.rand(x.shape, generator=generator, device=x.device) < prob
@@ -92,22 +98,28 @@ def resample(
     return torch.where(hit & (x != mask_id), fresh, x)
 
 
-def uniform_marginal(x: Tensor, keep: Tensor, num_data: int) -> Tensor:
-    """keep * e_x + (1 - keep) * u over the data ids (u uniform): [B, L, N].
+def step_resample_prob(t: Tensor, s: Tensor) -> Tensor:
+    """Probability that the uniform chain resamples a token between levels s < t:
+    1 - alpha_t / alpha_s = (t - s) / (1 - s)."""
+    return (t - s) / alpha(s)
 
-    As a function of its last index j this is q(j | x) for a uniform-resampling kernel that keeps
-    its input with probability `keep`; the kernel is symmetric, so it is also q(x | j).
+
+def uniform_marginal(x: Tensor, r: Tensor, num_data: int) -> Tensor:
+    """(1 - r) e_x + r u over the data ids (u uniform): [B, L, N].
+
+    As a function of its last index j this is q(j | x) for the kernel that resamples its input
+    uniformly with probability r; the kernel is symmetric, so it is also q(x | j).
     """
-    one_hot = torch.nn.functional.one_hot(x, num_data).to(keep.dtype)
-    keep = keep.unsqueeze(-1)
-    return keep * one_hot + (1 - keep) / num_data
+    one_hot = torch.nn.functional.one_hot(x, num_data).to(r.dtype)
+    r = r.unsqueeze(-1)
+    return (1 - r) * one_hot + r / num_data
 
 
-def log_push_forward(log_w: Tensor, keep: Tensor) -> Tensor:
-    """log sum_i w_i q(j | i) for the uniform kernel q(j | i) = keep e_i(j) + (1 - keep) / N."""
+def log_push_forward(log_w: Tensor, r: Tensor) -> Tensor:
+    """log sum_i w_i q(j | i) for the uniform kernel q(j | i) = (1 - r) e_i(j) + r / N."""
     num_data = log_w.shape[-1]
-    spread = torch.log(1 - keep) - math.log(num_data) + torch.logsumexp(log_w, dim=-1)
-    return torch.logaddexp(torch.log(keep).unsqueeze(-1) + log_w, spread.unsqueeze(-1))
+    spread = torch.log(r) - math.log(num_data) + torch.logsumexp(log_w, dim=-1)
+    return torch.logaddexp(torch.log1p(-r).unsqueeze(-1) + log_w, spread.unsqueeze(-1))
 
 
 def poisson_divergence(log_rate: Tensor, log_model_rate: Tensor) -> Tensor:
@@ -233,8 +245,8 @@ class Uniform(NoiseProcess):
 
         q(x_s = j | x_t, x0) = q(x_t | j) q_s(j | x0) / q_t(x_t | x0),
         p_theta(x_s = j | x_t) = q(x_t | j) sum_i w_i q_s(j | i),
-        w_i = p_theta(i | x_t) / q_t(x_t | i), with q(x_t | j) the step kernel (keep probability
-        alpha_t / alpha_s).
+        w_i = p_theta(i | x_t) / q_t(x_t | i), with q(x_t | j) the step kernel (it resamples with
+        probability 1 - alpha_t / alpha_s).
         """
         moving = _levels(t, x0, log_probs) > _levels(s, x0, log_probs)
         # Positions that do not move are evaluated as a dummy step t -> 0 (finite) and zeroed.
@@ -243,11 +255,11 @@ class Uniform(NoiseProcess):
         lp = data_log_probs(log_probs, self.mask_id)
         i0, it = data_index(x0, self.mask_id), data_index(x_t, self.mask_id)
         n = self.num_data
-        step_kernel = uniform_marginal(it, alpha(t) / alpha(s), n)  # q(x_t | x_s = j)
-        likelihood = uniform_marginal(it, alpha(t), n)  # q_t(x_t | x0 = i)
+        step_kernel = uniform_marginal(it, step_resample_prob(t, s), n)  # q(x_t | x_s = j)
+        likelihood = uniform_marginal(it, t, n)  # q_t(x_t | x0 = i)
         evidence = likelihood.gather(-1, i0.unsqueeze(-1))  # q_t(x_t | x0)
-        posterior = step_kernel * uniform_marginal(i0, alpha(s), n) / evidence
-        log_model = step_kernel.log() + log_push_forward(lp - likelihood.log(), alpha(s))
+        posterior = step_kernel * uniform_marginal(i0, s, n) / evidence
+        log_model = step_kernel.log() + log_push_forward(lp - likelihood.log(), s)
         kl = (torch.xlogy(posterior, posterior) - posterior * log_model).sum(-1)
         return torch.where(moving, kl, 0.0)
 
@@ -264,10 +276,10 @@ class Uniform(NoiseProcess):
         dt = _levels(dt, x0, log_probs)
         lp = data_log_probs(log_probs, self.mask_id)
         i0, it = data_index(x0, self.mask_id), data_index(x_t, self.mask_id)
-        likelihood = uniform_marginal(it, alpha(t), self.num_data)  # q_t(x_t | i)
+        likelihood = uniform_marginal(it, t, self.num_data)  # q_t(x_t | i)
         log_evidence = likelihood.gather(-1, i0.unsqueeze(-1)).log()
-        log_rate = uniform_marginal(i0, alpha(t), self.num_data).log() - log_evidence
-        log_model_rate = log_push_forward(lp - likelihood.log(), alpha(t))
+        log_rate = uniform_marginal(i0, t, self.num_data).log() - log_evidence
+        log_model_rate = log_push_forward(lp - likelihood.log(), t)
         divergence = poisson_divergence(log_rate, log_model_rate).sum(-1)
         return dt / (alpha(t) * self.num_data) * divergence
 

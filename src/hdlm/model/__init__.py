@@ -25,7 +25,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
         self.net = Transformer(config.model)
-        self.objective = build_objective(config)
+        self.objective = build_objective(config, tokenizer.mask_id)
 
     @property
     def device(self) -> torch.device:
