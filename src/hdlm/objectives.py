@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from hdlm.model.transformer import Transformer
 
 
+def clean_log_probs(logits: Tensor, mask_id: int) -> Tensor:
+    """log p_θ(x0 = v) over the vocabulary in float32, MASK excluded (it is never a clean token)."""
+    logits = logits.float()
+    logits[..., mask_id] = float("-inf")
+    return logits.log_softmax(-1)
+
+
 class AutoregressiveObjective:
     """-log p(x) = -Σ_{i>=1} log p_θ(x_i | x_<i): next-token cross-entropy under a causal mask."""
 
@@ -34,12 +41,12 @@ class AutoregressiveObjective:
     default_sampler = "ar"
 
     def __init__(self, config, mask_id: int) -> None:
-        self.config = config
+        self.config, self.mask_id = config, mask_id
 
     def token_nll(self, net: Transformer, tokens: Tensor) -> Tensor:
         """-log p_θ(x_i | x_<i) for i = 1..L-1, shape [B, L-1]."""
-        logits = net(tokens[:, :-1], causal=True)
-        return F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")
+        log_probs = clean_log_probs(net(tokens[:, :-1], causal=True), self.mask_id)
+        return -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
     def loss(self, net: Transformer, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
         return self.token_nll(net, tokens).mean()
@@ -135,9 +142,7 @@ class DiffusionObjective:
             options["positions"] = options["positions"].to(tokens.device)
         out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
         out = out[:, 1:length] if self.options.readout == "aligned" else out[:, : length - 1]
-        out = out.float()
-        out[..., self.mask_id] = float("-inf")  # MASK is never a clean token
-        return out.log_softmax(-1)
+        return clean_log_probs(out, self.mask_id)
 
     def schedule_mask(self, length: int, step: Tensor) -> Tensor:
         """[B, 1, L, L]: `masks.from_schedule` for each sequence's step, with BOS as a settled

@@ -313,7 +313,11 @@ class EpsHybrid(NoiseProcess):
         return self.eps > 0
 
     def corrupt_visible(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The jump at t = 0+: each non-MASK token is resampled uniformly with probability eps."""
+        """The jump at t = 0+: each non-MASK token is resampled uniformly with probability eps.
+
+        At eps = 0 nothing is drawn, so the generator advances exactly as under `Absorbing`."""
+        if self.eps == 0:
+            return x
         return resample(x, self.eps, self.mask_id, self.num_data, generator)
 
     def corrupt(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:

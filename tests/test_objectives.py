@@ -1,0 +1,137 @@
+"""Exact identities of the diffusion NELBO (design.md §2, docs/math.md)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from hdlm.config import RunConfig, validate
+from hdlm.model import Transformer
+from hdlm.objectives import AutoregressiveObjective, DiffusionObjective
+
+V, MASK, L = 23, 22, 17  # vocabulary with MASK last; blocks of BOS + 16 tokens
+
+
+def make(family="hyperschedule", time_conditioning=False, **diffusion):
+    config = RunConfig(family=family)
+    config.data.seq_len = L
+    config.model = dataclasses.replace(
+        config.model, vocab_size=V, max_len=64, n_layers=2, n_heads=2, d_model=32,
+        time_conditioning=time_conditioning,
+    )  # fmt: skip
+    config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
+    validate(config)
+    torch.manual_seed(0)
+    net = Transformer(config.model).eval()
+    objective = (AutoregressiveObjective if family == "ar" else DiffusionObjective)(config, MASK)
+    return net, objective
+
+
+def random_tokens(n=4):
+    tokens = torch.randint(0, MASK, (n, L))
+    tokens[:, 0] = 0  # BOS
+    return tokens
+
+
+def test_quenched_ar_absorbing_causal_nelbo_equals_the_ar_nll_of_the_same_network():
+    net, diffusion = make(
+        schedule="quenched_ar", attention="causal", readout="shifted", eval_steps=L,
+    )  # fmt: skip
+    _, ar = make("ar")
+    tokens = random_tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(diffusion.nelbo(net, tokens), ar.nelbo(net, tokens))
+        # the schedule's own mask reduces to the causal one, so it gives the same numbers
+        _, scheduled = make(
+            schedule="quenched_ar", attention="schedule", readout="shifted", eval_steps=L
+        )
+        torch.testing.assert_close(scheduled.nelbo(net, tokens), ar.nelbo(net, tokens))
+
+
+def test_two_copy_layout_equals_stepping_through_the_block_schedule():
+    # one step per block makes the noise deterministic, so the identity is exact per sample
+    net, two_copy = make(family="block-diffusion", schedule="block:4:1", attention="two-copy")
+    _, stepped = make(family="block-diffusion", schedule="block:4:1", attention="schedule")
+    tokens = random_tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(two_copy.nelbo(net, tokens), stepped.nelbo(net, tokens))
+
+
+def mdlm_reference(net, tokens, generator):
+    """MDLM's continuous-time NELBO written out directly: E_t E_xt Σ_i 1[masked] (1/t) CE_i,
+    one Monte Carlo draw per row of `tokens`."""
+    x0 = tokens[:, 1:]
+    t = torch.rand(len(tokens), 1, generator=generator)
+    masked = torch.rand(x0.shape, generator=generator) < t
+    x_t = torch.where(masked, MASK, x0)
+    logits = net(torch.cat((tokens[:, :1], x_t), 1), causal=False)[:, 1:].float()
+    logits[..., MASK] = float("-inf")
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
+    return (masked * ce / t).sum(-1)
+
+
+def test_flat_absorbing_matches_the_mdlm_continuous_nelbo_in_expectation():
+    net, mdlm = make(family="mdlm")
+    copies = random_tokens(1).expand(4000, -1)  # many draws for one sequence, in one batch
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        reference = mdlm_reference(net, copies, generator)
+        ours = mdlm.terms(net, copies, torch.rand(len(copies), generator=generator), generator)
+    difference = ours.mean() - reference.mean()
+    standard_error = (ours.var() / len(ours) + reference.var() / len(reference)).sqrt()
+    assert difference.abs() < 4 * standard_error, (difference, standard_error)
+    # a discrete flat schedule with many steps is the same bound up to O(1/S)
+    _, discrete = make(family="mdlm", schedule="flat:1000", time="discrete")
+    with torch.no_grad():
+        estimate = discrete.terms(
+            net, copies, torch.rand(len(copies), generator=generator), generator
+        )
+    standard_error = (estimate.var() / len(estimate) + reference.var() / len(reference)).sqrt()
+    assert (estimate.mean() - reference.mean()).abs() < 4 * standard_error
+
+
+@pytest.mark.parametrize("time", ["discrete", "continuous"])
+def test_eps_zero_is_the_absorbing_nelbo_exactly(time):
+    net, hybrid = make(family="eps-hybrid", eps=0.0, time=time)
+    _, absorbing = make(family="mdlm", time=time)
+    tokens = random_tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(hybrid.nelbo(net, tokens), absorbing.nelbo(net, tokens))
+        gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+        torch.testing.assert_close(
+            hybrid.loss(net, tokens, gen()), absorbing.loss(net, tokens, gen())
+        )
+
+
+def test_a_hybrid_with_eps_puts_loss_on_visible_positions():
+    net, hybrid = make(family="eps-hybrid", eps=0.05, time="continuous")
+    tokens = random_tokens()
+    x0 = tokens[:, 1:]
+    visible = hybrid.process.corrupt_visible(x0, torch.Generator().manual_seed(0))
+    log_probs = hybrid.log_probs(net, tokens, visible, torch.zeros(x0.shape), torch.ones_like(x0))
+    assert (hybrid.process.reconstruction_loss(log_probs, x0) > 0).all()
+    _, absorbing = make(family="mdlm")
+    with torch.no_grad():
+        assert (hybrid.nelbo(net, tokens) > absorbing.nelbo(net, tokens)).all()
+
+
+def test_noise_level_conditioning_changes_nothing_at_initialisation():
+    net, plain = make(family="mdlm")
+    conditioned_net, conditioned = make(family="mdlm", time_conditioning=True)
+    conditioned_net.load_state_dict(net.state_dict(), strict=False)
+    tokens = random_tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            conditioned.nelbo(conditioned_net, tokens), plain.nelbo(net, tokens)
+        )
+
+
+@pytest.mark.parametrize("family", ["mdlm", "block-diffusion", "slide", "eps-hybrid"])
+def test_training_loss_is_finite_and_differentiable(family):
+    net, objective = make(family=family)
+    net.train()
+    loss = objective.loss(net, random_tokens(8), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and all(
+        torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None
+    )
