@@ -201,17 +201,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML config as a dict; `base: other.yaml` (relative to the file) is read first and
+    this file's keys override it, section by section."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    base = data.pop("base", None)
+    return merge(read_yaml(path.parent / base), data) if base else data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge(merged[key], value) if both_dicts else value
+    return merged
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config (or the defaults when `path` is None), apply overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found; pass an existing YAML (see configs/)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    data = read_yaml(Path(path)) if path is not None else {}
     config = from_dict(RunConfig, apply_overrides(data, list(overrides)))
     validate(config)
     return config
