@@ -85,6 +85,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 
+def cmd_plot_schedule(args: argparse.Namespace) -> None:
+    from hdlm.schedules import from_spec, plot_schedule
+
+    path = plot_schedule(from_spec(args.spec, args.length), args.out)
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hdlm",
@@ -129,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the result to this file")
     _add_set(p)
     p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("plot", help="draw what a model or schedule does")
+    plots = p.add_subparsers(dest="what", required=True)
+    p = plots.add_parser("schedule", help="a hyperschedule as a heatmap (steps x positions)")
+    p.add_argument("spec", help="quenched_ar | flat:STEPS | block:W:K | slide:W:TAU | file:PATH")
+    p.add_argument("--length", type=int, default=64, help="positions (default 64)")
+    p.add_argument("--out", default="schedule.png", help=".png or .svg (default schedule.png)")
+    p.set_defaults(func=cmd_plot_schedule)
     return parser
 
 
