@@ -166,3 +166,36 @@ def test_console_script_help():
         done = subprocess.run([sys.executable, "-m", "hdlm.cli", *args, "--help"],
                               capture_output=True, text=True)  # fmt: skip
         assert done.returncode == 0 and "usage: hdlm" in done.stdout
+
+
+@pytest.mark.parametrize("family", ["mdlm", "block-diffusion", "slide", "eps-hybrid"])
+def test_every_diffusion_family_trains_saves_loads_and_evaluates(tmp_path, cache, capsys, family):
+    out = tmp_path / family
+    schedule = {"block-diffusion": "block:8:4", "slide": "slide:8:4"}.get(family, "flat:100")
+    diffusion = ["--set", f"diffusion.schedule={schedule}", "--set", "diffusion.eval_steps=4"]
+    args = train_args(out, cache, "--set", f"family={family}", "--set", "train.steps=4", *diffusion)
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    code, text, err = run(
+        ["eval", str(out), "--split", "test", "--max-blocks", "8", *cache], capsys
+    )
+    assert code == 0, err
+    result = json.loads(text)
+    assert result["family"] == family and result["nelbo_per_token"] > result["entropy_floor"]
+    lm = hdlm.load(out)
+    if family in ("mdlm", "eps-hybrid"):
+        prompt = [3, 4, 5]
+        tokens = lm.sample(3, 20, prompt=prompt, steps=8, seed=1)
+        assert tokens[:, 1:4].tolist() == [prompt] * 3  # the prompt is never changed
+        assert not (tokens == lm.tokenizer.mask_id).any()  # every position was revealed
+        assert torch.equal(tokens, lm.sample(3, 20, prompt=prompt, steps=8, seed=1))
+    else:
+        assert "hyperschedule sampler" in error_line(run(["sample", str(out)], capsys)[2])
+
+
+def test_plot_schedule(tmp_path, capsys):
+    svg = tmp_path / "s.svg"
+    code, _, _ = run(["plot", "schedule", "block:4:3", "--length", "12", "--out", str(svg)], capsys)
+    assert code == 0 and svg.read_text().startswith("<?xml")
+    code, _, err = run(["plot", "schedule", "block:4", "--out", str(tmp_path / "s.png")], capsys)
+    assert code == 2 and "bad schedule" in error_line(err)

@@ -52,6 +52,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         seed=args.seed,
         use_cache=not args.no_cache,
+        steps=args.steps,
     )
     for i, text in enumerate(lm.decode(tokens)):
         print(f"=== sample {i} ===\n{text}")
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=128, help="reverse steps (diffusion samplers)")
     p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
     p.set_defaults(func=cmd_sample)
 

@@ -6,9 +6,10 @@ import torch
 from torch import Tensor
 
 from hdlm.errors import HdlmError
+from hdlm.sampling.ancestral import sample_ancestral
 from hdlm.sampling.ar import sample_ar
 
-SAMPLERS = {"ar": sample_ar}
+SAMPLERS = ("ar", "ancestral")
 
 
 def sample(
@@ -22,6 +23,7 @@ def sample(
     top_p: float | None = None,
     seed: int = 0,
     use_cache: bool = True,
+    steps: int = 128,
 ) -> Tensor:
     """Draw `n` sequences of `length` tokens (BOS and prompt included) from a `LanguageModel`."""
     sampler = sampler or lm.objective.default_sampler
@@ -40,14 +42,11 @@ def sample(
             f"--length {length} is longer than the model's context ({lm.config.model.max_len}); "
             f"use --length {lm.config.model.max_len} or less"
         )
+    if sampler == "ar" and lm.config.family != "ar":
+        raise HdlmError(f"the ar sampler needs an ar checkpoint; this one is '{lm.config.family}'")
     generator = torch.Generator(lm.device).manual_seed(seed)
-    return SAMPLERS[sampler](
-        lm.net,
-        prefix.expand(n, -1),
-        length,
-        generator,
-        use_cache=use_cache,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-    )
+    pick = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    prefix = prefix.expand(n, -1)
+    if sampler == "ar":
+        return sample_ar(lm.net, prefix, length, generator, use_cache=use_cache, **pick)
+    return sample_ancestral(lm, prefix.clone(), length, generator, steps=steps, **pick)
