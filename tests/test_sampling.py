@@ -13,7 +13,7 @@ def test_cached_and_uncached_ar_sampling_agree(tiny_model_config, temperature):
 
     def draw(use_cache):
         generator = torch.Generator().manual_seed(11)
-        return sample_ar(net, prefix, 24, generator, use_cache=use_cache, temperature=temperature)
+        return sample_ar(net, prefix, 24, generator, 36, use_cache, temperature=temperature)
 
     cached, uncached = draw(True), draw(False)
     assert torch.equal(cached, uncached)
@@ -22,8 +22,8 @@ def test_cached_and_uncached_ar_sampling_agree(tiny_model_config, temperature):
 
 def test_greedy_ar_sampling_follows_the_argmax(tiny_model_config):
     net = Transformer(tiny_model_config).eval()
-    tokens = sample_ar(net, torch.tensor([[1]]), 10, None, temperature=0.0)
-    logits = net(tokens[:, :-1])
+    tokens = sample_ar(net, torch.tensor([[1]]), 10, None, 36, temperature=0.0)
+    logits = net(tokens[:, :-1])[..., :36]  # id 36 is MASK, never drawn
     assert torch.equal(logits.argmax(-1), tokens[:, 1:])
 
 

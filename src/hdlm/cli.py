@@ -53,6 +53,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         seed=args.seed,
         use_cache=not args.no_cache,
         steps=args.steps,
+        schedule=args.schedule,
+        eta=args.eta,
     )
     for i, text in enumerate(lm.decode(tokens)):
         print(f"=== sample {i} ===\n{text}")
@@ -119,12 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="text the samples continue")
     p.add_argument("-n", "--num-samples", type=int, default=2)
     p.add_argument("--length", type=int, default=None, help="tokens per sample incl. the prompt")
-    p.add_argument("--sampler", default=None, help="sampler (default: the family's own)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=128, help="reverse steps (diffusion samplers)")
+    p.add_argument(
+        "--sampler", default=None, help="ar | ancestral | acs | remask (default: the family's own)"
+    )
+    p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
+    p.add_argument("--steps", type=int, default=128, help="steps of a flat schedule")
+    p.add_argument("--eta", type=float, default=None, help="acs re-draw / remask strength")
     p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
     p.set_defaults(func=cmd_sample)
 

@@ -1,4 +1,9 @@
-"""One entry point for every sampler: `sample(lm, n, length, sampler=..., prompt=...)`."""
+"""One entry point for every sampler: `sample(lm, n, length, sampler=..., prompt=...)`.
+
+* `ar`: left to right with a KV cache (AR checkpoints; the speed baseline).
+* `ancestral`, `acs`, `remask`: the hyperschedule sampler (`sampling.hyperschedule`) with no
+  correction, HDLM's Adaptive Correction Sampler, or ReMDM remasking; any schedule, any prompt.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,24 @@ import torch
 from torch import Tensor
 
 from hdlm.errors import HdlmError
-from hdlm.sampling.ancestral import sample_ancestral
 from hdlm.sampling.ar import sample_ar
+from hdlm.sampling.hyperschedule import Trace, sample_hyperschedule
+from hdlm.schedules import Hyperschedule, from_spec
 
-SAMPLERS = ("ar", "ancestral")
+SAMPLERS = ("ar", "ancestral", "acs", "remask")
+DEFAULT_ETA = {"ancestral": 0.0, "acs": 0.015, "remask": 0.02}
+
+
+def sampling_schedule(lm, spec: str | None, steps: int, length: int) -> Hyperschedule:
+    """The schedule to walk: `spec`, else the one the model was trained with (a flat one with
+    `steps` steps for flat-trained models, quenched AR for AR models)."""
+    if spec is None:
+        if lm.config.family == "ar":
+            spec = "quenched_ar"
+        else:
+            spec = lm.objective.options.schedule
+            spec = f"flat:{steps}" if spec.startswith("flat:") else spec
+    return from_spec(spec, length - 1)
 
 
 def sample(
@@ -24,6 +43,9 @@ def sample(
     seed: int = 0,
     use_cache: bool = True,
     steps: int = 128,
+    schedule: str | None = None,
+    eta: float | None = None,
+    trace: Trace | None = None,
 ) -> Tensor:
     """Draw `n` sequences of `length` tokens (BOS and prompt included) from a `LanguageModel`."""
     sampler = sampler or lm.objective.default_sampler
@@ -44,9 +66,23 @@ def sample(
         )
     if sampler == "ar" and lm.config.family != "ar":
         raise HdlmError(f"the ar sampler needs an ar checkpoint; this one is '{lm.config.family}'")
+    if sampler != "ar" and getattr(lm.objective, "process", None) is not None:
+        if lm.objective.options.process == "uniform":
+            raise HdlmError("the masking samplers need a masking process (absorbing, eps-hybrid)")
     generator = torch.Generator(lm.device).manual_seed(seed)
     pick = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     prefix = prefix.expand(n, -1)
     if sampler == "ar":
-        return sample_ar(lm.net, prefix, length, generator, use_cache=use_cache, **pick)
-    return sample_ancestral(lm, prefix.clone(), length, generator, steps=steps, **pick)
+        return sample_ar(lm.net, prefix, length, generator, lm.tokenizer.mask_id, use_cache, **pick)
+    return sample_hyperschedule(
+        lm,
+        prefix,
+        length,
+        generator,
+        sampling_schedule(lm, schedule, steps, length),
+        correction="none" if sampler == "ancestral" else sampler,
+        eta=DEFAULT_ETA[sampler] if eta is None else eta,
+        use_cache=use_cache,
+        trace=trace,
+        **pick,
+    )

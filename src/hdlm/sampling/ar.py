@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from hdlm.model.transformer import KVCache, Transformer
+from hdlm.objectives import clean_log_probs
 from hdlm.sampling.tokens import pick_tokens
 
 
@@ -15,13 +16,15 @@ def sample_ar(
     prefix: Tensor,
     length: int,
     generator: torch.Generator | None,
+    mask_id: int,
     use_cache: bool = True,
     **pick_options,
 ) -> Tensor:
     """Extend `prefix` [n, P] (BOS and prompt) to [n, length] one token at a time.
 
     With the cache the prefix is committed once and every step feeds only the newest token;
-    `use_cache=False` recomputes the whole sequence each step (same tokens, slower).
+    `use_cache=False` recomputes the whole sequence each step (same tokens, slower). MASK is
+    never drawn.
     """
     cache = None
     if use_cache:
@@ -29,7 +32,7 @@ def sample_ar(
     logits = net(prefix, cache=cache, commit=True)[:, -1]
     tokens = prefix
     while tokens.shape[1] < length:
-        new = pick_tokens(logits, generator, **pick_options)
+        new = pick_tokens(clean_log_probs(logits, mask_id), generator, **pick_options)
         tokens = torch.cat((tokens, new[:, None]), dim=1)
         if tokens.shape[1] < length:
             step_logits = net(new[:, None], cache=cache, commit=True) if use_cache else net(tokens)

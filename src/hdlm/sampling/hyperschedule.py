@@ -1,0 +1,241 @@
+"""The hyperschedule-driven sampler: ancestral, ACS and remasking reverse steps with a KV cache.
+
+Walk the steps s = 1..S of a hyperschedule T over the positions after BOS. At step s:
+
+* settled positions (T[s-1, i] = 0, and the prompt) are final; their keys and values sit in the
+  KV cache, committed group by group in the order they settled, so each one saw exactly what the
+  training mask `masks.from_schedule` shows it;
+* active positions (T[s-1, i] > 0, T[s, i] < 1) are computed against the cache and each other;
+  a masked one is revealed with probability p = (t - s) / t, its token drawn from p_θ(x0 | x_t);
+* untouched positions (still fully noised) are not computed at all.
+
+Corrections of visible in-flight tokens (never of settled or prompt tokens):
+* `acs` (HDLM's Adaptive Correction Sampler): each is re-drawn from the model with probability
+  η (1 - p);
+* `remask` (ReMDM, "cap" schedule): each is masked again with probability σ = min(η, s / (1 - t)),
+  and masked tokens are revealed with ((1 - s) - (1 - σ)(1 - t)) / t instead of p.
+
+`use_cache=False` runs the whole sequence every step with the equivalent attention mask: the
+same tokens, the same random draws, logits equal to float tolerance — only slower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hdlm.errors import HdlmError
+from hdlm.model.transformer import KVCache
+from hdlm.objectives import clean_log_probs
+from hdlm.sampling.tokens import pick_tokens
+from hdlm.schedules import Hyperschedule
+
+CORRECTIONS = ("none", "acs", "remask")
+
+
+@dataclass
+class Trace:
+    """What happened at every step (for plots): tokens after the step and per-position events."""
+
+    tokens: list[Tensor] = field(default_factory=list)  # [n, L] after each step
+    revealed: list[Tensor] = field(default_factory=list)  # [n, L-1] masked -> token
+    corrected: list[Tensor] = field(default_factory=list)  # [n, L-1] token -> another token
+    remasked: list[Tensor] = field(default_factory=list)  # [n, L-1] token -> MASK
+
+
+def attention_keys(schedule: Hyperschedule, fixed: Tensor) -> Tensor:
+    """Commit order of every position after BOS: its settle step; prompt positions come before
+    all others but keep their relative order. A settled position sees settled keys <= its own."""
+    settle = schedule.settle_step
+    return torch.where(fixed, settle - schedule.num_steps - 1, settle)
+
+
+def full_mask(key: Tensor, settled: Tensor, active: Tensor) -> Tensor:
+    """[n, L, L] mask over [BOS, positions] equal to what the cache shows (see masks.from_schedule):
+    settled rows see settled keys <= their own, active rows see settled and active, the rest
+    (untouched) see themselves. `key` [L] already includes BOS (the smallest key, settled)."""
+    n = settled.shape[0]
+    bos = torch.ones(n, 1, dtype=torch.bool, device=settled.device)
+    settled = torch.cat((bos, settled), 1)
+    active = torch.cat((~bos, active), 1)
+    by_key = key[None, :] <= key[:, None]
+    visible = settled | active
+    rows = (settled[:, :, None] & settled[:, None, :] & by_key) | (
+        active[:, :, None] & visible[:, None, :]
+    )
+    return rows | torch.eye(len(key), dtype=torch.bool, device=key.device)
+
+
+class NetworkView:
+    """Computes the log-probabilities of the active positions, with or without the KV cache.
+
+    Hidden states (after the final norm) are kept for every computed position, so a shifted
+    read-out (position i - 1 predicts token i) can use a settled position's output directly.
+    """
+
+    def __init__(self, lm, tokens: Tensor, key: Tensor, use_cache: bool, shifted: bool):
+        self.net, self.mask_id = lm.net, lm.tokenizer.mask_id
+        self.conditioned = lm.config.model.time_conditioning
+        self.key = torch.cat((key.new_full((1,), torch.iinfo(key.dtype).min), key))  # BOS first
+        self.shift = int(shifted)
+        n, length = tokens.shape
+        self.hidden = torch.zeros(n, length, lm.config.model.d_model, device=tokens.device)
+        self.cache = None
+        if use_cache:
+            dtype = lm.net.embed.weight.dtype
+            self.cache = KVCache.empty(lm.config.model, n, tokens.device, dtype)
+
+    def _run(self, tokens, index, levels, attn_mask=None, commit=False) -> None:
+        """Forward the token positions `index` (after the cache), keeping their hidden states."""
+        self.hidden[:, index] = self.net(
+            tokens[:, index],
+            positions=index,
+            cache=self.cache,
+            commit=commit,
+            attn_mask=attn_mask,
+            causal=False,
+            noise_level=levels[:, index] if self.conditioned else None,
+            return_hidden=True,
+        ).float()
+
+    def commit(self, tokens: Tensor, index: Tensor) -> None:
+        """Cached path: append the settled token positions `index`, each seeing the cache and
+        the positions of `index` whose key is no larger than its own."""
+        if self.cache is None or len(index) == 0:
+            return
+        group = self.key[index]
+        seen = torch.ones(len(index), self.cache.length, dtype=torch.bool, device=index.device)
+        within = group[None, :] <= group[:, None]
+        levels = torch.zeros(tokens.shape, device=tokens.device)
+        self._run(tokens, index, levels, torch.cat((seen, within), 1), commit=True)
+
+    def log_probs(self, tokens, levels, settled, active) -> Tensor:
+        """log p_θ(x0 | x_t) of the active positions, [n, A, V] (MASK excluded)."""
+        positions = active.nonzero()[:, 0] + 1  # token index of each active position
+        read = positions - self.shift
+        computed = torch.cat(
+            (torch.ones(1, dtype=torch.bool, device=active.device), settled | active)
+        )
+        if not computed[read].all():
+            raise HdlmError(
+                "a shifted read-out needs the position before each active one computed; "
+                "use a schedule that settles left to right"
+            )
+        if self.cache is None:
+            every = torch.arange(tokens.shape[1], device=tokens.device)
+            mask = full_mask(self.key, settled[None], active[None])[:, None]
+            self._run(tokens, every, levels, attn_mask=mask)
+        elif torch.isin(read, positions).any():  # some read-out sits on an in-flight token
+            self._run(tokens, positions, levels)
+        return clean_log_probs(self.net.head(self.hidden[:, read]), self.mask_id)
+
+
+@torch.no_grad()
+def sample_hyperschedule(
+    lm,
+    prefix: Tensor,
+    length: int,
+    generator: torch.Generator | None,
+    schedule: Hyperschedule,
+    correction: str = "none",
+    eta: float = 0.015,
+    use_cache: bool = True,
+    trace: Trace | None = None,
+    **pick,
+) -> Tensor:
+    """Extend `prefix` [n, P] (BOS and prompt) to [n, length] by walking `schedule`."""
+    n, device, mask_id = prefix.shape[0], prefix.device, lm.tokenizer.mask_id
+    if schedule.length != length - 1:
+        raise HdlmError(
+            f"schedule {schedule.name} has {schedule.length} positions, need {length - 1}"
+        )
+    if correction not in CORRECTIONS:
+        raise HdlmError(
+            f"unknown correction '{correction}'; choose one of {', '.join(CORRECTIONS)}"
+        )
+    tokens = F.pad(prefix, (0, length - prefix.shape[1]), value=mask_id)
+    fixed = torch.arange(length - 1, device=device) < prefix.shape[1] - 1
+    table = schedule.table.to(device).masked_fill(fixed, 0.0)
+    shifted = lm.config.family == "ar" or lm.objective.options.readout == "shifted"
+    view = NetworkView(lm, tokens, attention_keys(schedule, fixed).to(device), use_cache, shifted)
+    view.commit(tokens, torch.arange(prefix.shape[1], device=device))  # BOS and prompt
+    log_probs, changed, last_active = None, True, None
+    for s in range(1, schedule.num_steps + 1):
+        before, after = table[s - 1], table[s]
+        active = (before > 0) & (after < 1)
+        if not active.any():
+            continue
+        # MDLM's trick: when no input changed since the last step, neither did the output
+        same_inputs = not changed and not view.conditioned and torch.equal(active, last_active)
+        if not same_inputs:
+            levels = F.pad(before, (1, 0)).expand(n, -1)
+            log_probs = view.log_probs(tokens, levels, before == 0, active)
+        content = tokens[:, 1:]
+        updated, events = reverse_step(
+            content[:, active], log_probs, before[active], after[active], correction, eta,
+            mask_id, generator, pick,
+        )  # fmt: skip
+        newly = active & (after == 0)
+        changed = bool((updated != content[:, active]).any()) or bool(newly.any())
+        tokens[:, 1:][:, active] = updated
+        last_active = active
+        if s < schedule.num_steps:
+            view.commit(tokens, newly.nonzero()[:, 0] + 1)
+        if trace is not None:
+            record(trace, tokens, active, events)
+    return tokens
+
+
+def reverse_step(
+    current: Tensor,
+    log_probs: Tensor,
+    t: Tensor,
+    s: Tensor,
+    correction: str,
+    eta: float,
+    mask_id: int,
+    generator: torch.Generator | None,
+    pick: dict,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One reverse step for the active positions: `current` [n, A] tokens at levels t -> s [A].
+
+    Random coins are drawn only where a probability lies strictly between 0 and 1, so a
+    quenched-AR walk consumes the generator exactly as the AR sampler does.
+    """
+    masked = current == mask_id
+    reveal_prob = (t - s) / t
+    redraw_prob = torch.zeros_like(t)
+    remask_prob = torch.zeros_like(t)
+    if correction == "acs":
+        redraw_prob = eta * (1 - reveal_prob)
+    elif correction == "remask":
+        remask_prob = torch.minimum(torch.full_like(s, eta), s / (1 - t).clamp_min(1e-6))
+        reveal_prob = ((1 - s) - (1 - remask_prob) * (1 - t)) / t
+    probs = torch.stack((reveal_prob, redraw_prob, remask_prob))
+    if ((probs > 0) & (probs < 1)).any():
+        coins = torch.rand(current.shape, generator=generator, device=current.device)
+    else:
+        coins = torch.zeros(current.shape, device=current.device)
+    proposal = pick_tokens(log_probs, generator, **pick)
+    reveal = masked & (coins < reveal_prob)
+    redraw = ~masked & (coins < redraw_prob)
+    remask = ~masked & (coins < remask_prob)
+    updated = torch.where(reveal | redraw, proposal, current)
+    updated = torch.where(remask, torch.full_like(current, mask_id), updated)
+    events = {
+        "revealed": reveal,
+        "corrected": redraw & (proposal != current),
+        "remasked": remask,
+    }
+    return updated, events
+
+
+def record(trace: Trace, tokens: Tensor, active: Tensor, events: dict[str, Tensor]) -> None:
+    trace.tokens.append(tokens.clone())
+    for name, happened in events.items():
+        full = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
+        full[:, active.cpu()] = happened.cpu()
+        getattr(trace, name).append(full)
