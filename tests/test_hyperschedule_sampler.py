@@ -1,4 +1,4 @@
-"""Exactness of the hyperschedule sampler: cache = no cache, quenched AR = AR, ACS(η=0) = ancestral."""
+"""Hyperschedule sampler identities: cache = no cache, quenched AR = AR, ACS(η=0) = ancestral."""
 
 import dataclasses
 

@@ -273,3 +273,58 @@ FAMILIES = {"ar": AutoregressiveObjective, **dict.fromkeys(FAMILY_DEFAULTS, Diff
 def build_objective(config, mask_id: int):
     """The objective of `config.family` (config validation has checked the name)."""
     return FAMILIES[config.family](config, mask_id)
+
+
+class A3Objective:
+    """Any-order, any-subset autoregression (`hdlm.a3`): -log p(x) = -Σ_k log p(x_{G_k} | x_{G_<k}).
+
+    Training draws a grouping per sequence from the current curriculum stage (`at_step`, called
+    by the trainer) and scores every position; `nelbo` is the exact NLL under `a3.eval_order` in
+    groups of `a3.eval_group_size`. The network is `hdlm.model.a3.A3Transformer`.
+    """
+
+    name = "a3"
+    default_sampler = "a3"
+
+    def __init__(self, config, mask_id: int) -> None:
+        from hdlm import a3
+
+        self.config, self.options, self.mask_id = config, config.a3, mask_id
+        self.stages = a3.stages(config.a3)
+        self.current = self.stages[0]
+
+    @property
+    def network(self):
+        from hdlm.model.a3 import A3Transformer
+
+        return A3Transformer
+
+    def at_step(self, step: int) -> str:
+        """Switch to the curriculum stage of training step `step`; return its label."""
+        from hdlm import a3
+
+        self.current = a3.stage_at(self.stages, step)
+        return self.current.label
+
+    def loss(self, net, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
+        from hdlm import a3
+
+        stage = self.current
+        groups = a3.draw_groups(
+            stage.grouping, *tokens.shape, stage.group_size, generator, tokens.device,
+            self.options.mean_span,
+        )  # fmt: skip
+        return -a3.token_log_likelihood(net, tokens, groups, self.mask_id).mean()
+
+    def nelbo(self, net, tokens: Tensor) -> Tensor:
+        from hdlm import a3
+
+        groups = a3.eval_groups(self.options, tokens)
+        return -a3.log_likelihood(net, tokens, groups, self.mask_id)
+
+    @staticmethod
+    def scored_tokens(tokens: Tensor) -> int:
+        return tokens.shape[1] - 1
+
+
+FAMILIES["a3"] = A3Objective

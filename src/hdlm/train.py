@@ -215,7 +215,12 @@ def train(
         time.perf_counter(),
         0,
     )
+    at_step = getattr(lm.objective, "at_step", None)  # curriculum stages (A3), if any
+    stage = None
     for step in range(start_step, t.steps):
+        if at_step is not None and at_step(step) != stage:
+            stage = at_step(step)
+            tqdm.write(f"step {step}: stage {stage}")
         lr = learning_rate(step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -244,7 +249,8 @@ def train(
                     f"loss became {mean_loss} at step {done}; lower train.lr or check data"
                 )
             speed = window_steps * tokens_per_step / (time.perf_counter() - window_start)
-            log.write({"step": done, "loss": mean_loss, "lr": lr, "tokens_per_s": speed})
+            record = {"step": done, "loss": mean_loss, "lr": lr, "tokens_per_s": speed}
+            log.write(record if stage is None else {**record, "stage": stage})
             bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.2e}")
             running_loss.zero_()
             window_start, window_steps = time.perf_counter(), 0
@@ -289,8 +295,10 @@ def init_weights(lm: LanguageModel, path: str) -> None:
             f"run ({lm.tokenizer.vocab_size}); set data.tokenizer.path to {path} to share it"
         )
     missing, unexpected = lm.net.load_state_dict(weights, strict=False)
-    # a noise-level embedding the parent lacks starts from its zero initialisation
-    if unexpected or any(not name.startswith("time_embed.") for name in missing):
+    # parameters the parent lacks (a noise-level embedding, A3's query embedding) start from
+    # their zero initialisation
+    fresh = getattr(lm.net, "zero_init_prefixes", ("time_embed.",))
+    if unexpected or any(not name.startswith(fresh) for name in missing):
         raise CheckpointError(
             f"train.init_from={path} has model {saved.model}, which does not fit this run's model "
             f"{lm.config.model}; make the model sections agree"

@@ -24,8 +24,9 @@ class LanguageModel(nn.Module):
     def __init__(self, config: RunConfig, tokenizer: Tokenizer):
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
-        self.net = Transformer(config.model)
         self.objective = build_objective(config, tokenizer.mask_id)
+        # a family may need more than the backbone (A3: `hdlm.model.a3.A3Transformer`)
+        self.net = getattr(self.objective, "network", Transformer)(config.model)
 
     @property
     def device(self) -> torch.device:

@@ -66,9 +66,9 @@ def sample(
         )
     if sampler == "ar" and lm.config.family != "ar":
         raise HdlmError(f"the ar sampler needs an ar checkpoint; this one is '{lm.config.family}'")
-    if sampler != "ar" and getattr(lm.objective, "process", None) is not None:
-        if lm.objective.options.process == "uniform":
-            raise HdlmError("the masking samplers need a masking process (absorbing, eps-hybrid)")
+    options = getattr(lm.objective, "options", None)
+    if sampler != "ar" and options is not None and options.process == "uniform":
+        raise HdlmError("the masking samplers need a masking process (absorbing, eps-hybrid)")
     generator = torch.Generator(lm.device).manual_seed(seed)
     pick = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     prefix = prefix.expand(n, -1)
