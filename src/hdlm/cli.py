@@ -55,6 +55,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         steps=args.steps,
         schedule=args.schedule,
         eta=args.eta,
+        infill=args.infill,
+        order=args.order,
+        group_size=args.group_size,
+        blank_max=args.blank_max,
     )
     for i, text in enumerate(lm.decode(tokens)):
         print(f"=== sample {i} ===\n{text}")
@@ -67,6 +71,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from hdlm.evaluate import perplexity
 
     lm = _load(args)
+    if lm.config.family == "a3":  # `--set a3.eval_order=random` etc. change the evaluation
+        from hdlm.a3 import apply_eval_overrides
+
+        args.overrides = apply_eval_overrides(lm, args.overrides)
     overrides = [o.removeprefix("data.") for o in args.overrides]
     overrides += [f"corpus={args.data}"] if args.data else []
     data_config = from_dict(
@@ -132,11 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=128, help="steps of a flat schedule")
     p.add_argument("--eta", type=float, default=None, help="acs re-draw / remask strength")
     p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
+    a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
+    a3.add_argument(
+        "--infill",
+        default=None,
+        help="text with blanks to fill: ___ = free length (1..--blank-max), ___[N] = N tokens",
+    )
+    a3.add_argument("--order", default="left-to-right", help="left-to-right | random | confidence")
+    a3.add_argument("--group-size", type=int, default=1, help="tokens committed per step")
+    a3.add_argument("--blank-max", type=int, default=8, help="longest free-length blank")
     p.set_defaults(func=cmd_sample)
 
     p = commands.add_parser("eval", help="perplexity (NELBO) of a checkpoint on a corpus")
     add_checkpoint(p)
-    p.epilog = "--set overrides the checkpoint's data section, e.g. --set data.seq_len=256"
+    p.epilog = (
+        "--set overrides the checkpoint's data section, e.g. --set data.seq_len=256, and for "
+        "a3 checkpoints the evaluation order, e.g. --set a3.eval_order=random"
+    )
     p.add_argument("--data", default=None, help="corpus (default: the one it was trained on)")
     p.add_argument("--split", default="test", help="train, validation or test (default test)")
     p.add_argument("--batch-size", type=int, default=16)

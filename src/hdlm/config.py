@@ -82,8 +82,10 @@ class DiffusionConfig:
     """
 
     schedule: str | None = None
-    process: Literal["absorbing", "uniform", "eps-hybrid"] | None = None
+    process: Literal["absorbing", "uniform", "eps-hybrid", "gamma-hybrid"] | None = None
     eps: float = 0.01  # ε-hybrid: probability that a visible token is a uniform random one
+    gamma: float = 0.01  # γ-hybrid: share of uniform moves in the rate matrix
+    sigma: str = "loglinear"  # γ-hybrid total noise σ(t): loglinear[:EPS] | geometric[:MIN:MAX]
     time: Literal["discrete", "continuous"] | None = None
     attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
     readout: Literal["aligned", "shifted"] = "aligned"  # output i predicts token i, or i + 1
@@ -338,5 +340,15 @@ def validate_diffusion(config: RunConfig) -> None:
         )
     if not 0 <= d.eps < 1:
         raise ConfigError(f"diffusion.eps={d.eps} must lie in [0, 1)")
+    if (d.process == "gamma-hybrid") != (config.family == "gamma-hybrid"):
+        raise ConfigError(
+            "diffusion.process=gamma-hybrid goes with family gamma-hybrid (score entropy); "
+            "set both, and diffusion.schedule for a hyperschedule other than flat"
+        )
+    if not 0 <= d.gamma < 1:
+        raise ConfigError(f"diffusion.gamma={d.gamma} must lie in [0, 1)")
+    from hdlm.gamma_hybrid import SigmaSchedule
+
+    SigmaSchedule.parse(d.sigma)  # raises a ConfigError on a bad spec
     if d.eval_steps < 1:
         raise ConfigError(f"diffusion.eval_steps={d.eval_steps} must be at least 1")

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from hdlm import masks
 from hdlm.errors import ConfigError
+from hdlm.gamma_hybrid import GammaHybrid, SigmaSchedule
 from hdlm.processes import Absorbing, EpsHybrid, NoiseProcess, Uniform
 from hdlm.schedules import Hyperschedule, from_spec
 
@@ -79,7 +80,7 @@ class DiffusionObjective:
         self.config = config
         self.options = d = config.diffusion
         self.mask_id = mask_id
-        self.process = build_process(d.process, d.eps, config.model.vocab_size, mask_id)
+        self.process = build_process(d, config.model.vocab_size, mask_id)
         self.conditioned = config.model.time_conditioning
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (one objective per model; a few lengths)
@@ -231,12 +232,16 @@ class DiffusionObjective:
         return total
 
 
-def build_process(name: str, eps: float, vocab_size: int, mask_id: int) -> NoiseProcess:
-    if name == "absorbing":
+def build_process(options, vocab_size: int, mask_id: int) -> NoiseProcess:
+    """The noise process of a `DiffusionConfig`."""
+    if options.process == "absorbing":
         return Absorbing(mask_id)
-    if name == "uniform":
+    if options.process == "uniform":
         return Uniform(vocab_size, mask_id)
-    return EpsHybrid(eps, mask_id, vocab_size)
+    if options.process == "gamma-hybrid":
+        sigma = SigmaSchedule.parse(options.sigma)
+        return GammaHybrid(options.gamma, mask_id, vocab_size, sigma)
+    return EpsHybrid(options.eps, mask_id, vocab_size)
 
 
 # Families are presets of the diffusion section; `ar` is the plain next-token objective.
@@ -266,6 +271,12 @@ FAMILY_DEFAULTS = {
         "attention": "full",
     },
     "hyperschedule": {"process": "absorbing", "time": "discrete", "attention": "schedule"},
+    "gamma-hybrid": {
+        "schedule": "flat:1000",
+        "process": "gamma-hybrid",
+        "time": "continuous",
+        "attention": "full",
+    },
 }
 FAMILIES = {"ar": AutoregressiveObjective, **dict.fromkeys(FAMILY_DEFAULTS, DiffusionObjective)}
 
@@ -328,3 +339,29 @@ class A3Objective:
 
 
 FAMILIES["a3"] = A3Objective
+
+
+class ScoreEntropyObjective(DiffusionObjective):
+    """SEDD-style score entropy for the γ-hybrid chain (`hdlm.gamma_hybrid`, docs/math.md §8).
+
+    The hyperschedule NELBO of `DiffusionObjective` with the γ-hybrid's terms (continuous time:
+    the diffusion-weighted denoising score entropy; discrete time: exact reverse-step KLs), plus
+    the prior term KL(q(x_1 | x0) || p(x_1)), which is 0 unless σ(1) is finite. A true upper bound
+    on the NLL of the τ-leaping sampler (discrete) or of the reverse chain (continuous).
+    """
+
+    default_sampler = "tweedie"
+
+    def prior(self, tokens: Tensor) -> Tensor:
+        """Per-sequence KL(q(x_1 | x0) || p(x_1)) [B] (a constant, no gradient)."""
+        return self.process.prior_loss(tokens[:, 1:]).sum(-1)
+
+    def loss(self, net, tokens: Tensor, generator) -> Tensor:
+        prior = self.prior(tokens).mean() / self.scored_tokens(tokens)
+        return super().loss(net, tokens, generator) + prior
+
+    def nelbo(self, net, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return super().nelbo(net, tokens, generator) + self.prior(tokens)
+
+
+FAMILIES["gamma-hybrid"] = ScoreEntropyObjective

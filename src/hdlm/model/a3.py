@@ -1,0 +1,106 @@
+"""A3's two-stream network: the shared backbone run as a content stream and a query stream.
+
+Both streams use the backbone's weights (`Transformer`); the only new parameter is
+`query_gap`, a zero-initialised embedding added to the query inputs, so a network loaded from an
+AR checkpoint starts as exactly that AR model (design.md §2, "Starting exactly at the AR parent").
+
+* Content rows carry a token at its position; their keys and values are the only ones anybody
+  attends to (and the only ones a `KVCache` stores).
+* Query rows predict token i (shifted read-out): they start from the embedding of token i - 1 when
+  i - 1 is already known (MASK's embedding otherwise) plus `query_gap[gap]`, where gap is the
+  number of unknown positions between the nearest known position left of i and i, and they are
+  rotated at RoPE position i - 1. With groups of one token left to right a query then computes,
+  layer by layer, what the causal content row i - 1 computes: the AR model.
+
+Both streams go through each layer as one sequence [content ; queries] with one SDPA call whose
+keys are the content rows only (mask [Nc + Nq, cached + Nc]); no Python loop over positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hdlm.config import ModelConfig
+from hdlm.errors import HdlmError
+from hdlm.model.transformer import KVCache, Transformer, apply_rope
+
+
+class A3Transformer(Transformer):
+    """The backbone plus `query_gap`; `two_stream(...)` is the A3 forward pass."""
+
+    # parameters a parent checkpoint may lack: they start at their zero initialisation
+    zero_init_prefixes = ("time_embed.", "query_gap.")
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.query_gap = nn.Embedding(config.max_len, config.d_model)
+        nn.init.zeros_(self.query_gap.weight)
+
+    def two_stream(
+        self,
+        content_tokens: Tensor,
+        content_positions: Tensor,
+        query_tokens: Tensor,
+        query_positions: Tensor,
+        query_gaps: Tensor,
+        attn_mask: Tensor,
+        cache: KVCache | None = None,
+        commit: bool = False,
+        return_hidden: bool = False,
+    ) -> Tensor:
+        """Logits [B, Nq, V] of the query rows.
+
+        `content_*` are [B, Nc], `query_*` [B, Nq] (positions are RoPE positions; a query for
+        target i sits at i - 1). `attn_mask` is bool [B, Nc + Nq, C + Nc] (True = may attend),
+        over the C cached content rows first, then the new content rows. With `commit=True` the
+        new content rows are appended to `cache`.
+        """
+        offset = cache.length if cache is not None else 0
+        n_content = content_tokens.shape[1]
+        if offset + n_content > self.config.max_len:
+            raise HdlmError(
+                f"sequence of {offset + n_content} tokens is longer than the model's context "
+                f"({self.config.max_len})"
+            )
+        if self.time_embed is not None:
+            raise HdlmError("A3 models are not noise-level conditioned (model.time_conditioning)")
+        positions = torch.cat((content_positions, query_positions), dim=1)
+        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+        x = torch.cat(
+            (self.embed(content_tokens), self.embed(query_tokens) + self.query_gap(query_gaps)),
+            dim=1,
+        )
+        x = self.drop(x)
+        mask = attn_mask[:, None]
+        for layer, block in enumerate(self.blocks):
+            y = self._attend(block.attn, block.norm1(x), cos, sin, mask, n_content, cache, layer)
+            x = x + block.drop(y)
+            x = x + block.drop(block.mlp(block.norm2(x)))
+        if cache is not None and commit:
+            cache.length = offset + n_content
+        x = self.norm(x[:, n_content:])
+        return x if return_hidden else self.head(x)
+
+    def _attend(self, attn, h, cos, sin, mask, n_content, cache, layer) -> Tensor:
+        """The backbone's attention with keys/values from the content rows only. Query rows need
+        no keys or values, so only the query third of the projection is computed for them."""
+        d = h.shape[-1]
+        qkv = attn.qkv(h[:, :n_content]).unflatten(-1, (3, attn.n_heads, -1))
+        q_content, k, v = qkv.permute(2, 0, 3, 1, 4)
+        bias = attn.qkv.bias[:d] if attn.qkv.bias is not None else None
+        q_query = F.linear(h[:, n_content:], attn.qkv.weight[:d], bias)
+        q_query = q_query.unflatten(-1, (attn.n_heads, -1)).transpose(1, 2)
+        q = apply_rope(torch.cat((q_content, q_query), dim=2), cos, sin)
+        k = apply_rope(k, cos[:, :, :n_content], sin[:, :, :n_content])
+        if cache is not None:
+            # written past `length` either way; only commit=True makes them part of the cache
+            start, end = cache.length, cache.length + n_content
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=attn.dropout if self.training else 0.0
+        )
+        return attn.out(y.transpose(1, 2).flatten(-2))

@@ -1,0 +1,269 @@
+"""A3 decoding: fill any set of positions in any order, `group_size` tokens per step; infilling.
+
+The given tokens (BOS, a prompt, the text around blanks) are committed first, left to right in
+groups of `group_size` (as the training groupings present a context); then each step predicts
+the next group from everything committed so far and commits it. Orders:
+
+* `left-to-right`: the unknown positions in order;
+* `random`: a random order of the unknown positions (per sample);
+* `confidence`: every unknown position is predicted and the `group_size` most confident ones
+  (highest probability of their most likely token) form the next group (A3's dynamic resampling).
+
+Committed tokens never change. With the cache, the content-stream keys/values of committed
+positions are computed once (they only see committed groups, so they are final) and each step runs
+one forward pass over [the group just committed ; the queries of the candidates]; `use_cache=False`
+recomputes the whole block each step and gives the same result.
+
+Infilling templates (`parse_infill`): `___` (three or more underscores) is a blank of free length,
+`___[N]` a blank of exactly N tokens. A free blank's length n in 1..`blank_max` is the one under
+which the text right after it (up to the next blank) is most likely, log p(text | everything
+before, n unknown positions between) — an exact A3 marginal; a free blank with no text after it
+gets `blank_max` tokens. A single space before a blank is left to the blank (BPE tokens carry
+their leading space).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from hdlm import a3
+from hdlm.errors import HdlmError
+from hdlm.model.transformer import KVCache
+from hdlm.objectives import clean_log_probs
+from hdlm.sampling.tokens import pick_tokens
+
+ORDERS = ("left-to-right", "random", "confidence")
+BLANK = re.compile(r"_{3,}(?:\[(\d+)\])?")
+
+
+def given_groups(known: Tensor, size: int) -> Tensor:
+    """Group ids [L] of the known positions (BOS 0, the others left to right in groups of `size`)
+    and `unknown_group(L)` elsewhere."""
+    rank = known.long().cumsum(0) - 2  # BOS has rank -1
+    return torch.where(known, torch.where(rank < 0, 0, rank // size + 1), unknown_group(len(known)))
+
+
+def unknown_group(length: int) -> int:
+    """The group id of positions not decided yet: after every real group."""
+    return length + 1
+
+
+def _query_inputs(tokens: Tensor, groups: Tensor, targets: Tensor, mask_id: int):
+    """Query tokens, RoPE positions and gaps for target positions `targets` [n, R]."""
+    length = tokens.shape[1]
+    committed = groups < unknown_group(length)
+    previous = targets - 1
+    visible = committed.gather(1, previous)
+    query_tokens = torch.where(visible, tokens.gather(1, previous), mask_id)
+    columns = torch.arange(length, device=tokens.device)
+    last = torch.where(committed, columns, 0).cummax(1).values  # last committed position <= j
+    return query_tokens, previous, previous - last.gather(1, previous)
+
+
+def _rows(mask: Tensor) -> Tensor:
+    """Column indices [n, R] of the True entries of `mask` [n, L] (R per row, in order)."""
+    return mask.nonzero()[:, 1].view(len(mask), -1)
+
+
+@torch.no_grad()
+def decode(
+    net,
+    tokens: Tensor,
+    known: Tensor,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    order: str = "left-to-right",
+    group_size: int = 1,
+    use_cache: bool = True,
+    **pick,
+) -> Tensor:
+    """Fill the positions of `tokens` [n, L] where `known` [L] (bool, BOS included) is False.
+
+    `net` is an `A3Transformer`; `pick` holds temperature / top_k / top_p (`pick_tokens`).
+    """
+    if order not in ORDERS:
+        raise HdlmError(f"unknown A3 order '{order}'; choose one of {', '.join(ORDERS)}")
+    if group_size < 1:
+        raise HdlmError(f"group size {group_size} must be at least 1")
+    n, length = tokens.shape
+    device = tokens.device
+    known = known.to(device)
+    if not known[0]:
+        raise HdlmError("position 0 (BOS) must be given")
+    groups = given_groups(known, group_size).expand(n, -1).clone()
+    tokens = torch.where(known, tokens, mask_id)
+    unknown = (~known).expand(n, -1).clone()
+    plan = _rows(unknown)  # the unknown positions, in the order they are to be filled
+    if order == "random":
+        plan = plan.gather(1, torch.rand(plan.shape, generator=generator, device=device).argsort(1))
+    next_group = int(groups[0, known].max()) + 1
+    cache = None
+    if use_cache:
+        cache = KVCache.empty(net.config, n, device, net.embed.weight.dtype)
+    pending = _rows(known.expand(n, -1))  # content rows to commit in the next forward pass
+    done = 0
+    while done < plan.shape[1]:
+        # the positions predicted this step: all unknown ones, or the plan's next group
+        step_plan = plan[:, done : done + group_size]
+        candidates = _rows(unknown) if order == "confidence" else step_plan
+        if cache is not None:
+            log_probs = _cached_step(net, tokens, groups, pending, candidates, cache, mask_id)
+        else:
+            stream = a3.stream_inputs(tokens, groups, mask_id)
+            all_targets = clean_log_probs(net.two_stream(**stream), mask_id)
+            log_probs = all_targets.gather(
+                1, (candidates - 1)[..., None].expand(-1, -1, all_targets.shape[-1])
+            )
+        take = min(group_size, plan.shape[1] - done)
+        if order == "confidence":
+            best = log_probs.max(-1).values.topk(take, dim=1).indices
+            chosen = candidates.gather(1, best)
+            log_probs = log_probs.gather(1, best[..., None].expand(-1, -1, log_probs.shape[-1]))
+        else:
+            chosen = candidates
+        new = pick_tokens(log_probs, generator, **pick)
+        tokens.scatter_(1, chosen, new)
+        groups.scatter_(1, chosen, next_group)
+        unknown.scatter_(1, chosen, False)
+        pending, next_group, done = chosen, next_group + 1, done + take
+    return tokens
+
+
+def _cached_step(net, tokens, groups, pending, candidates, cache, mask_id) -> Tensor:
+    """Commit the content of `pending` [n, P] and predict `candidates` [n, R] in one pass."""
+    pending_groups = groups.gather(1, pending)
+    within = pending_groups[:, None, :] <= pending_groups[:, :, None]  # [n, P, P]
+    n, n_pending, n_query = len(pending), pending.shape[1], candidates.shape[1]
+    cached = torch.ones(
+        n, n_pending + n_query, cache.length, dtype=torch.bool, device=within.device
+    )
+    rows = torch.cat((within, within.new_ones(n, n_query, n_pending)), dim=1)
+    query_tokens, query_positions, gaps = _query_inputs(tokens, groups, candidates, mask_id)
+    logits = net.two_stream(
+        tokens.gather(1, pending), pending, query_tokens, query_positions, gaps,
+        torch.cat((cached, rows), dim=2), cache=cache, commit=True,
+    )  # fmt: skip
+    return clean_log_probs(logits, mask_id)
+
+
+# -- infilling ------------------------------------------------------------------------------------
+
+
+def parse_infill(text: str) -> list[str | int | None]:
+    """Alternating text pieces and blanks: [text, blank, text, ..., blank, text]; a blank is its
+    length (`___[N]`) or None (`___`, free length)."""
+    pieces: list[str | int | None] = []
+    start = 0
+    for match in BLANK.finditer(text):
+        before = text[start : match.start()]
+        pieces += [before[:-1] if before.endswith(" ") else before]
+        size = int(match.group(1)) if match.group(1) is not None else None
+        if size == 0:
+            raise HdlmError(f"blank '{match.group(0)}' has length 0; use ___[N] with N >= 1")
+        pieces.append(size)
+        start = match.end()
+    if not pieces:
+        raise HdlmError(
+            "--infill text has no blank; mark one with ___ (free length) or ___[N] (N tokens)"
+        )
+    return [*pieces, text[start:]]
+
+
+def _layout(bos: int, mask_id: int, texts: list[list[int]], lengths: list[int]):
+    """Tokens [L] and known [L] of text pieces with blanks of `lengths` between them."""
+    tokens, known = [bos], [True]
+    for i, ids in enumerate(texts):
+        tokens += ids
+        known += [True] * len(ids)
+        if i < len(lengths):
+            tokens += [mask_id] * lengths[i]
+            known += [False] * lengths[i]
+    return torch.tensor(tokens), torch.tensor(known)
+
+
+@torch.no_grad()
+def infill_template(
+    lm, text: str, blank_max: int = 8, group_size: int = 1
+) -> tuple[Tensor, Tensor]:
+    """(tokens [L], known [L]) of an infilling template, free blank lengths chosen by the model."""
+    tokenizer, mask_id, device = lm.tokenizer, lm.tokenizer.mask_id, lm.device
+    pieces = parse_infill(text)
+    texts = [tokenizer.encode(p) if p else [] for p in pieces[0::2]]
+    blanks: list[int | None] = pieces[1::2]
+    if blank_max < 1:
+        raise HdlmError(f"--blank-max {blank_max} must be at least 1")
+    lengths = [size if size is not None else blank_max for size in blanks]
+    for b, size in enumerate(blanks):
+        if size is not None or not texts[b + 1]:
+            continue
+        after = len(texts[b + 1])  # the scored text: right after blank b, up to the next blank
+        rows = [_layout(tokenizer.bos_id, mask_id, texts[: b + 2], [*lengths[:b], k])
+                for k in range(1, blank_max + 1)]  # fmt: skip
+        longest = max(len(row_tokens) for row_tokens, _ in rows)
+        batch = torch.full((len(rows), longest), mask_id)
+        groups = torch.full((len(rows), longest), unknown_group(longest))
+        scored = torch.zeros((len(rows), longest), dtype=torch.bool)
+        for r, (row_tokens, row_known) in enumerate(rows):
+            size = len(row_tokens)
+            is_scored = torch.arange(size) >= size - after
+            context = row_known & ~is_scored
+            row_groups = given_groups(context, group_size).clamp(max=unknown_group(longest))
+            first = -(-(int(context.sum()) - 1) // group_size) + 1  # after the context's groups
+            row_groups[is_scored] = first + torch.arange(after) // group_size
+            batch[r, :size], groups[r, :size], scored[r, :size] = row_tokens, row_groups, is_scored
+        per_token = a3.token_log_likelihood(lm.net, batch.to(device), groups.to(device), mask_id)
+        scores = (per_token * scored[:, 1:].to(device)).sum(1)
+        lengths[b] = 1 + int(scores.argmax())
+    tokens, known = _layout(tokenizer.bos_id, mask_id, texts, lengths)
+    if len(tokens) > lm.config.model.max_len:
+        raise HdlmError(
+            f"the infilled text is {len(tokens)} tokens, longer than the model's context "
+            f"({lm.config.model.max_len}); shorten it or lower --blank-max"
+        )
+    return tokens.to(device), known.to(device)
+
+
+def sample_a3(
+    lm,
+    n: int,
+    length: int | None,
+    generator: torch.Generator | None,
+    prompt: list[int] | None = None,
+    infill: str | None = None,
+    order: str = "left-to-right",
+    group_size: int = 1,
+    blank_max: int = 8,
+    use_cache: bool = True,
+    **pick,
+) -> Tensor:
+    """Token ids [n, L]: `prompt` (ids) continued to `length` tokens, or the `infill` template's
+    blanks filled (the template fixes the length)."""
+    if lm.config.family != "a3":
+        raise HdlmError(f"the a3 sampler needs an a3 checkpoint; this one is '{lm.config.family}'")
+    mask_id, device = lm.tokenizer.mask_id, lm.device
+    if infill is not None:
+        if prompt:
+            raise HdlmError("give --prompt or --infill, not both (a prompt is text before a blank)")
+        tokens, known = infill_template(lm, infill, blank_max, group_size)
+    else:
+        length = length or lm.config.data.seq_len
+        prefix = [lm.tokenizer.bos_id, *(prompt or [])]
+        if len(prefix) >= length:
+            raise HdlmError(
+                f"the prompt is {len(prefix) - 1} tokens but --length is {length}; "
+                "raise --length or shorten the prompt"
+            )
+        if length > lm.config.model.max_len:
+            raise HdlmError(
+                f"--length {length} is longer than the model's context "
+                f"({lm.config.model.max_len}); use --length {lm.config.model.max_len} or less"
+            )
+        tokens = torch.tensor(prefix + [mask_id] * (length - len(prefix)), device=device)
+        known = torch.arange(length, device=device) < len(prefix)
+    return decode(
+        lm.net, tokens.expand(n, -1), known, mask_id, generator, order, group_size, use_cache,
+        **pick,
+    )  # fmt: skip

@@ -1,0 +1,123 @@
+"""τ-leaping samplers for the γ-hybrid (SEDD): analytic (Tweedie) and Euler reverse steps.
+
+The hyperschedule decides every position's noise: at step k each position moves from its level
+T[k-1, i] to T[k, i] (positions with equal levels stay put), so a flat schedule is SEDD's sampler
+and block or slide schedules denoise left to right. Prompt positions sit at level 0 throughout:
+they are clean context and never change. Generation starts from the prior (all MASK when
+σ(1) = ∞) and every step runs the network on the whole sequence (no KV cache: under the γ-hybrid
+a visible token may still change until its level reaches 0).
+
+* `tweedie`: x_s ~ Σ_x0 p_θ(x0 | x_t) q(x_s | x_t, x0) per position (`GammaHybrid.reverse_step`),
+  the reverse step that the discrete-time NELBO scores;
+* `euler`: SEDD's Euler step with the reverse rates frozen at t (`GammaHybrid.euler_step`); a
+  position's final step to level 0 is a Tweedie step (SEDD's `denoise`).
+
+Temperature, top-k and top-p reshape the network's clean-token distribution p̃ before the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from hdlm.errors import HdlmError
+from hdlm.gamma_hybrid import GammaHybrid
+from hdlm.sampling.tokens import filter_logits
+
+TAU_LEAPING = ("tweedie", "euler")
+
+
+def reshape_distribution(
+    log_probs: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Tensor:
+    """log p̃ after temperature (0: greedy, a point mass on the argmax), top-k and top-p."""
+    if temperature == 0:
+        best = log_probs.argmax(-1, keepdim=True)
+        return torch.full_like(log_probs, float("-inf")).scatter(-1, best, 0.0)
+    if temperature == 1 and top_k is None and top_p is None:
+        return log_probs
+    return filter_logits(log_probs / temperature, top_k, top_p).log_softmax(-1)
+
+
+def tau_leaping(
+    denoise: Callable[[Tensor, Tensor, int], Tensor],
+    process: GammaHybrid,
+    x: Tensor,
+    table: Tensor,
+    generator: torch.Generator | None,
+    method: str = "tweedie",
+) -> Tensor:
+    """Walk `table` [S+1, L] from the tokens `x` [n, L] at levels table[0] down to table[S].
+
+    `denoise(x_t, levels [n, L], step)` returns log p̃ [n, L, V], the network's clean-token
+    distribution at every position (MASK at -inf).
+    """
+    if method not in TAU_LEAPING:
+        raise HdlmError(f"unknown τ-leaping method '{method}'; choose one of tweedie, euler")
+    n = x.shape[0]
+    for k in range(1, table.shape[0]):
+        t, s = table[k - 1].expand(n, -1), table[k].expand(n, -1)
+        moving = t > s
+        if not moving.any():
+            continue
+        log_probs = denoise(x, t, k)
+        if method == "tweedie":
+            x = process.reverse_step(log_probs, x, t, s, generator)
+            continue
+        final = moving & (s == 0)
+        stepped = process.euler_step(log_probs, x, t, torch.where(final, t, s), generator)
+        if final.any():
+            denoised = process.reverse_step(log_probs, x, torch.where(final, t, 0.0), s, generator)
+            stepped = torch.where(final, denoised, stepped)
+        x = stepped
+    return x
+
+
+@torch.no_grad()
+def sample_tau_leaping(
+    lm,
+    prefix: Tensor,
+    length: int,
+    generator: torch.Generator | None,
+    schedule,
+    method: str = "tweedie",
+    **pick,
+) -> Tensor:
+    """Extend `prefix` [n, P] (BOS and prompt) to [n, length] by walking `schedule` (a
+    `Hyperschedule` over the length - 1 positions after BOS)."""
+    objective = lm.objective
+    process = getattr(objective, "process", None)
+    if not isinstance(process, GammaHybrid):
+        raise HdlmError(
+            f"the {method} sampler needs a gamma-hybrid checkpoint; this one is "
+            f"'{lm.config.family}' (use ancestral or acs)"
+        )
+    if objective.options.attention == "two-copy":
+        raise HdlmError(
+            "τ-leaping cannot run the two-copy training layout; train with "
+            "diffusion.attention=schedule for block schedules"
+        )
+    if schedule.length != length - 1:
+        raise HdlmError(
+            f"schedule {schedule.name} has {schedule.length} positions, need {length - 1}"
+        )
+    n, device = prefix.shape[0], prefix.device
+    prompt = prefix.shape[1] - 1
+    fixed = torch.arange(length - 1, device=device) < prompt
+    table = schedule.table.to(device).masked_fill(fixed, 0.0)
+    x = process.sample_prior((n, length - 1), device, generator)
+    x[:, :prompt] = prefix[:, 1:]
+    bos = prefix[:, :1]
+
+    def denoise(x_t: Tensor, levels: Tensor, step: int) -> Tensor:
+        tokens = torch.cat((bos, x_t), 1)
+        steps = torch.full_like(x_t, step)
+        log_probs = objective.log_probs(lm.net, tokens, x_t, levels, steps)
+        return reshape_distribution(log_probs, **pick)
+
+    return torch.cat((bos, tau_leaping(denoise, process, x, table, generator, method)), 1)
