@@ -8,7 +8,7 @@ OUT=results/compare-tiny-$CORPUS
 mkdir -p "$OUT"
 EXTRA=()
 if [ "$CORPUS" = synthetic ]; then EXTRA=(--set data.tokenizer.kind=char); fi
-for family in ar mdlm block-diffusion slide eps-hybrid; do
+for family in ${FAMILIES:-ar mdlm block-diffusion slide eps-hybrid a3}; do
   run=runs/compare-$CORPUS/$family
   if [ ! -f "$run/latest" ] || ! grep -q "step_0000300" "$run/latest"; then
     rm -rf "$run"

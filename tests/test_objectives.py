@@ -48,10 +48,12 @@ def test_quenched_ar_absorbing_causal_nelbo_equals_the_ar_nll_of_the_same_networ
         torch.testing.assert_close(scheduled.nelbo(net, tokens), ar.nelbo(net, tokens))
 
 
-def test_two_copy_layout_equals_stepping_through_the_block_schedule():
+@pytest.mark.parametrize("readout", ["aligned", "shifted"])
+def test_two_copy_layout_equals_stepping_through_the_block_schedule(readout):
     # one step per block makes the noise deterministic, so the identity is exact per sample
-    net, two_copy = make(family="block-diffusion", schedule="block:4:1", attention="two-copy")
-    _, stepped = make(family="block-diffusion", schedule="block:4:1", attention="schedule")
+    options = dict(family="block-diffusion", schedule="block:4:1", readout=readout)
+    net, two_copy = make(attention="two-copy", **options)
+    _, stepped = make(attention="schedule", **options)
     tokens = random_tokens()
     with torch.no_grad():
         torch.testing.assert_close(two_copy.nelbo(net, tokens), stepped.nelbo(net, tokens))
@@ -71,7 +73,7 @@ def mdlm_reference(net, tokens, generator):
 
 
 def test_flat_absorbing_matches_the_mdlm_continuous_nelbo_in_expectation():
-    net, mdlm = make(family="mdlm")
+    net, mdlm = make(family="mdlm", time="continuous")
     copies = random_tokens(1).expand(4000, -1)  # many draws for one sequence, in one batch
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -80,6 +82,13 @@ def test_flat_absorbing_matches_the_mdlm_continuous_nelbo_in_expectation():
     difference = ours.mean() - reference.mean()
     standard_error = (ours.var() / len(ours) + reference.var() / len(reference)).sqrt()
     assert difference.abs() < 4 * standard_error, (difference, standard_error)
+    # integrating t out given the number of masked tokens gives the same bound, lower variance
+    _, counted = make(family="mdlm", time="count")
+    with torch.no_grad():
+        count = counted.terms(net, copies, torch.rand(len(copies), generator=generator), generator)
+    error = (count.var() / len(count) + reference.var() / len(reference)).sqrt()
+    assert (count.mean() - reference.mean()).abs() < 4 * error
+    assert count.var() < reference.var() / 2
     # a discrete flat schedule with many steps is the same bound up to O(1/S)
     _, discrete = make(family="mdlm", schedule="flat:1000", time="discrete")
     with torch.no_grad():
@@ -90,7 +99,7 @@ def test_flat_absorbing_matches_the_mdlm_continuous_nelbo_in_expectation():
     assert (estimate.mean() - reference.mean()).abs() < 4 * standard_error
 
 
-@pytest.mark.parametrize("time", ["discrete", "continuous"])
+@pytest.mark.parametrize("time", ["discrete", "continuous", "count"])
 def test_eps_zero_is_the_absorbing_nelbo_exactly(time):
     net, hybrid = make(family="eps-hybrid", eps=0.0, time=time)
     _, absorbing = make(family="mdlm", time=time)
@@ -116,8 +125,8 @@ def test_a_hybrid_with_eps_puts_loss_on_visible_positions():
 
 
 def test_noise_level_conditioning_changes_nothing_at_initialisation():
-    net, plain = make(family="mdlm")
-    conditioned_net, conditioned = make(family="mdlm", time_conditioning=True)
+    net, plain = make(family="mdlm", time="continuous")
+    conditioned_net, conditioned = make(family="mdlm", time="continuous", time_conditioning=True)
     conditioned_net.load_state_dict(net.state_dict(), strict=False)
     tokens = random_tokens()
     with torch.no_grad():

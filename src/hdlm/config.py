@@ -86,7 +86,9 @@ class DiffusionConfig:
     eps: float = 0.01  # ε-hybrid: probability that a visible token is a uniform random one
     gamma: float = 0.01  # γ-hybrid: share of uniform moves in the rate matrix
     sigma: str = "loglinear"  # γ-hybrid total noise σ(t): loglinear[:EPS] | geometric[:MIN:MAX]
-    time: Literal["discrete", "continuous"] | None = None
+    # discrete: a step of the schedule; continuous: a point inside it; count: flat schedules
+    # only, the continuous-time NELBO with t integrated out given the number of masked tokens
+    time: Literal["discrete", "continuous", "count"] | None = None
     attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
     readout: Literal["aligned", "shifted"] = "aligned"  # output i predicts token i, or i + 1
     eval_steps: int = 32  # NELBO evaluation: every step if S <= eval_steps, else stratified MC
@@ -326,17 +328,24 @@ def validate_diffusion(config: RunConfig) -> None:
             "block:WIDTH:STEPS_PER_BLOCK, slide:WIDTH:TAU or file:PATH)"
         )
     from_spec(d.schedule, config.data.seq_len - 1)  # raises a ConfigError on a bad spec
-    if d.attention == "two-copy" and (
-        not d.schedule.startswith("block:") or d.readout != "aligned"
-    ):
+    if d.attention == "two-copy" and not d.schedule.startswith("block:"):
         raise ConfigError(
-            "diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule and readout=aligned; "
+            "diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule; "
             "use attention=schedule for other schedules"
         )
     if d.time == "continuous" and d.process == "eps-hybrid" and not d.schedule.startswith("flat"):
         raise ConfigError(
             "continuous-time eps-hybrid needs a flat schedule (its t=0+ term assumes every "
             "position settles at once); use diffusion.time=discrete with this schedule"
+        )
+    if d.time == "count" and (
+        not d.schedule.startswith("flat")
+        or d.process not in ("absorbing", "eps-hybrid")
+        or config.model.time_conditioning
+    ):
+        raise ConfigError(
+            "diffusion.time=count needs a flat schedule, a masking process (absorbing or "
+            "eps-hybrid) and no model.time_conditioning; use diffusion.time=continuous"
         )
     if not 0 <= d.eps < 1:
         raise ConfigError(f"diffusion.eps={d.eps} must lie in [0, 1)")

@@ -142,8 +142,22 @@ class DiffusionObjective:
         if "positions" in options:
             options["positions"] = options["positions"].to(tokens.device)
         out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
-        out = out[:, 1:length] if self.options.readout == "aligned" else out[:, : length - 1]
-        return clean_log_probs(out, self.mask_id)
+        return clean_log_probs(out[:, self.read_index(length, tokens.device)], self.mask_id)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019
+    def read_index(self, length: int, device) -> Tensor:
+        """Which output row predicts each position after BOS. Aligned: its own row. Shifted: the
+        row before it; in the two-copy layout a block's first position reads the clean copy of
+        the previous position (what a KV cache holds for it at inference), position 1 reads BOS."""
+        own = torch.arange(1, length)
+        if self.options.readout == "aligned":
+            return own.to(device)
+        previous = own - 1
+        if self.options.attention == "two-copy":
+            width, _ = self.block_width(self.schedule(length - 1))
+            block_start = (previous % width == 0) & (previous > 0)
+            previous = torch.where(block_start, previous + length - 1, previous)
+        return previous.to(device)
 
     def schedule_mask(self, length: int, step: Tensor) -> Tensor:
         """[B, 1, L, L]: `masks.from_schedule` for each sequence's step, with BOS as a settled
@@ -165,8 +179,29 @@ class DiffusionObjective:
 
     # -- NELBO ---------------------------------------------------------------------------------
 
+    def count_terms(self, net, tokens: Tensor, draws: Tensor, generator) -> Tensor:
+        """`time: count`: the continuous-time NELBO of a flat schedule with t integrated out.
+
+        Given k masked positions out of C, ∫ Binomial(k; C, t) dt / t = 1 / k, so
+        NELBO = E_{k ~ U{1..C}} E_{k random positions masked} [(C / k) Σ_masked term_i]:
+        the same bound as MDLM's E_t[(1/t) Σ_masked term_i], without the 1/t weights whose
+        variance stalls small-batch training (docs/math.md).
+        """
+        x0 = tokens[:, 1:]
+        count = (draws * x0.shape[1]).floor().long() + 1  # k, 1..C
+        scores = torch.rand(x0.shape, generator=generator, device=x0.device)
+        threshold = scores.sort(-1).values.gather(-1, count[:, None] - 1)
+        visible = getattr(self.process, "corrupt_visible", lambda x, g: x)(x0, generator)
+        x_t = torch.where(scores <= threshold, self.mask_id, visible)
+        ones = torch.ones_like(x0)
+        log_probs = self.log_probs(net, tokens, x_t, ones * (count[:, None] / x0.shape[1]), ones)
+        weight = (x0.shape[1] / count)[:, None].float()
+        return self.process.rate_loss(log_probs, x0, x_t, ones.float(), weight).sum(-1)
+
     def terms(self, net, tokens: Tensor, draws: Tensor, generator) -> Tensor:
         """Per-sequence NELBO estimate [B] from one draw per sequence (or per block)."""
+        if self.options.time == "count":
+            return self.count_terms(net, tokens, draws, generator)
         x0 = tokens[:, 1:]
         step, frac, weight = self.step_index(tokens, draws)
         t, s_or_rate = self.levels(tokens, step, frac)
@@ -210,7 +245,7 @@ class DiffusionObjective:
 
     @property
     def needs_reconstruction(self) -> bool:
-        return self.options.time == "continuous" and self.process.has_reconstruction
+        return self.options.time != "discrete" and self.process.has_reconstruction
 
     def nelbo(self, net, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Per-sequence NELBO [B] in nats: every step summed when there are at most
@@ -249,7 +284,7 @@ FAMILY_DEFAULTS = {
     "mdlm": {
         "schedule": "flat:1000",
         "process": "absorbing",
-        "time": "continuous",
+        "time": "count",
         "attention": "full",
     },
     "block-diffusion": {
@@ -267,7 +302,7 @@ FAMILY_DEFAULTS = {
     "eps-hybrid": {
         "schedule": "flat:1000",
         "process": "eps-hybrid",
-        "time": "continuous",
+        "time": "count",
         "attention": "full",
     },
     "hyperschedule": {"process": "absorbing", "time": "discrete", "attention": "schedule"},
