@@ -88,3 +88,17 @@ def test_remasking_remasks_and_still_finishes():
     tokens = sample(lm, 4, 25, sampler="remask", eta=0.2, steps=32, trace=trace)
     assert torch.stack(trace.remasked).any()
     assert not (tokens == TOKENIZER.mask_id).any()
+
+
+def test_trace_is_drawn_as_html_and_png(tmp_path):
+    from hdlm.sampling.trace import trace_states, write_trace
+
+    lm = language_model("eps-hybrid", schedule="flat:1000", eps=0.05)
+    trace = Trace()
+    sample(lm, 2, 25, sampler="acs", eta=0.5, steps=12, trace=trace, prompt="ab")
+    states = trace_states(trace, TOKENIZER.mask_id)
+    assert states.shape == (12, 24) and (states[-1] != 0).all()  # nothing masked at the end
+    assert (states[:, :2] == 1).all()  # the prompt is visible throughout
+    page = write_trace(trace, TOKENIZER, tmp_path / "t.html").read_text()
+    assert page.count("<tr>") == 12 and "corrected" in page
+    assert write_trace(trace, TOKENIZER, tmp_path / "t.png").stat().st_size > 1000

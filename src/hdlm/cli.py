@@ -41,7 +41,10 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from hdlm.sampling.hyperschedule import Trace
+
     lm = _load(args)
+    trace = Trace() if args.trace else None
     tokens = lm.sample(
         args.num_samples,
         args.length,
@@ -59,9 +62,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
         order=args.order,
         group_size=args.group_size,
         blank_max=args.blank_max,
+        trace=trace,
     )
     for i, text in enumerate(lm.decode(tokens)):
         print(f"=== sample {i} ===\n{text}")
+    if args.trace:
+        from hdlm.sampling.trace import write_trace
+
+        print(f"wrote {write_trace(trace, lm.tokenizer, args.trace)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -140,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=128, help="steps of a flat schedule")
     p.add_argument("--eta", type=float, default=None, help="acs re-draw / remask strength")
     p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
+    p.add_argument(
+        "--trace", default=None, help="draw the denoising trajectory to a .html, .png or .svg"
+    )
     a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
     a3.add_argument(
         "--infill",

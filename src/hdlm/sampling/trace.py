@@ -1,0 +1,83 @@
+"""Pictures of a denoising trajectory: which tokens were masked, revealed, corrected, remasked.
+
+`write_trace(trace, tokenizer, path)` renders the first sample of a `Trace` as an HTML page (one
+row per step, every token coloured by what happened to it) or as a PNG/SVG strip (steps x
+positions, one colour per state), chosen by the path's suffix.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import torch
+
+from hdlm.errors import HdlmError
+from hdlm.sampling.hyperschedule import Trace
+
+# state codes, in drawing order; the colours are shared by the HTML and the strip
+STATES = ("masked", "visible", "revealed", "corrected", "remasked")
+COLOURS = ("#d9d9d9", "#ffffff", "#8fd18f", "#f5a623", "#e05d5d")
+
+
+def trace_states(trace: Trace, mask_id: int, row: int = 0) -> torch.Tensor:
+    """[steps, L-1] state code of every position after every step, for sample `row`."""
+    tokens = torch.stack([step[row, 1:] for step in trace.tokens])
+    states = torch.where(tokens == mask_id, 0, 1)
+    for code, events in ((2, trace.revealed), (3, trace.corrected), (4, trace.remasked)):
+        states = torch.where(torch.stack([e[row] for e in events]), code, states)
+    return states
+
+
+def write_trace(trace: Trace, tokenizer, path: str | Path) -> Path:
+    path = Path(path)
+    if not trace.tokens:
+        raise HdlmError(
+            "nothing to draw: this sampler recorded no steps (use ancestral/acs/remask)"
+        )
+    states = trace_states(trace, tokenizer.mask_id)
+    if path.suffix == ".html":
+        path.write_text(_html(trace, tokenizer, states))
+    elif path.suffix in (".png", ".svg"):
+        _strip(states, path)
+    else:
+        raise HdlmError(f"--trace {path}: use a .html, .png or .svg file")
+    return path
+
+
+def _html(trace: Trace, tokenizer, states: torch.Tensor) -> str:
+    legend = " ".join(
+        f'<span style="background:{c};padding:2px 6px">{s}</span>'
+        for s, c in zip(STATES, COLOURS, strict=True)
+    )
+    rows = []
+    for step, (tokens, codes) in enumerate(zip(trace.tokens, states, strict=True), 1):
+        cells = "".join(
+            f'<span style="background:{COLOURS[code]}" title="{STATES[code]}">'
+            f"{html.escape(tokenizer.decode([token]) if code else '·')}</span>"
+            for token, code in zip(tokens[0, 1:].tolist(), codes.tolist(), strict=True)
+        )
+        rows.append(f"<tr><td>{step}</td><td style='white-space:pre-wrap'>{cells}</td></tr>")
+    return (
+        "<!doctype html><meta charset='utf-8'><title>hdlm denoising trace</title>"
+        "<body style='font-family:monospace'>"
+        f"<p>{legend}</p><table>{''.join(rows)}</table></body>"
+    )
+
+
+def _strip(states: torch.Tensor, path: Path) -> None:
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, max(2.0, 0.12 * len(states) + 1)))
+    axes = figure.subplots()
+    image = axes.imshow(
+        states.numpy(), cmap=ListedColormap(COLOURS), vmin=-0.5, vmax=4.5, aspect="auto",
+        interpolation="nearest",
+    )  # fmt: skip
+    axes.set_xlabel("position")
+    axes.set_ylabel("step")
+    bar = figure.colorbar(image, ticks=range(len(STATES)))
+    bar.ax.set_yticklabels(STATES)
+    figure.tight_layout()
+    figure.savefig(path)
