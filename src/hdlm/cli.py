@@ -104,6 +104,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from hdlm import bench
+    from hdlm.hardware import pick_device, pick_precision
+
+    device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
+    size = {"vocab_size": args.vocab, "n_layers": args.layers, "d_model": args.d_model,
+            "n_heads": args.heads}  # fmt: skip
+    common = {"rounds": args.rounds, "device": device, "precision": precision}
+    common["progress"] = tqdm.write
+    if args.kind == "train":
+        result = bench.bench_train(size, args.seq_len, args.batch, args.steps, **common)
+    else:
+        result = bench.bench_sample(size, args.lengths, args.batch, **common)
+    result.update(device=str(device), precision=precision, size=size)
+    print(bench.write_results(args.kind, result, Path(args.out)))
+
+
 def cmd_plot_schedule(args: argparse.Namespace) -> None:
     from hdlm.schedules import from_spec, plot_schedule
 
@@ -175,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the result to this file")
     _add_set(p)
     p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("bench", help="throughput and memory of every family, side by side")
+    p.add_argument("kind", choices=["train", "sample"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--d-model", type=int, default=512, help="model width (default 512)")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--seq-len", type=int, default=256, help="train: tokens per sequence")
+    p.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="sample lengths")
+    p.add_argument("--batch", type=int, default=16, help="sequences per step / samples")
+    p.add_argument("--steps", type=int, default=3, help="train: timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median)")
+    p.add_argument("--out", default="results/bench", help="where the JSON and markdown go")
+    p.set_defaults(func=cmd_bench)
 
     p = commands.add_parser("plot", help="draw what a model or schedule does")
     plots = p.add_subparsers(dest="what", required=True)

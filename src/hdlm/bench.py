@@ -1,0 +1,208 @@
+"""Benchmarks: training and sampling throughput of every family, side by side in one run.
+
+Speed is never asserted in tests; these numbers are. Each measurement runs in a fresh child
+process (so its peak memory is its own), cases are interleaved round by round (so machine noise
+hits them alike) and the median is reported. Model FLOPs utilisation is measured against the
+matmul peak this same machine shows for the same precision. Results go to
+results/bench/<kind>.json and <kind>.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from hdlm.config import RunConfig, TokenizerConfig, validate
+from hdlm.hardware import autocast, matmul_flops, synchronize
+
+TRAIN_FAMILIES = {
+    "ar": {},
+    "mdlm": {},
+    "eps-hybrid": {},
+    "block-diffusion": {"schedule": "block:16:16"},
+    "slide": {"schedule": "slide:16:16"},
+    "a3": {},
+}
+
+
+def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
+    """A randomly initialised model of `family` (speed does not depend on the weights)."""
+    from hdlm.model import LanguageModel
+    from hdlm.tokenizer import build_tokenizer
+
+    config = RunConfig(family=family)
+    config.data.seq_len = seq_len
+    config.model = dataclasses.replace(config.model, max_len=max(seq_len, 1024), **size)
+    symbols = [chr(0x4E00 + i) for i in range(size["vocab_size"] - 3)]  # + UNK, EOS, MASK
+    tokenizer = build_tokenizer(TokenizerConfig(kind="char"), symbols)
+    config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
+    validate(config)
+    return LanguageModel(config, tokenizer).to(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """The CUDA allocator's peak on GPU; the process' maximum resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(device: torch.device, work, repeats: int = 1) -> float:
+    """Seconds per call of `work()` after one warm-up call."""
+    work()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def train_case(case: dict) -> dict:
+    from hdlm.train import make_optimizer
+
+    device = torch.device(case["device"])
+    torch.set_num_threads(case["threads"])
+    family, size, seq_len = case["family"], case["size"], case["seq_len"]
+    lm = language_model(family, size, seq_len, device, **TRAIN_FAMILIES[family])
+    optimizer = make_optimizer(lm.net, lm.config.train)
+    shape = (case["batch"], seq_len)
+    tokens = torch.randint(0, size["vocab_size"] - 3, shape, device=device)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def step():
+        with autocast(device, case["precision"]):
+            loss = lm.objective.loss(lm.net, tokens, generator)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = timed(device, step, case["steps"])
+    return {
+        "tokens_per_s": case["batch"] * seq_len / seconds,
+        "peak_mib": peak_memory_mib(device),
+        "params": lm.net.num_params(embeddings=False),
+    }
+
+
+def sample_case(case: dict) -> dict:
+    device = torch.device(case["device"])
+    torch.set_num_threads(case["threads"])
+    family = "ar" if case["sampler"] == "ar" else "block-diffusion"
+    lm = language_model(family, case["size"], case["length"], device).eval()
+    options = {"sampler": case["sampler"], "use_cache": case["cache"], "seed": 0}
+    lengths = iter((32, case["length"]))  # warm up on a short sample, then time the real one
+
+    def work():
+        length = next(lengths)
+        spec = case["schedule"] and case["schedule"].replace("{steps}", str(length // 4))
+        with autocast(device, case["precision"]):
+            lm.sample(case["n"], length, schedule=spec, **options)
+
+    seconds = timed(device, work)
+    return {
+        "tokens_per_s": case["n"] * (case["length"] - 1) / seconds,
+        "peak_mib": peak_memory_mib(device),
+    }
+
+
+def run_isolated(function, case: dict) -> dict:
+    """Run one measurement in a fresh process so that its peak memory is its own."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, (case,))
+
+
+def interleaved(function, cases: list[dict], rounds: int, progress) -> list[dict]:
+    """Measure every case `rounds` times, round-robin; keep the median speed and max memory."""
+    runs = [[] for _ in cases]
+    for r in range(rounds):
+        for case, results in zip(cases, runs, strict=True):
+            progress(f"round {r + 1}/{rounds}: {case['label']}")
+            results.append(run_isolated(function, case))
+    return [
+        {
+            **case,
+            **results[0],
+            "tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
+            "peak_mib": max(x["peak_mib"] for x in results),
+        }
+        for case, results in zip(cases, runs, strict=True)
+    ]
+
+
+def flops_per_token(params: int, size: dict, length: int) -> float:
+    """Training FLOPs per processed token: 6 N for the matmuls plus 12 n_layers d_model length
+    for attention scores and values (PaLM / nanoGPT's estimate)."""
+    return 6 * params + 12 * size["n_layers"] * size["d_model"] * length
+
+
+# tokens the network processes per training token, relative to a plain [BOS ; x] pass
+PROCESSED = {"block-diffusion": 2.0, "a3": 2.0}
+
+
+def bench_train(size, seq_len, batch, steps, rounds, device, precision, progress) -> dict:
+    cases = [
+        {"label": family, "family": family, "size": size, "seq_len": seq_len, "batch": batch,
+         "steps": steps, "device": str(device), "precision": precision,
+         "threads": torch.get_num_threads()}
+        for family in TRAIN_FAMILIES
+    ]  # fmt: skip
+    peak = matmul_flops(precision, device.type, 2048 if device.type == "cuda" else 1024)
+    rows = interleaved(train_case, cases, rounds, progress)
+    ar_speed = next(r["tokens_per_s"] for r in rows if r["family"] == "ar")
+    for row in rows:
+        factor = PROCESSED.get(row["family"], 1.0)
+        flops = flops_per_token(row["params"], size, int(seq_len * factor)) * factor
+        row["vs_ar"] = row["tokens_per_s"] / ar_speed
+        row["mfu"] = row["tokens_per_s"] * flops / peak
+    return {"peak_flops": peak, "rows": rows}
+
+
+def bench_sample(size, lengths, n, rounds, device, precision, progress) -> dict:
+    cases = []
+    for length in lengths:
+        variants = [("ar (KV cache)", "ar", None, True)]
+        for k in (4, 16):
+            name = f"block:16:{k} ({16 // k} tok/step"
+            variants += [
+                (f"{name}, cache)", "ancestral", f"block:16:{k}", True),
+                (f"{name}, no cache)", "ancestral", f"block:16:{k}", False),
+            ]
+        variants.append(("flat ancestral (4 tok/step)", "ancestral", "flat:{steps}", True))
+        cases += [
+            {"label": f"{name} L={length}", "sampler": sampler, "schedule": schedule,
+             "cache": cache, "length": length, "size": size, "n": n, "device": str(device),
+             "precision": precision, "threads": torch.get_num_threads()}
+            for name, sampler, schedule, cache in variants
+        ]  # fmt: skip
+    return {"rows": interleaved(sample_case, cases, rounds, progress)}
+
+
+def write_results(kind: str, result: dict, out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{kind}.json").write_text(json.dumps(result, indent=2, default=str))
+    if kind == "train":
+        header = "| family | tokens/s | vs ar | MFU | peak MiB |\n|---|---|---|---|---|\n"
+        lines = [
+            f"| {r['family']} | {r['tokens_per_s']:,.0f} | {r['vs_ar']:.2f} | "
+            f"{r['mfu']:.1%} | {r['peak_mib']:,.0f} |"
+            for r in result["rows"]
+        ]
+        footer = f"\nmeasured matmul peak: {result['peak_flops'] / 1e9:,.0f} GFLOP/s\n"
+    else:
+        header = "| sampler | tokens/s | peak MiB |\n|---|---|---|\n"
+        lines = [
+            f"| {r['label']} | {r['tokens_per_s']:,.1f} | {r['peak_mib']:,.0f} |"
+            for r in result["rows"]
+        ]
+        footer = ""
+    table = header + "\n".join(lines) + "\n" + footer
+    (out / f"{kind}.md").write_text(table)
+    return table
