@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Train every tiny family at the same budget on one corpus, evaluate each on the same test
-# blocks, and write results/compare-tiny-<corpus>/table.md. Usage: scripts/compare-tiny.sh [corpus]
+# blocks, and write results/compare-tiny-<corpus>/table.md.
+# Usage: [STEPS=300] [FAMILIES="ar mdlm ..."] scripts/compare-tiny.sh [corpus]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${1:-pydocs}
+STEPS=${STEPS:-300}
 OUT=results/compare-tiny-$CORPUS
 mkdir -p "$OUT"
 EXTRA=()
 if [ "$CORPUS" = synthetic ]; then EXTRA=(--set data.tokenizer.kind=char); fi
 for family in ${FAMILIES:-ar mdlm block-diffusion slide eps-hybrid a3}; do
   run=runs/compare-$CORPUS/$family
-  if [ ! -f "$run/latest" ] || ! grep -q "step_0000300" "$run/latest"; then
+  if [ ! -f "$run/latest" ] || ! grep -q "step_$(printf %07d "$STEPS")" "$run/latest"; then
     rm -rf "$run"
     hdlm train --config "configs/$family-tiny.yaml" --out "$run" --no-progress \
-      --set data.corpus="$CORPUS" --set train.eval_batches=4 "${EXTRA[@]}"
+      --set data.corpus="$CORPUS" --set train.eval_batches=4 \
+      --set train.steps="$STEPS" --set train.eval_every=100 --set train.save_every=100 "${EXTRA[@]}"
   fi
-  hdlm eval "$run" --split test --max-blocks 256 --json "$OUT/$family.json" >/dev/null
+  if [ ! -f "$OUT/$family.json" ] || [ "$run/latest" -nt "$OUT/$family.json" ]; then
+    hdlm eval "$run" --split test --max-blocks 256 --json "$OUT/$family.json" >/dev/null
+  fi
 done
 python3 - "$OUT" <<'PY'
 import json, sys
