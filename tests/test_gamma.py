@@ -479,7 +479,9 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="goes with family gamma-hybrid"):
         load_config("configs/gamma-hybrid-tiny.yaml", ["diffusion.process=absorbing"])
     with pytest.raises(ConfigError, match="goes with family gamma-hybrid"):
-        load_config("configs/mdlm-tiny.yaml", ["diffusion.process=gamma-hybrid"])
+        load_config(
+            None, ["family=mdlm", "diffusion.process=gamma-hybrid", "diffusion.time=continuous"]
+        )
     with pytest.raises(ConfigError, match="diffusion.gamma"):
         load_config("configs/gamma-hybrid-tiny.yaml", ["diffusion.gamma=1.0"])
     with pytest.raises(ConfigError, match="bad sigma schedule"):
