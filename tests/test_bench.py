@@ -10,7 +10,8 @@ SIZE = {"vocab_size": 40, "n_layers": 1, "d_model": 32, "n_heads": 2}
 def test_every_family_runs_a_training_case():
     for family in bench.TRAIN_FAMILIES:
         case = {"family": family, "size": SIZE, "seq_len": 32, "batch": 2, "steps": 1,
-                "device": "cpu", "precision": "fp32", "threads": torch.get_num_threads()}  # fmt: skip
+                "device": "cpu", "precision": "fp32",
+                "threads": torch.get_num_threads()}  # fmt: skip
         result = bench.train_case(case)
         assert result["tokens_per_s"] > 0 and result["peak_mib"] > 0
 

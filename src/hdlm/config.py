@@ -99,9 +99,7 @@ class A3Stage:
     """One stage of an A3 curriculum: `steps` training steps with this grouping."""
 
     steps: int = 100
-    grouping: Literal["left-to-right", "random", "spans", "prompt-first", "mixed"] = (
-        "left-to-right"
-    )
+    grouping: Literal["left-to-right", "random", "spans", "prompt-first", "mixed"] = "left-to-right"
     group_size: int = 1
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 from hdlm.errors import HdlmError
 from hdlm.sampling.ar import sample_ar
 from hdlm.sampling.hyperschedule import Trace, sample_hyperschedule
+from hdlm.sampling.prompt import prompt_prefix
 from hdlm.sampling.tau_leaping import TAU_LEAPING, sample_tau_leaping
 from hdlm.schedules import Hyperschedule, from_spec
 
@@ -61,19 +62,8 @@ def sample(
         options = {"order": order, "group_size": group_size, "blank_max": blank_max}
         pick = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         return _sample_a3(lm, n, length, sampler, prompt, infill, seed, use_cache, options, pick)
-    length = length or lm.config.data.seq_len
-    prompt_ids = lm.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt or [])
-    prefix = torch.tensor([lm.tokenizer.bos_id, *prompt_ids], device=lm.device)
-    if len(prefix) >= length:
-        raise HdlmError(
-            f"the prompt is {len(prefix) - 1} tokens but --length is {length}; "
-            "raise --length or shorten the prompt"
-        )
-    if length > lm.config.model.max_len:
-        raise HdlmError(
-            f"--length {length} is longer than the model's context ({lm.config.model.max_len}); "
-            f"use --length {lm.config.model.max_len} or less"
-        )
+    prefix, length = prompt_prefix(lm, prompt, length)
+    prefix = torch.tensor(prefix, device=lm.device)
     if sampler == "ar" and lm.config.family != "ar":
         raise HdlmError(f"the ar sampler needs an ar checkpoint; this one is '{lm.config.family}'")
     options = getattr(lm.objective, "options", None)

@@ -33,6 +33,7 @@ from hdlm import a3
 from hdlm.errors import HdlmError
 from hdlm.model.transformer import KVCache
 from hdlm.objectives import clean_log_probs
+from hdlm.sampling.prompt import prompt_prefix
 from hdlm.sampling.tokens import pick_tokens
 
 ORDERS = ("left-to-right", "random", "confidence")
@@ -249,18 +250,7 @@ def sample_a3(
             raise HdlmError("give --prompt or --infill, not both (a prompt is text before a blank)")
         tokens, known = infill_template(lm, infill, blank_max, group_size)
     else:
-        length = length or lm.config.data.seq_len
-        prefix = [lm.tokenizer.bos_id, *(prompt or [])]
-        if len(prefix) >= length:
-            raise HdlmError(
-                f"the prompt is {len(prefix) - 1} tokens but --length is {length}; "
-                "raise --length or shorten the prompt"
-            )
-        if length > lm.config.model.max_len:
-            raise HdlmError(
-                f"--length {length} is longer than the model's context "
-                f"({lm.config.model.max_len}); use --length {lm.config.model.max_len} or less"
-            )
+        prefix, length = prompt_prefix(lm, prompt, length)
         tokens = torch.tensor(prefix + [mask_id] * (length - len(prefix)), device=device)
         known = torch.arange(length, device=device) < len(prefix)
     return decode(
