@@ -57,13 +57,8 @@ class A3Transformer(Transformer):
         over the C cached content rows first, then the new content rows. With `commit=True` the
         new content rows are appended to `cache`.
         """
-        offset = cache.length if cache is not None else 0
+        offset = self.check_context(cache, content_tokens.shape[1])
         n_content = content_tokens.shape[1]
-        if offset + n_content > self.config.max_len:
-            raise HdlmError(
-                f"sequence of {offset + n_content} tokens is longer than the model's context "
-                f"({self.config.max_len})"
-            )
         if self.time_embed is not None:
             raise HdlmError("A3 models are not noise-level conditioned (model.time_conditioning)")
         positions = torch.cat((content_positions, query_positions), dim=1)

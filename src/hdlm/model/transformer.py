@@ -185,6 +185,16 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if embeddings else n - self.embed.weight.numel()
 
+    def check_context(self, cache: KVCache | None, length: int) -> int:
+        """The cache length, after checking that `length` more positions fit the context."""
+        offset = cache.length if cache is not None else 0
+        if offset + length > self.config.max_len:
+            raise HdlmError(
+                f"sequence of {offset + length} tokens is longer than the model's context "
+                f"({self.config.max_len}); shorten the input or train with a larger model.max_len"
+            )
+        return offset
+
     def forward(
         self,
         tokens: Tensor,
@@ -197,13 +207,8 @@ class Transformer(nn.Module):
         noise_level: Tensor | None = None,
         return_hidden: bool = False,
     ) -> Tensor:
-        offset = cache.length if cache is not None else 0
+        offset = self.check_context(cache, tokens.shape[1])
         length = tokens.shape[1]
-        if offset + length > self.config.max_len:
-            raise HdlmError(
-                f"sequence of {offset + length} tokens is longer than the model's context "
-                f"({self.config.max_len}); shorten the input or train with a larger model.max_len"
-            )
         if positions is None:
             positions = torch.arange(offset, offset + length, device=tokens.device)
         if offset > 0 and attn_mask is None and causal:
