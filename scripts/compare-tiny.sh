@@ -10,7 +10,7 @@ OUT=results/compare-tiny-$CORPUS
 mkdir -p "$OUT"
 EXTRA=()
 if [ "$CORPUS" = synthetic ]; then EXTRA=(--set data.tokenizer.kind=char); fi
-for family in ${FAMILIES:-ar mdlm block-diffusion slide eps-hybrid a3}; do
+for family in ${FAMILIES:-ar mdlm block-diffusion slide eps-hybrid gamma-hybrid a3}; do
   run=runs/compare-$CORPUS/$family
   if [ ! -f "$run/latest" ] || ! grep -q "step_$(printf %07d "$STEPS")" "$run/latest"; then
     rm -rf "$run"
