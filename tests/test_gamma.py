@@ -1,6 +1,5 @@
 """The γ-hybrid chain, its score-entropy NELBO and τ-leaping samplers (docs/math.md §8)."""
 
-import dataclasses
 import itertools
 import json
 import math
@@ -8,15 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_objective
+from test_processes import assert_losses_finite_at_the_edges
 
 import hdlm
 from hdlm import processes
 from hdlm.cli import main
-from hdlm.config import RunConfig, load_config, validate
+from hdlm.config import load_config
 from hdlm.errors import ConfigError
 from hdlm.gamma_hybrid import GammaHybrid, SigmaSchedule, score_entropy
-from hdlm.model import Transformer
-from hdlm.objectives import DiffusionObjective, ScoreEntropyObjective, build_objective
+from hdlm.objectives import DiffusionObjective, ScoreEntropyObjective
 from hdlm.processes import Absorbing
 from hdlm.sampling.tau_leaping import tau_leaping
 from hdlm.schedules import block, flat
@@ -294,22 +294,7 @@ def test_nelbo_of_the_oracle_is_the_entropy_plus_the_prior_gap(gamma, sigma, mon
 
 @pytest.mark.parametrize("gamma", [0.0, 0.3])
 def test_losses_are_finite_with_finite_gradients_at_the_edges(gamma):
-    process = chain(gamma)
-    g = torch.Generator().manual_seed(5)
-    x0 = torch.tensor(DATA)[torch.randint(N, (4, 8), generator=g)]
-    logits = torch.randn(4, 8, V, generator=g).index_fill(-1, torch.tensor([MASK]), -math.inf)
-    logits.requires_grad_(True)
-    t = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.3, 0.3, 1e-9, 1 - 1e-9]).expand(4, 8)
-    s = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.3, 0.0, 0.0, 0.5]).expand(4, 8)
-    x_t = process.corrupt(x0, t, g)
-    log_probs = logits.log_softmax(-1)
-    step = process.step_loss(log_probs, x0, x_t, t, s)
-    rate = process.rate_loss(log_probs, x0, x_t, t, torch.ones_like(t))
-    assert torch.isfinite(step).all() and torch.isfinite(rate).all()
-    assert (step[:, :2] == 0).all() and (step[:, 4] == 0).all()  # t == s
-    assert (step >= -1e-6).all() and (rate >= 0).all()
-    (step.sum() + rate.sum()).backward()
-    assert torch.isfinite(logits.grad).all()
+    assert_losses_finite_at_the_edges(chain(gamma))
 
 
 # -- τ-leaping with an oracle ------------------------------------------------------------------
@@ -404,17 +389,7 @@ VOCAB, MASK_ID, L = 23, 22, 17
 
 
 def make(family="gamma-hybrid", time_conditioning=False, **diffusion):
-    config = RunConfig(family=family)
-    config.data.seq_len = L
-    config.model = dataclasses.replace(
-        config.model, vocab_size=VOCAB, max_len=64, n_layers=2, n_heads=2, d_model=32,
-        time_conditioning=time_conditioning,
-    )  # fmt: skip
-    config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
-    validate(config)
-    torch.manual_seed(0)
-    net = Transformer(config.model).eval()
-    return net, build_objective(config, MASK_ID)
+    return tiny_objective(family, VOCAB, MASK_ID, L, time_conditioning, **diffusion)
 
 
 def random_tokens(n=4):

@@ -1,30 +1,14 @@
 """Exact identities of the diffusion NELBO (design.md §2, docs/math.md)."""
 
-import dataclasses
-
 import pytest
 import torch
-
-from hdlm.config import RunConfig, validate
-from hdlm.model import Transformer
-from hdlm.objectives import AutoregressiveObjective, DiffusionObjective
+from helpers import tiny_objective
 
 V, MASK, L = 23, 22, 17  # vocabulary with MASK last; blocks of BOS + 16 tokens
 
 
 def make(family="hyperschedule", time_conditioning=False, **diffusion):
-    config = RunConfig(family=family)
-    config.data.seq_len = L
-    config.model = dataclasses.replace(
-        config.model, vocab_size=V, max_len=64, n_layers=2, n_heads=2, d_model=32,
-        time_conditioning=time_conditioning,
-    )  # fmt: skip
-    config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
-    validate(config)
-    torch.manual_seed(0)
-    net = Transformer(config.model).eval()
-    objective = (AutoregressiveObjective if family == "ar" else DiffusionObjective)(config, MASK)
-    return net, objective
+    return tiny_objective(family, V, MASK, L, time_conditioning, **diffusion)
 
 
 def random_tokens(n=4):

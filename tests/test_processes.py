@@ -225,9 +225,9 @@ def test_rate_loss_is_the_limit_of_step_loss(name):
     )
 
 
-@pytest.mark.parametrize("name", PROCESSES)
-def test_losses_are_finite_with_finite_gradients_at_the_edges(name):
-    process = PROCESSES[name]
+def assert_losses_finite_at_the_edges(process) -> None:
+    """step_loss / rate_loss at t, s in {0, 1, equal, tiny, almost 1}: finite, non-negative, 0
+    where t == s, with finite gradients (shared with the gamma-hybrid tests)."""
     g = torch.Generator().manual_seed(5)
     x0 = torch.tensor(DATA)[torch.randint(N, (4, 8), generator=g)]
     logits = torch.randn(4, 8, V, generator=g).index_fill(-1, torch.tensor([MASK]), -math.inf)
@@ -240,8 +240,14 @@ def test_losses_are_finite_with_finite_gradients_at_the_edges(name):
     rate = process.rate_loss(log_probs, x0, x_t, t, torch.ones_like(t))
     assert torch.isfinite(step).all() and torch.isfinite(rate).all()
     assert (step[:, :2] == 0).all() and (step[:, 4] == 0).all()  # t == s
+    assert (step >= -1e-6).all() and (rate >= 0).all()
     (step.sum() + rate.sum()).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_losses_are_finite_with_finite_gradients_at_the_edges(name):
+    assert_losses_finite_at_the_edges(PROCESSES[name])
 
 
 @pytest.mark.parametrize("process", [Absorbing(MASK), EpsHybrid(0.1, MASK, V)])

@@ -1,0 +1,23 @@
+"""Small builders shared by the test files."""
+
+import dataclasses
+
+import torch
+
+from hdlm.config import RunConfig, validate
+from hdlm.model import Transformer
+from hdlm.objectives import build_objective
+
+
+def tiny_objective(family, vocab, mask_id, length, time_conditioning=False, **diffusion):
+    """(random 2-layer network, objective) of `family` for blocks of `length` tokens."""
+    config = RunConfig(family=family)
+    config.data.seq_len = length
+    config.model = dataclasses.replace(
+        config.model, vocab_size=vocab, max_len=64, n_layers=2, n_heads=2, d_model=32,
+        time_conditioning=time_conditioning,
+    )  # fmt: skip
+    config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
+    validate(config)
+    torch.manual_seed(0)
+    return Transformer(config.model).eval(), build_objective(config, mask_id)
