@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import tiny_objective
 from test_processes import assert_losses_finite_at_the_edges
+from test_processes import random_case as shared_random_case
 
 import hdlm
 from hdlm import processes
@@ -110,19 +111,8 @@ def test_corrupt_matches_the_transition_probabilities(t):
 # -- γ = 0 is the absorbing chain ---------------------------------------------------------------
 
 
-def random_case(seed: int, batch: int = 6, length: int = 9, vocab: int = 11, mask_id: int = 4):
-    g = torch.Generator().manual_seed(seed)
-    data = torch.tensor([i for i in range(vocab) if i != mask_id])
-    x0 = data[torch.randint(len(data), (batch, length), generator=g)]
-    logits = torch.randn(batch, length, vocab, generator=g, dtype=torch.float64) * 2
-    logits[..., mask_id] = -math.inf
-    t = torch.rand(batch, length, generator=g, dtype=torch.float64)
-    s = t * torch.rand(batch, length, generator=g, dtype=torch.float64)
-    t[0, :3], s[0, :3] = 0.0, 0.0  # settled positions
-    t[1, :3], s[1, :3] = 0.7, 0.7  # positions that do not move in this step
-    t[2, :], s[2, :] = 1.0, 0.0  # a single step from full noise
-    s[3, :4] = 0.0  # final steps
-    return g, x0, logits.log_softmax(-1), t, s
+def random_case(seed: int):
+    return shared_random_case(seed, mask_excluded=True)
 
 
 def every_kind_of_token(x0, g, vocab=11, mask_id=4):

@@ -115,11 +115,22 @@ def test_continuous_nelbo_of_the_true_posterior_is_the_entropy(name, monkeypatch
     assert total == pytest.approx(ENTROPY, abs=1e-9)
 
 
-def random_case(seed: int, batch: int = 6, length: int = 9, vocab: int = 11, mask_id: int = 4):
+def random_case(
+    seed: int,
+    batch: int = 6,
+    length: int = 9,
+    vocab: int = 11,
+    mask_id: int = 4,
+    mask_excluded: bool = False,
+):
+    """Random tokens, log-probabilities (MASK at -inf when `mask_excluded`) and levels t >= s,
+    with the edge cases every loss must handle in the first rows."""
     g = torch.Generator().manual_seed(seed)
     data = torch.tensor([i for i in range(vocab) if i != mask_id])
     x0 = data[torch.randint(len(data), (batch, length), generator=g)]
     logits = torch.randn(batch, length, vocab, generator=g, dtype=torch.float64) * 2
+    if mask_excluded:
+        logits[..., mask_id] = -math.inf
     t = torch.rand(batch, length, generator=g, dtype=torch.float64)
     s = t * torch.rand(batch, length, generator=g, dtype=torch.float64)
     t[0, :3], s[0, :3] = 0.0, 0.0  # settled positions
