@@ -29,7 +29,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from hdlm.train import train
 
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides)  # checked once here, before any launch
+    if args.nproc > 1:
+        from hdlm.distributed import launch
+
+        flags = ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
+        launch(args.nproc, ["--config", args.config, *flags,
+                            *(f"--set={o}" for o in overrides)])  # fmt: skip
     out = train(config, resume=args.resume, progress=not args.no_progress)
     print(f"saved to {out} (hdlm sample {out} / hdlm eval {out})")
 
@@ -145,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the run's latest checkpoint"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (runs torchrun; train.batch_size stays "
+        "the global batch). SIGTERM saves and exits 0, Ctrl-C saves and exits 130",
+    )
     _add_set(p)
     p.set_defaults(func=cmd_train)
 

@@ -144,6 +144,9 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept on disk
     tensorboard: bool = False
     init_from: str | None = None  # start from the weights of this checkpoint
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; batch_size is the global batch
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # NaN/inf loss: stop, or skip the update
+    max_nonfinite: int = 10  # on_nonfinite=skip: stop after this many bad steps in a row
 
 
 @dataclass
@@ -293,6 +296,7 @@ def validate(config: RunConfig) -> None:
         "model.n_layers": m.n_layers,
         "model.n_heads": m.n_heads,
         "train.keep_last": t.keep_last,
+        "train.max_nonfinite": t.max_nonfinite,
     }
     for key, value in positive.items():
         if value < 1:

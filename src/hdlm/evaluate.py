@@ -27,12 +27,7 @@ def perplexity(
 ) -> dict:
     """NELBO per token and perplexity over `blocks` [N, L] (each starting with BOS)."""
     blocks = blocks[:max_blocks] if max_blocks else blocks
-    total_nats, total_tokens = 0.0, 0
-    for start in tqdm(range(0, len(blocks), batch_size), desc="eval", disable=not progress):
-        batch = blocks[start : start + batch_size].to(lm.device)
-        with autocast(lm.device, precision):
-            total_nats += lm.nelbo(batch).double().sum().item()
-        total_tokens += len(batch) * lm.objective.scored_tokens(batch)
+    total_nats, total_tokens = nelbo_sums(lm, blocks, batch_size, precision, progress)
     nats = total_nats / total_tokens
     return {
         "nelbo_per_token": nats,
@@ -41,3 +36,21 @@ def perplexity(
         "tokens": total_tokens,
         "blocks": len(blocks),
     }
+
+
+@torch.no_grad()
+def nelbo_sums(
+    lm: LanguageModel,
+    blocks: torch.Tensor,
+    batch_size: int,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> tuple[float, int]:
+    """(Σ NELBO in nats, Σ scored tokens) over `blocks`: sums, so that shards add up."""
+    total_nats, total_tokens = 0.0, 0
+    for start in tqdm(range(0, len(blocks), batch_size), desc="eval", disable=not progress):
+        batch = blocks[start : start + batch_size].to(lm.device)
+        with autocast(lm.device, precision):
+            total_nats += lm.nelbo(batch).double().sum().item()
+        total_tokens += len(batch) * lm.objective.scored_tokens(batch)
+    return total_nats, total_tokens

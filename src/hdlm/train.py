@@ -4,6 +4,11 @@ AdamW with linear warmup and cosine decay, gradient accumulation and clipping, o
 weights, mixed precision, periodic validation, a progress bar, a JSONL metrics log, and atomic
 checkpoints from which `--resume` continues exactly: batches and noise are functions of
 (seed, step) only, so a resumed run sees what the uninterrupted one would have seen.
+
+Under torchrun (`hdlm.distributed`) the same loop runs on every rank, each on its slice of the
+global batch; rank 0 alone logs and writes checkpoints. SIGTERM / SIGINT finish the current step,
+save a checkpoint and stop (exit code 0 / 130); a non-finite loss stops the run before the
+optimizer sees it, or skips that step (`train.on_nonfinite`).
 """
 
 from __future__ import annotations
@@ -11,21 +16,26 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from hdlm import distributed
 from hdlm.config import RunConfig, to_dict
 from hdlm.data import Batches, prepare_data
 from hdlm.errors import CheckpointError, ConfigError, HdlmError
-from hdlm.evaluate import perplexity
+from hdlm.evaluate import nelbo_sums
 from hdlm.hardware import autocast, pick_device, pick_precision
 from hdlm.model import LanguageModel
 from hdlm.model.checkpoint import (
+    load_checkpoint_files,
     read_checkpoint,
     read_training_state,
     resolve_checkpoint,
@@ -44,9 +54,10 @@ def learning_rate(step: int, config) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def step_seed(seed: int, step: int) -> int:
-    """Seed of everything random at one step (noise, dropout): resume needs no saved RNG."""
-    return seed * 1_000_003 + step
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of everything random at one step (noise, dropout) on one rank: resume needs no
+    saved RNG. Each rank draws the noise of its own slice of the batch."""
+    return seed * 1_000_003 + step + rank * 2**40
 
 
 class EMA:
@@ -54,6 +65,9 @@ class EMA:
 
     def __init__(self, net: torch.nn.Module, decay: float):
         self.decay = decay
+        self.copy_from(net)
+
+    def copy_from(self, net: torch.nn.Module) -> None:
         self.shadow = {k: v.detach().clone() for k, v in net.state_dict().items()}
 
     @torch.no_grad()
@@ -74,11 +88,9 @@ class EMA:
 
 
 def check_output_dir(out: Path, resume: bool) -> None:
-    """Refuse to overwrite a finished run and to write where we cannot, before any work."""
-    if resume:
-        resolve_checkpoint(out)  # raises a clear error when there is nothing to resume
-        return
-    if (out / "latest").exists():
+    """Refuse to overwrite a finished run and to write where we cannot, before any work (the
+    directory itself is only created once the data and the model are ready)."""
+    if not resume and (out / "latest").exists():
         raise HdlmError(
             f"{out} already holds a training run; pass --resume to continue it, "
             "or choose another directory with --out"
@@ -86,8 +98,36 @@ def check_output_dir(out: Path, resume: bool) -> None:
     existing = out
     while not existing.exists():
         existing = existing.parent
-    if not os.access(existing, os.W_OK):
-        raise HdlmError(f"cannot write to {existing}; choose a writable --out directory")
+    try:  # a real write, as permissions alone do not tell (root, read-only mounts)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise HdlmError(
+            f"cannot write to {existing} ({e.strerror}); choose a writable --out directory"
+        ) from e
+
+
+def checkpoint_bytes(num_params: int, ema: bool) -> int:
+    """fp32 weights, the two AdamW moments, and the raw weights when EMA weights are saved."""
+    return 4 * num_params * (3 + ema)
+
+
+def check_disk_space(out: Path, num_params: int, ema: bool, keep_last: int) -> None:
+    """Refuse to start when the checkpoints this run will keep cannot fit on the disk."""
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    size = checkpoint_bytes(num_params, ema)
+    kept = len(list((out / "checkpoints").glob("step_*"))) if out.exists() else 0
+    needed = max(1, keep_last + 1 - kept) * size  # +1: the next one is written before pruning
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise HdlmError(
+            f"not enough disk space in {existing}: {free / 2**20:.1f} MiB free, but "
+            f"train.keep_last={keep_last} checkpoints of ~{size / 2**20:.1f} MiB "
+            f"({num_params:,} parameters) need ~{needed / 2**20:.1f} MiB; free some space, "
+            "lower train.keep_last or choose another --out"
+        )
 
 
 def make_optimizer(net: torch.nn.Module, config) -> torch.optim.AdamW:
@@ -107,6 +147,10 @@ class MetricsLog:
 
     def __init__(self, out: Path, tensorboard: bool, resume_step: int | None):
         self.path = out / "metrics.jsonl"
+        self.enabled = distributed.is_main()
+        self.writer = None
+        if not self.enabled:
+            return
         if resume_step is not None and self.path.exists():  # drop records past the checkpoint
             kept = [
                 line
@@ -114,7 +158,6 @@ class MetricsLog:
                 if json.loads(line).get("step", 0) <= resume_step
             ]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-        self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -126,6 +169,8 @@ class MetricsLog:
                 self.writer = SummaryWriter(out / "tensorboard")
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -134,23 +179,62 @@ class MetricsLog:
                     self.writer.add_scalar(key, value, record["step"])
 
 
+class StopSignal:
+    """SIGTERM / SIGINT ask the loop to stop after the current step; a second SIGINT aborts.
+
+    `received` is the signal number, or 0. Handlers are installed in the main thread only.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received, self.previous = 0, {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame) -> None:
+        if number == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = number
+
+
 def train(
     config: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None
 ) -> Path:
     """Train `config` and return the run directory (its `latest` names the final checkpoint).
 
     `stop_after` ends the run after that step with a checkpoint, as if it had been interrupted
-    there (for time-limited jobs and resume tests); `resume=True` continues it.
+    there (for time-limited jobs and resume tests); `resume=True` continues it. Under torchrun
+    every rank calls this; it joins the process group and leaves it at the end.
     """
-    out = config.out_path
-    check_output_dir(out, resume)
-    device = pick_device(config.train.device)
-    precision = pick_precision(config.train.precision, device)
-    t = config.train
+    check_output_dir(config.out_path, resume)
+    device = distributed.init(pick_device(config.train.device))
+    try:
+        return _train(config, device, resume, progress, stop_after)
+    finally:
+        distributed.shutdown()
+
+
+def _train(
+    config: RunConfig, device: torch.device, resume: bool, progress: bool, stop_after: int | None
+) -> Path:
+    out, t = config.out_path, config.train
+    precision = pick_precision(t.precision, device)
+    world, main = distributed.world_size(), distributed.is_main()
+    distributed.check_batch(t.batch_size)
+    say = tqdm.write if main else lambda message: None
 
     resume_dir = resolve_checkpoint(out) if resume else None
     tokenizer = Tokenizer.load(resume_dir) if resume_dir else None
-    data = prepare_data(config.data, tokenizer)
+    with distributed.main_first():  # rank 0 fills the tokenizer and data caches
+        data = prepare_data(config.data, tokenizer)
     if config.model.vocab_size not in (0, data.tokenizer.vocab_size):
         raise ConfigError(
             f"model.vocab_size={config.model.vocab_size} but the tokenizer has "
@@ -160,129 +244,180 @@ def train(
 
     torch.manual_seed(config.seed)
     lm = LanguageModel(config, data.tokenizer).to(device)
+    check_disk_space(out, lm.net.num_params(), t.ema > 0, t.keep_last)
+    model_step = distributed.wrap(
+        distributed.LossModule(lm.net, lm.objective), t.parallel, config.family
+    )
     optimizer = make_optimizer(lm.net, t)
     ema = EMA(lm.net, t.ema) if t.ema > 0 else None
     start_step = 0
     if resume_dir is not None:
         start_step = restore(resume_dir, config, lm, optimizer, ema)
+        say(f"resuming from {resume_dir} at step {start_step}")
     elif t.init_from:
         init_weights(lm, t.init_from)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     log = MetricsLog(out, t.tensorboard, start_step if resume else None)
-    model_step = torch.compile(lm.objective.loss) if t.compile else lm.objective.loss
+    model_step = torch.compile(model_step) if t.compile else model_step
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batches = Batches(data.blocks["train"], t.batch_size, config.seed)
     tokens_per_step = t.batch_size * t.grad_accum * config.data.seq_len
-    tqdm.write(
+    say(
         f"{config.name}: family={config.family} params={lm.net.num_params() / 1e6:.2f}M "
         f"device={device} precision={precision} train_blocks={batches.num_blocks} "
         f"tokens/step={tokens_per_step}"
+        + (f" processes={world} ({t.parallel})" if world > 1 else "")
     )
 
     def save(step: int) -> None:
-        state = {"step": step, "optimizer": optimizer.state_dict()}
-        weights = lm.net.state_dict()
+        weights = distributed.model_state(lm.net)  # collectives under FSDP: every rank calls
+        state = {"step": step, "optimizer": distributed.optimizer_state(lm.net, optimizer)}
         if ema is not None:
-            state["raw_weights"], weights = weights, ema.shadow
+            state["raw_weights"], weights = weights, distributed.full_tensors(ema.shadow)
+        if not main:
+            return
         name = f"checkpoints/step_{step:07d}"
         save_checkpoint(out / name, weights, config, data.tokenizer, state)
         write_text_atomic(out / "latest", name + "\n")
-        for old in sorted((out / "checkpoints").glob("step_*"))[: -t.keep_last]:
+        # older ones only: after a fall-back resume, damaged newer ones wait to be overwritten
+        kept = sorted(c for c in (out / "checkpoints").glob("step_*") if c.name <= Path(name).name)
+        for old in kept[: -t.keep_last]:
             shutil.rmtree(old)
 
     def evaluate(step: int) -> None:
-        if len(data.blocks["validation"]) == 0:  # data.val_fraction = 0
+        blocks = data.blocks["validation"][: t.eval_batches * t.batch_size]
+        blocks = blocks[: len(blocks) // world * world]  # equal shares: FSDP ranks run in step
+        if len(blocks) == 0:  # data.val_fraction = 0
             return
         lm.net.eval()
         with ema.applied(lm.net) if ema is not None else contextlib.nullcontext():
-            blocks = data.blocks["validation"][: t.eval_batches * t.batch_size]
-            val = perplexity(lm, blocks, t.batch_size, precision, progress=False)["nelbo_per_token"]
+            sums = nelbo_sums(lm, distributed.shard(blocks), t.batch_size // world, precision)
         lm.net.train()
+        nats, tokens = distributed.all_sum(list(sums), device)
+        val = nats / tokens
         ppl = math.exp(min(val, 50))
         log.write({"step": step, "val_loss": val, "val_ppl": ppl})
-        tqdm.write(f"step {step}: validation loss {val:.4f} nats/token, perplexity {ppl:.2f}")
+        say(f"step {step}: validation loss {val:.4f} nats/token, perplexity {ppl:.2f}")
 
     if start_step == 0:
         evaluate(0)  # the untrained baseline, so every curve starts at the same place
     lm.net.train()
     bar = tqdm(
-        total=t.steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True
+        total=t.steps,
+        initial=start_step,
+        disable=not progress or not main,
+        unit="step",
+        dynamic_ncols=True,
     )
-    running_loss, window_start, window_steps = (
-        torch.zeros((), device=device),
-        time.perf_counter(),
-        0,
-    )
+    window = {"loss": 0.0, "finite": 0, "steps": 0, "start": time.perf_counter()}
+    skipped = consecutive_skips = 0
     at_step = getattr(lm.objective, "at_step", None)  # curriculum stages (A3), if any
     stage = None
-    for step in range(start_step, t.steps):
-        if at_step is not None and at_step(step) != stage:
-            stage = at_step(step)
-            tqdm.write(f"step {step}: stage {stage}")
-        lr = learning_rate(step, t)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(step_seed(config.seed, step))
-        generator = torch.Generator(device).manual_seed(step_seed(config.seed, step))
-        for micro in range(t.grad_accum):
-            tokens = batches.batch(step * t.grad_accum + micro).to(device, non_blocking=True)
-            with autocast(device, precision):
-                loss = model_step(lm.net, tokens, generator) / t.grad_accum
-            scaler.scale(loss).backward()
-            running_loss += loss.detach()
-        if t.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(lm.net.parameters(), t.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(lm.net)
-        window_steps += 1
-        done = step + 1
-        if done % t.log_every == 0 or done == t.steps:
-            mean_loss = running_loss.item() / window_steps  # the only host sync of the loop
-            if not math.isfinite(mean_loss):
-                raise HdlmError(
-                    f"loss became {mean_loss} at step {done}; lower train.lr or check data"
-                )
-            speed = window_steps * tokens_per_step / (time.perf_counter() - window_start)
-            record = {"step": done, "loss": mean_loss, "lr": lr, "tokens_per_s": speed}
-            log.write(record if stage is None else {**record, "stage": stage})
-            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.2e}")
-            running_loss.zero_()
-            window_start, window_steps = time.perf_counter(), 0
-        bar.update(1)
-        paused = time.perf_counter()
-        if done % t.eval_every == 0 or done == t.steps:
-            evaluate(done)
-        if done % t.save_every == 0 or done in (t.steps, stop_after):
-            save(done)
-        if done == stop_after:
-            break
-        window_start += time.perf_counter() - paused  # tokens/s counts training time only
+    with StopSignal() as stop:
+        for step in range(start_step, t.steps):
+            if at_step is not None and at_step(step) != stage:
+                stage = at_step(step)
+                say(f"step {step}: stage {stage}")
+            lr = learning_rate(step, t)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            seed = step_seed(config.seed, step, distributed.rank())
+            torch.manual_seed(seed)
+            generator = torch.Generator(device).manual_seed(seed)
+            step_loss = torch.zeros((), device=device)
+            for micro in range(t.grad_accum):
+                batch = distributed.shard(batches.batch(step * t.grad_accum + micro))
+                tokens = batch.to(device, non_blocking=True)
+                with distributed.no_sync(model_step, micro == t.grad_accum - 1):
+                    with autocast(device, precision):
+                        loss = model_step(tokens, generator) / t.grad_accum
+                    scaler.scale(loss).backward()
+                step_loss += loss.detach()
+            # one host sync per step: a bad loss must be caught before the optimizer applies it,
+            # and every rank must agree on it and on a stop signal
+            loss_sum, signalled = distributed.all_sum(
+                [step_loss.item(), float(stop.received)], device
+            )
+            loss_value, done = loss_sum / world, step + 1
+            if math.isfinite(loss_value):
+                consecutive_skips = 0
+                if t.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(lm.net.parameters(), t.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    ema.update(lm.net)
+                window["loss"] += loss_value
+                window["finite"] += 1
+            else:
+                skipped, consecutive_skips = skipped + 1, consecutive_skips + 1
+                check_nonfinite(loss_value, done, t, consecutive_skips)
+                say(f"step {done}: loss is {loss_value}; optimizer step skipped ({skipped} so far)")
+            optimizer.zero_grad(set_to_none=True)
+            window["steps"] += 1
+            if done % t.log_every == 0 or done == t.steps:
+                speed = window["steps"] * tokens_per_step / (time.perf_counter() - window["start"])
+                record = {"step": done, "lr": lr, "tokens_per_s": speed}
+                if window["finite"]:
+                    record["loss"] = window["loss"] / window["finite"]
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{speed:,.0f}")
+                record.update({"stage": stage} if stage is not None else {})
+                log.write({**record, "skipped_steps": skipped} if skipped else record)
+                window.update(loss=0.0, finite=0, steps=0, start=time.perf_counter())
+            bar.update(1)
+            paused = time.perf_counter()
+            if done % t.eval_every == 0 or done == t.steps:
+                evaluate(done)
+            stopping = done == stop_after or signalled > 0
+            if done % t.save_every == 0 or done == t.steps or stopping:
+                save(done)
+            if stopping:
+                break
+            window["start"] += time.perf_counter() - paused  # tokens/s counts training time only
     bar.close()
+    if stop.received:
+        name = signal.Signals(stop.received).name
+        say(f"{name}: stopped after step {done} and saved a checkpoint; continue with --resume")
+        if stop.received == signal.SIGINT:
+            raise KeyboardInterrupt
     return out
+
+
+def check_nonfinite(loss: float, step: int, t, consecutive: int) -> None:
+    """Stop on a NaN/inf loss (before the optimizer applies it: nothing bad is saved), unless
+    `train.on_nonfinite=skip` and fewer than `train.max_nonfinite` steps in a row were bad."""
+    if t.on_nonfinite == "stop":
+        raise HdlmError(
+            f"the loss is {loss} at step {step}; stopped without applying it or saving (the last "
+            "checkpoint is intact): lower train.lr, check the data, or set train.on_nonfinite=skip"
+        )
+    if consecutive >= t.max_nonfinite:
+        raise HdlmError(
+            f"the loss is {loss} at step {step}, the {consecutive}th non-finite step in a row "
+            f"(train.max_nonfinite={t.max_nonfinite}); stopped: lower train.lr or check the data"
+        )
 
 
 def restore(
     directory: Path, config: RunConfig, lm: LanguageModel, optimizer, ema: EMA | None
 ) -> int:
-    """Load weights, EMA and optimizer from a training checkpoint; return its step."""
-    _, saved, weights, _ = read_checkpoint(directory)
+    """Load weights, EMA and optimizer from a verified training checkpoint; return its step."""
+    saved, weights, _ = load_checkpoint_files(directory)
     if saved.family != config.family or saved.model != config.model:
         raise CheckpointError(
             f"{directory} was trained with family '{saved.family}' and model {saved.model}; "
             "resume with the same config, or start a new run with train.init_from"
         )
     state = read_training_state(directory)
-    lm.net.load_state_dict(state.get("raw_weights", weights))
-    if ema is not None:
-        ema.shadow = {k: v.to(lm.device) for k, v in weights.items()}
-    optimizer.load_state_dict(state["optimizer"])
-    tqdm.write(f"resuming from {directory} at step {state['step']}")
+    if ema is not None:  # through the module, so that FSDP shards the EMA weights like its own
+        distributed.load_model_state(lm.net, weights)
+        ema.copy_from(lm.net)
+    distributed.load_model_state(lm.net, state.get("raw_weights", weights))
+    distributed.load_optimizer_state(lm.net, optimizer, state["optimizer"])
     return state["step"]
 
 
@@ -303,3 +438,9 @@ def init_weights(lm: LanguageModel, path: str) -> None:
             f"train.init_from={path} has model {saved.model}, which does not fit this run's model "
             f"{lm.config.model}; make the model sections agree"
         )
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m hdlm.train --config ... [--resume]
+    from hdlm.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

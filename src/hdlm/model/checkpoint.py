@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -103,11 +104,14 @@ def save_checkpoint(
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory itself, or a run directory whose `latest` file names one."""
+    """The intact checkpoint `path` names: a checkpoint directory itself (an error when it is
+    damaged), or the newest intact checkpoint of a run directory, starting from the one its
+    `latest` file names and falling back to earlier ones with a warning for each damaged one."""
     path = Path(path)
     if (path / "latest").is_file():
-        return path / (path / "latest").read_text().strip()
+        return _newest_intact(path)
     if (path / CONFIG).is_file():
+        verify_checkpoint(path)
         return path
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found; pass a run directory or a checkpoint")
@@ -117,8 +121,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def _newest_intact(run: Path) -> Path:
+    latest = run / (run / "latest").read_text().strip()
+    earlier = [c for c in (run / "checkpoints").glob("step_*") if c.name < latest.name]
+    problems = []
+    for candidate in [latest, *sorted(earlier, reverse=True)]:
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        for problem in problems:
+            print(f"hdlm: warning: {problem}; using {candidate} instead", file=sys.stderr)
+        return candidate
+    raise CheckpointError(f"{run} has no intact checkpoint: {'; '.join(problems)}")
+
+
 def verify_checkpoint(directory: Path) -> None:
     """Compare every file with the manifest; a truncated or altered file is refused."""
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} is missing")
     if not (directory / MANIFEST).is_file():
         raise CheckpointError(f"{directory} has no {MANIFEST}: it was not fully written")
     manifest = json.loads((directory / MANIFEST).read_text())
@@ -134,9 +156,16 @@ def verify_checkpoint(directory: Path) -> None:
 
 
 def read_checkpoint(path: str | Path) -> tuple[Path, RunConfig, dict[str, torch.Tensor], Tokenizer]:
-    """Load (directory, config, inference weights, tokenizer) after verifying the manifest."""
+    """Load (directory, config, inference weights, tokenizer) of the checkpoint `path` names
+    (`resolve_checkpoint`: verified against its manifest, with a fall-back for run directories)."""
     directory = resolve_checkpoint(path)
-    verify_checkpoint(directory)
+    return directory, *load_checkpoint_files(directory)
+
+
+def load_checkpoint_files(
+    directory: Path,
+) -> tuple[RunConfig, dict[str, torch.Tensor], Tokenizer]:
+    """(config, inference weights, tokenizer) of a checkpoint directory already verified."""
     header = json.loads((directory / CONFIG).read_text())
     if header.get("format") != "hdlm":
         raise CheckpointError(f"{directory / CONFIG} is not an hdlm checkpoint config")
@@ -149,7 +178,7 @@ def read_checkpoint(path: str | Path) -> tuple[Path, RunConfig, dict[str, torch.
     weights = load_file(directory / WEIGHTS)
     if config.model.tie_weights:
         weights["head.weight"] = weights["embed.weight"]
-    return directory, config, weights, Tokenizer.load(directory)
+    return config, weights, Tokenizer.load(directory)
 
 
 def read_training_state(directory: Path) -> dict:
