@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         launch(args.nproc, ["--config", args.config, *flags,
                             *(f"--set={o}" for o in overrides)])  # fmt: skip
     out = train(config, resume=args.resume, progress=not args.no_progress)
-    print(f"saved to {out} (hdlm sample {out} / hdlm eval {out})")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks
+        print(f"saved to {out} (hdlm sample {out} / hdlm eval {out})")
 
 
 def _load(args: argparse.Namespace):

@@ -1,0 +1,103 @@
+"""Data parallelism: 2 CPU processes (gloo) on a global batch train exactly what one process
+trains on the same global batch (same data, same updates, same validation sums)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import hdlm
+from hdlm.cli import main
+from hdlm.config import load_config
+from hdlm.train import train
+from tests.test_cli import TINY
+
+# fp32, gradient accumulation (DDP's no_sync path) and EMA (gathered from FSDP shards)
+SETTINGS = [*TINY[1::2], "train.steps=4", "train.log_every=1", "train.grad_accum=2",
+            "train.ema=0.5", "train.eval_every=4"]  # fmt: skip
+
+
+def settings(root, out, parallel="ddp"):
+    return [*SETTINGS, f"data.cache_dir={root / 'cache'}", f"train.parallel={parallel}",
+            f"out_dir={out}"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("single")
+    train(load_config("configs/ar-tiny.yaml", settings(root, root / "run")), progress=False)
+    return root / "run"
+
+
+def assert_same_run(single, multi):
+    def records(out):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = records(single), records(multi)
+    assert [sorted(r) for r in a] == [sorted(r) for r in b]  # same records, same steps
+    for r, s in zip(a, b, strict=True):
+        for key in ("loss", "val_loss"):
+            if key in r:
+                assert s[key] == pytest.approx(r[key], rel=1e-6), (r, s)
+    one, two = hdlm.load(single), hdlm.load(multi)  # EMA weights
+    for (name, p), q in zip(
+        one.net.state_dict().items(), two.net.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    state = [torch.load(run / "checkpoints/step_0000004/training_state.pt", weights_only=True)
+             for run in (single, multi)]  # fmt: skip
+    for name, raw in state[0]["raw_weights"].items():
+        torch.testing.assert_close(state[1]["raw_weights"][name], raw, rtol=1e-5, atol=1e-6)
+    moments = [s["optimizer"]["state"]["blocks.0.attn.qkv.weight"]["exp_avg_sq"] for s in state]
+    torch.testing.assert_close(moments[1], moments[0], rtol=1e-4, atol=1e-12)
+
+
+def _rank(rank, port, overrides):
+    """One torchrun-like rank (forked: no second torch import)."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    train(load_config("configs/ar-tiny.yaml", overrides), progress=False)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process(tmp_path, single, parallel):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    multi = tmp_path / parallel
+    mp.start_processes(_rank, (port, settings(tmp_path, multi, parallel)), nprocs=2,
+                       start_method="fork")  # fmt: skip
+    assert_same_run(single, multi)
+
+
+def test_nproc_execs_torchrun_with_the_same_arguments(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda *args: calls.append(args) or sys.exit(0))
+    args = ["train", "--config", "configs/ar-tiny.yaml", "--nproc", "2", "--resume",
+            "--out", str(tmp_path), "--set", "train.steps=3"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(args)
+    ((executable, command),) = calls
+    assert command[:6] == [executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m"]  # fmt: skip
+    assert command[6:] == ["hdlm.train", "--config", "configs/ar-tiny.yaml", "--resume",
+                           "--set=train.steps=3", f"--set=out_dir={tmp_path}"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_nproc_cli_runs_ddp_end_to_end(tmp_path, single):
+    multi = tmp_path / "ddp"
+    command = [sys.executable, "-m", "hdlm.cli", "train", "--nproc", "2", "--no-progress",
+               "--config", "configs/ar-tiny.yaml"]  # fmt: skip
+    command += [f"--set={s}" for s in settings(tmp_path, multi)]
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "processes=2 (ddp)" in done.stdout + done.stderr
+    assert done.stdout.count("saved to") == 1  # rank 0 alone speaks
+    assert_same_run(single, multi)
