@@ -397,8 +397,8 @@ def check_nonfinite(loss: float, step: int, t, consecutive: int) -> None:
         )
     if consecutive >= t.max_nonfinite:
         raise HdlmError(
-            f"the loss is {loss} at step {step}, the {consecutive}th non-finite step in a row "
-            f"(train.max_nonfinite={t.max_nonfinite}); stopped: lower train.lr or check the data"
+            f"the loss is {loss} at step {step} ({consecutive} non-finite steps in a row, "
+            f"train.max_nonfinite={t.max_nonfinite}); stopped: lower train.lr or check the data"
         )
 
 
