@@ -7,9 +7,12 @@ from hdlm.errors import HdlmError
 from hdlm.model import KVCache, Transformer
 
 
-@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
-def test_kv_cache_decoding_equals_full_causal_forward(tiny_model_config, norm):
-    net = Transformer(dataclasses.replace(tiny_model_config, norm=norm)).eval()
+@pytest.mark.parametrize(
+    ("norm", "position"), [("rmsnorm", "rope"), ("layernorm", "rope"), ("layernorm", "learned")]
+)
+def test_kv_cache_decoding_equals_full_causal_forward(tiny_model_config, norm, position):
+    config = dataclasses.replace(tiny_model_config, norm=norm, position=position, bias=True)
+    net = Transformer(config).eval()
     tokens = torch.randint(0, 37, (3, 20))
     full = net(tokens)
     cache = KVCache.empty(net.config, 3, "cpu", torch.float32)

@@ -33,6 +33,7 @@ class ModelConfig:
     d_model: int = 256
     mlp_ratio: float = 4.0
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    position: Literal["rope", "learned"] = "rope"  # learned: absolute embeddings (GPT-2)
     rope_theta: float = 10000.0
     tie_weights: bool = True
     bias: bool = False
@@ -275,7 +276,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 def validate(config: RunConfig) -> None:
     """Checks that span several keys; every message names the keys and the fix."""
     m, d, t = config.model, config.data, config.train
-    if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+    if m.d_model % m.n_heads or (m.position == "rope" and (m.d_model // m.n_heads) % 2):
         raise ConfigError(
             f"model.d_model={m.d_model} must split into model.n_heads={m.n_heads} heads "
             "of even size (RoPE rotates pairs of dimensions)"

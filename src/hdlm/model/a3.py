@@ -62,15 +62,13 @@ class A3Transformer(Transformer):
         if self.time_embed is not None:
             raise HdlmError("A3 models are not noise-level conditioned (model.time_conditioning)")
         positions = torch.cat((content_positions, query_positions), dim=1)
-        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
-        x = torch.cat(
-            (self.embed(content_tokens), self.embed(query_tokens) + self.query_gap(query_gaps)),
-            dim=1,
-        )
+        rot, rot_kv = self.rotation(positions), self.rotation(content_positions)
+        queries = self.embed_at(query_tokens, query_positions) + self.query_gap(query_gaps)
+        x = torch.cat((self.embed_at(content_tokens, content_positions), queries), dim=1)
         x = self.drop(x)
         mask = attn_mask[:, None]
         for layer, block in enumerate(self.blocks):
-            y = self._attend(block.attn, block.norm1(x), cos, sin, mask, n_content, cache, layer)
+            y = self._attend(block.attn, block.norm1(x), rot, rot_kv, mask, n_content, cache, layer)
             x = x + block.drop(y)
             x = x + block.drop(block.mlp(block.norm2(x)))
         if cache is not None and commit:
@@ -78,7 +76,7 @@ class A3Transformer(Transformer):
         x = self.norm(x[:, n_content:])
         return x if return_hidden else self.head(x)
 
-    def _attend(self, attn, h, cos, sin, mask, n_content, cache, layer) -> Tensor:
+    def _attend(self, attn, h, rot, rot_kv, mask, n_content, cache, layer) -> Tensor:
         """The backbone's attention with keys/values from the content rows only. Query rows need
         no keys or values, so only the query third of the projection is computed for them."""
         d = h.shape[-1]
@@ -87,8 +85,8 @@ class A3Transformer(Transformer):
         bias = attn.qkv.bias[:d] if attn.qkv.bias is not None else None
         q_query = F.linear(h[:, n_content:], attn.qkv.weight[:d], bias)
         q_query = q_query.unflatten(-1, (attn.n_heads, -1)).transpose(1, 2)
-        q = apply_rope(torch.cat((q_content, q_query), dim=2), cos, sin)
-        k = apply_rope(k, cos[:, :, :n_content], sin[:, :, :n_content])
+        q = apply_rope(torch.cat((q_content, q_query), dim=2), *rot)
+        k = apply_rope(k, *rot_kv)
         if cache is not None:
             # written past `length` either way; only commit=True makes them part of the cache
             start, end = cache.length, cache.length + n_content

@@ -1,4 +1,5 @@
-"""The one backbone every family shares: a pre-norm transformer with RoPE, SDPA and a KV cache.
+"""The one backbone every family shares: a pre-norm transformer with RoPE (or GPT-2's learned
+absolute positions), SDPA and a KV cache.
 
 Families differ only in what they feed it (noised tokens, per-position noise levels, an attention
 mask) and how they read its output; the network itself is the same function everywhere.
@@ -51,8 +52,11 @@ def rope_tables(max_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tens
     return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive pairs (x1, x2) of x [B, H, L, D] by the angles of each position."""
+def apply_rope(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
+    """Rotate consecutive pairs (x1, x2) of x [B, H, L, D] by the angles of each position
+    (no rotation without tables: learned positions are in the embeddings)."""
+    if cos is None:
+        return x
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
@@ -146,7 +150,7 @@ class Transformer(nn.Module):
     * `attn_mask`: bool (True = may attend) or additive float mask, [Lq, Lk] or [B, 1, Lq, Lk],
       where Lk counts cached positions first. Every row must allow at least one key.
     * `causal`: used when no mask is given (True: causal, False: full attention).
-    * `positions`: RoPE positions [L] or [B, L]; default continues after the cache.
+    * `positions`: positions [L] or [B, L] (RoPE or learned); default continues after the cache.
     * `cache` / `commit`: read a `KVCache`, and with `commit=True` append these positions to it.
     * `noise_level`: per-position t [B, L] when `config.time_conditioning` is on.
     """
@@ -157,6 +161,8 @@ class Transformer(nn.Module):
             raise HdlmError("model.vocab_size is unset; build the tokenizer first")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        learned = config.position == "learned"
+        self.pos_embed = nn.Embedding(config.max_len, config.d_model) if learned else None
         self.time_embed = NoiseLevelEmbedding(config.d_model) if config.time_conditioning else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
@@ -195,6 +201,20 @@ class Transformer(nn.Module):
             )
         return offset
 
+    def rotation(self, positions: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """RoPE cos/sin of `positions` ([L] or [B, L], broadcast over heads); None when learned."""
+        if self.pos_embed is not None:
+            return None, None
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        if cos.dim() == 3:  # per-sequence positions [B, L, D/2] -> broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
+        return cos, sin
+
+    def embed_at(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Token embeddings, plus the learned embeddings of `positions` when there are some."""
+        x = self.embed(tokens)
+        return x if self.pos_embed is None else x + self.pos_embed(positions)
+
     def forward(
         self,
         tokens: Tensor,
@@ -217,10 +237,8 @@ class Transformer(nn.Module):
                 attn_mask = torch.ones(length, offset + length, dtype=torch.bool).tril(offset)
                 attn_mask = attn_mask.to(tokens.device)
             causal = False
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        if cos.dim() == 3:  # per-sequence positions [B, L, D/2] -> broadcast over heads
-            cos, sin = cos[:, None], sin[:, None]
-        x = self.embed(tokens)
+        cos, sin = self.rotation(positions)
+        x = self.embed_at(tokens, positions)
         if self.time_embed is not None:
             if noise_level is None:
                 raise HdlmError("this model is noise-level conditioned: pass noise_level [B, L]")
