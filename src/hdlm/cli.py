@@ -1,4 +1,4 @@
-"""The `hdlm` command line: train | sample | eval | plot.
+"""The `hdlm` command line: train | sample | eval | bench | export | import | plot.
 
 Every user mistake surfaces as one line `hdlm: error: ...` and exit code 2.
 """
@@ -132,6 +132,26 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(bench.write_results(args.kind, result, Path(args.out)))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from hdlm.model.hf import export
+
+    out, kind = export(args.checkpoint, args.out)
+    how = {
+        "gpt2": "a GPT2LMHeadModel: transformers.AutoModelForCausalLM.from_pretrained",
+        "hdlm": "not a stock transformers architecture (model_type hdlm): hdlm.load",
+    }[kind]
+    print(f"wrote {out}, {how}({str(out)!r})")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from hdlm.model.checkpoint import save_checkpoint
+    from hdlm.model.hf import import_run_config
+
+    config, weights, tokenizer = import_run_config(args.path)
+    out = save_checkpoint(args.out, weights, config, tokenizer)
+    print(f"wrote {out} (hdlm sample {out}; train.init_from={out} with data.tokenizer.path={out})")
+
+
 def cmd_plot_schedule(args: argparse.Namespace) -> None:
     from hdlm.schedules import from_spec, plot_schedule
 
@@ -226,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median)")
     p.add_argument("--out", default="results/bench", help="where the JSON and markdown go")
     p.set_defaults(func=cmd_bench)
+
+    p = commands.add_parser("export", help="write a checkpoint as a Hugging Face directory")
+    p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    p.add_argument("out", help="directory for config.json, model.safetensors and tokenizer files")
+    p.epilog = (
+        "ar models with model.position=learned, norm=layernorm, bias=true are written as "
+        "GPT2LMHeadModel; other models as hdlm checkpoints (model_type hdlm) for hdlm.load"
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("import", help="turn a local GPT-2 directory into an hdlm checkpoint")
+    p.add_argument("path", help="GPT2LMHeadModel directory: config.json, weights, tokenizer.json")
+    p.add_argument("out", help="checkpoint directory to write")
+    p.set_defaults(func=cmd_import)
 
     p = commands.add_parser("plot", help="draw what a model or schedule does")
     plots = p.add_subparsers(dest="what", required=True)

@@ -139,14 +139,15 @@ def model_state(net: nn.Module) -> dict[str, Tensor]:
     return get_model_state_dict(net, options=_full_options())
 
 
-def load_model_state(net: nn.Module, weights: dict[str, Tensor]) -> None:
+def load_model_state(net: nn.Module, weights: dict[str, Tensor], strict: bool = True) -> None:
     """Load whole weights (every rank passes them) into a plain, DDP or FSDP-sharded module."""
     if not dist.is_initialized():
-        net.load_state_dict(weights)
+        net.load_state_dict(weights, strict=strict)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(net, weights, options=StateDictOptions(full_state_dict=True))
+    options = StateDictOptions(full_state_dict=True, strict=strict)
+    set_model_state_dict(net, weights, options=options)
 
 
 def optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

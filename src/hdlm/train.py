@@ -14,6 +14,7 @@ optimizer sees it, or skips that step (`train.on_nonfinite`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -256,6 +257,8 @@ def _train(
         say(f"resuming from {resume_dir} at step {start_step}")
     elif t.init_from:
         init_weights(lm, t.init_from)
+        if ema is not None:  # the average starts at the initial weights, not the random ones
+            ema.copy_from(lm.net)
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -422,22 +425,36 @@ def restore(
 
 
 def init_weights(lm: LanguageModel, path: str) -> None:
-    """Start from another checkpoint's weights (any family; same tokenizer and model shape)."""
-    _, saved, weights, tokenizer = read_checkpoint(path)
+    """Start from another checkpoint's weights (any family; same tokenizer and model shape),
+    or from a local GPT-2 directory given as `hf:PATH` (`hdlm.model.hf`)."""
+    if path.startswith("hf:"):
+        from hdlm.model.hf import import_gpt2
+
+        model, weights, tokenizer = import_gpt2(path.removeprefix("hf:"), lm.config.model.max_len)
+    else:
+        _, saved, weights, tokenizer = read_checkpoint(path)
+        model = saved.model
     if tokenizer.fingerprint != lm.tokenizer.fingerprint:
         raise CheckpointError(
             f"train.init_from={path} uses another tokenizer ({tokenizer.vocab_size} ids) than this "
-            f"run ({lm.tokenizer.vocab_size}); set data.tokenizer.path to {path} to share it"
+            f"run ({lm.tokenizer.vocab_size}); set data.tokenizer.path to "
+            f"{path.removeprefix('hf:')} to share it"
         )
-    missing, unexpected = lm.net.load_state_dict(weights, strict=False)
+    own, mine = lm.net.state_dict(), lm.config.model
     # parameters the parent lacks (a noise-level embedding, A3's query embedding) start from
-    # their zero initialisation
+    # their zero initialisation; a shorter context or another dropout changes no weight
+    free = {"max_len": mine.max_len, "dropout": mine.dropout}
     fresh = getattr(lm.net, "zero_init_prefixes", ("time_embed.",))
-    if unexpected or any(not name.startswith(fresh) for name in missing):
+    if (
+        dataclasses.replace(model, **free, time_conditioning=mine.time_conditioning) != mine
+        or any(name not in own or own[name].shape != v.shape for name, v in weights.items())
+        or any(name not in weights and not name.startswith(fresh) for name in own)
+    ):
         raise CheckpointError(
-            f"train.init_from={path} has model {saved.model}, which does not fit this run's model "
+            f"train.init_from={path} has model {model}, which does not fit this run's model "
             f"{lm.config.model}; make the model sections agree"
         )
+    distributed.load_model_state(lm.net, weights, strict=False)
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node N -m hdlm.train --config ... [--resume]

@@ -67,8 +67,10 @@ def save_checkpoint(
     config: RunConfig,
     tokenizer: Tokenizer,
     training_state: dict | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write a checkpoint into a temporary directory, fsync it, then rename it into place."""
+    """Write a checkpoint into a temporary directory, fsync it, then rename it into place
+    (`extra_files`: more text files by name, e.g. Hugging Face tokenizer configs)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -77,9 +79,11 @@ def save_checkpoint(
     if config.model.tie_weights:  # safetensors stores a tensor once; the tie is rebuilt on load
         weights = {k: v for k, v in weights.items() if k != "head.weight"}
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS)
-    header = {"format": "hdlm", "version": __version__, "run": to_dict(config)}
-    (tmp / CONFIG).write_text(json.dumps(header, indent=2))
+    header = {"format": "hdlm", "model_type": "hdlm", "version": __version__}
+    (tmp / CONFIG).write_text(json.dumps({**header, "run": to_dict(config)}, indent=2))
     tokenizer.save(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
     if training_state is not None:
         torch.save(training_state, tmp / STATE)
     files = sorted(p.name for p in tmp.iterdir())
