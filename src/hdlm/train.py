@@ -88,6 +88,13 @@ class EMA:
             net.load_state_dict(raw)
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (where a new run directory would be made)."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_output_dir(out: Path, resume: bool) -> None:
     """Refuse to overwrite a finished run and to write where we cannot, before any work (the
     directory itself is only created once the data and the model are ready)."""
@@ -96,9 +103,7 @@ def check_output_dir(out: Path, resume: bool) -> None:
             f"{out} already holds a training run; pass --resume to continue it, "
             "or choose another directory with --out"
         )
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(out)
     try:  # a real write, as permissions alone do not tell (root, read-only mounts)
         with tempfile.TemporaryFile(dir=existing):
             pass
@@ -115,9 +120,7 @@ def checkpoint_bytes(num_params: int, ema: bool) -> int:
 
 def check_disk_space(out: Path, num_params: int, ema: bool, keep_last: int) -> None:
     """Refuse to start when the checkpoints this run will keep cannot fit on the disk."""
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(out)
     size = checkpoint_bytes(num_params, ema)
     kept = len(list((out / "checkpoints").glob("step_*"))) if out.exists() else 0
     needed = max(1, keep_last + 1 - kept) * size  # +1: the next one is written before pruning
