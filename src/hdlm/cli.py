@@ -124,6 +124,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(bench.write_results(args.kind, result, Path(args.out)))
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from hdlm.study import run_study
+
+    only = args.only.split(",") if args.only else None
+    out = run_study(args.config, only=only, progress=not args.no_progress)
+    print(f"study written to {out}")
+
+
 def cmd_plot_schedule(args: argparse.Namespace) -> None:
     from hdlm.schedules import from_spec, plot_schedule
 
@@ -211,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median)")
     p.add_argument("--out", default="results/bench", help="where the JSON and markdown go")
     p.set_defaults(func=cmd_bench)
+
+    p = commands.add_parser(
+        "study", help="train every family at one budget, evaluate all, write table and plots"
+    )
+    p.add_argument("--config", required=True, help="study YAML, e.g. configs/study-tiny.yaml")
+    p.add_argument("--only", default=None, help="comma-separated families (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
 
     p = commands.add_parser("plot", help="draw what a model or schedule does")
     plots = p.add_subparsers(dest="what", required=True)
