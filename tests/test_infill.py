@@ -3,6 +3,7 @@ a bound) and the samplers (given tokens never change; given tokens play the role
 in training; the cache changes nothing)."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from helpers import TOKENIZER, language_model
 from test_a3 import sharpen
 
 from hdlm.errors import HdlmError
+from hdlm.evaluate import infill_metrics, middle_span
 from hdlm.objectives import clean_log_probs
 from hdlm.sampling import fill
 from hdlm.sampling.prompt import fixed_template
@@ -144,3 +146,31 @@ def test_infilling_nelbo_needs_a_model_that_has_one():
     block = language_model("hyperschedule", schedule="block:6:3", attention="schedule")
     with pytest.raises(HdlmError, match="time=count"):
         block.nelbo(tokens, hidden)
+
+
+# -- the infilling metrics ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["a3", "mdlm"])
+def test_infill_metrics_of_a_uniform_model(family):
+    """A model with zero weights predicts uniformly over the V - 1 non-MASK ids: its span NLL is
+    log(V - 1) per token exactly (A3 exact, mdlm's count bound too), and a greedy fill writes id
+    0 everywhere, so the accuracy is the share of hidden tokens that are 0."""
+    lm = language_model(family, a3={"eval_order": "random"} if family == "a3" else None)
+    with torch.no_grad():
+        for p in lm.net.parameters():
+            p.zero_()
+    blocks = torch.randint(1, TOKENIZER.mask_id, (6, 25))
+    blocks[:, 0] = TOKENIZER.bos_id
+    tokens, hidden = middle_span(blocks, 21, 6)
+    assert hidden.nonzero()[:, 0].tolist() == [7, 8, 9, 10, 11, 12]
+    tokens[:, 8:14:2] = 0  # half the hidden tokens are id 0
+    result = infill_metrics(lm, tokens, hidden, batch_size=4, progress=False)
+    assert result["span_nll_per_token"] == pytest.approx(math.log(TOKENIZER.mask_id), rel=1e-6)
+    assert result["accuracy"] == 0.5
+    assert result["spans"] == 6 and result["span_tokens"] == 6
+
+
+def test_a_bad_infilling_task_is_a_clear_error():
+    with pytest.raises(HdlmError, match="span"):
+        middle_span(torch.zeros(2, 16, dtype=torch.long), 16, 15)
