@@ -37,6 +37,7 @@ class SampleSettings:
     length: int = 128  # tokens per sample, BOS included
     batch_size: int = 16
     references: int = 256  # held-out blocks MAUVE compares the samples with
+    metrics: list[str] = field(default_factory=lambda: ["gen-ppl", "mauve", "entropy", "distinct"])
 
 
 @dataclass
@@ -128,7 +129,125 @@ def train_all(study: StudyConfig, names: list[str], progress: bool = True) -> No
         print(f"study: {name} trained in {time.time() - start:.0f} s")
 
 
-def run_study(path: str | Path, only: list[str] | None = None, progress: bool = True) -> Path:
+def setting_label(setting: dict[str, Any]) -> str:
+    """A short file-name-safe name of a sampler setting, e.g. `acs-steps32-eta0.25`."""
+    parts = [str(setting.get("sampler", "default"))]
+    parts += [
+        f"{key.replace('_', '')}{value}" for key, value in setting.items() if key != "sampler"
+    ]
+    return "-".join(parts).replace(":", "_").replace("/", "_")
+
+
+def cached(path: Path, compute) -> dict:
+    """The JSON at `path`, computed and written (atomically) first if it is missing."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result, indent=2))
+    partial.replace(path)
+    return result
+
+
+class Evaluator:
+    """The evaluations of one study, on the same held-out blocks for every family."""
+
+    def __init__(self, study: StudyConfig, progress: bool):
+        import hdlm
+
+        self.study, self.progress = study, progress
+        self.raw = study.results_path / "raw"
+        self.load = hdlm.load
+        self._blocks = None
+        self._reference = None
+
+    def blocks(self, lm):
+        """The evaluation split's blocks (every run trains the same tokenizer on one corpus)."""
+        from hdlm.data import prepare_data
+
+        if self._blocks is None:
+            data = prepare_data(lm.config.data, lm.tokenizer)
+            split = self.study.perplexity.split
+            if len(data.blocks.get(split, [])) == 0:
+                raise HdlmError(f"study: split '{split}' of {lm.config.data.corpus} is empty")
+            self._blocks = data.blocks[split]
+        return self._blocks
+
+    def reference(self):
+        if self._reference is None:
+            self._reference = self.load(self.study.runs_path / self.study.reference)
+        return self._reference
+
+    def perplexity(self, name: str, lm) -> dict:
+        """Test NELBO / perplexity; for A3 both left to right and in random orders."""
+        from hdlm.a3 import apply_eval_overrides
+        from hdlm.evaluate import perplexity
+
+        settings = self.study.perplexity
+        blocks = self.blocks(lm)[: settings.max_blocks]
+        result = perplexity(lm, blocks, progress=self.progress)
+        if lm.config.family == "a3":
+            result["by_order"] = {}
+            for order in ("left-to-right", "random"):
+                apply_eval_overrides(lm, [f"a3.eval_order={order}"])
+                result["by_order"][order] = perplexity(lm, blocks, progress=self.progress)
+        return result
+
+    def samples(self, name: str, lm, setting: dict[str, Any]) -> dict:
+        """Sample quality of one sampler setting: gen-PPL, MAUVE, entropy, distinct-n."""
+        from hdlm.evaluate import sample_metrics
+
+        settings = self.study.samples
+        blocks = self.blocks(lm)[-settings.references :, : settings.length]
+        references = lm.decode(blocks)
+        return sample_metrics(
+            lm, settings.n, settings.length, references, reference_lm=self.reference(),
+            metrics=settings.metrics,
+            batch_size=settings.batch_size, **setting,
+        )  # fmt: skip
+
+    def infill(self, name: str, lm) -> dict:
+        from hdlm.evaluate import infill_metrics, middle_span
+
+        settings = self.study.infill
+        blocks = self.blocks(lm)[: settings.blocks]
+        tokens, hidden = middle_span(blocks, settings.length, settings.span)
+        options = {"steps": settings.span} if lm.config.family != "a3" else {}
+        return infill_metrics(lm, tokens, hidden, progress=self.progress, **options)
+
+    def family(self, name: str) -> dict:
+        """Every evaluation of family `name` (each cached in raw/<name>/)."""
+        lm = self.load(self.study.runs_path / name)
+        folder = self.raw / name
+        result = {
+            "perplexity": cached(folder / "perplexity.json", lambda: self.perplexity(name, lm))
+        }
+        result["samples"] = {}
+        for setting in self.study.sweep.get(name, []):
+            label = setting_label(setting)
+            path = folder / f"samples-{label}.json"
+            result["samples"][label] = cached(path, lambda s=setting: self.samples(name, lm, s))
+        if name in self.study.infill.families:
+            result["infill"] = cached(folder / "infill.json", lambda: self.infill(name, lm))
+        return result
+
+
+def training_summary(run_dir: Path) -> dict:
+    """Tokens/s (median over the logged windows after the first) and the last validation."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = sorted(r["tokens_per_s"] for r in rows if "tokens_per_s" in r)[1:] or [float("nan")]
+    validation = [r for r in rows if "val_ppl" in r]
+    return {
+        "tokens_per_s": rates[len(rates) // 2],
+        "val_perplexity": validation[-1]["val_ppl"] if validation else None,
+        "steps": max((r.get("step", 0) for r in rows), default=0),
+    }
+
+
+def run_study(
+    path: str | Path, only: list[str] | None = None, progress: bool = True, train_only=False
+) -> Path:
     """Run every stage of the study at `path` (or only the families in `only`)."""
     study = load_study(path)
     names = only or list(study.families)
@@ -138,7 +257,21 @@ def run_study(path: str | Path, only: list[str] | None = None, progress: bool = 
             f"--only {','.join(missing)}: not in the study; choose from {', '.join(study.families)}"
         )
     train_all(study, names, progress)
+    if train_only:
+        return study.runs_path
+    if not finished(
+        study.runs_path / study.reference, run_config(study, study.reference).train.steps
+    ):
+        raise HdlmError(f"study: the reference run '{study.reference}' must be trained first")
+    evaluator = Evaluator(study, progress)
+    results = {}
+    for name in names:
+        print(f"study: evaluating {name}")
+        results[name] = evaluator.family(name)
+        results[name]["training"] = training_summary(study.runs_path / name)
     out = study.results_path
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps({"config": str(path)}, indent=2))
+    if only is None:
+        from hdlm.report import write_report
+
+        write_report(study, results, out)
     return out
