@@ -4,9 +4,10 @@ import dataclasses
 
 import torch
 
-from hdlm.config import RunConfig, validate
-from hdlm.model import Transformer
+from hdlm.config import RunConfig, TokenizerConfig, validate
+from hdlm.model import LanguageModel, Transformer
 from hdlm.objectives import build_objective
+from hdlm.tokenizer import build_tokenizer
 
 
 def tiny_objective(family, vocab, mask_id, length, time_conditioning=False, **diffusion):
@@ -21,3 +22,20 @@ def tiny_objective(family, vocab, mask_id, length, time_conditioning=False, **di
     validate(config)
     torch.manual_seed(0)
     return Transformer(config.model).eval(), build_objective(config, mask_id)
+
+
+TOKENIZER = build_tokenizer(TokenizerConfig(kind="char"), ["abcdefghijklmnopqrstuvwxyz"])
+
+
+def language_model(family, a3=None, **diffusion):
+    """A random 2-layer `LanguageModel` of `family` over lower-case letters, blocks of 25."""
+    config = RunConfig(family=family)
+    config.data.seq_len = 25
+    config.model = dataclasses.replace(
+        config.model, vocab_size=TOKENIZER.vocab_size, max_len=64, n_layers=2, n_heads=2, d_model=32
+    )
+    config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
+    config.a3 = dataclasses.replace(config.a3, **(a3 or {}))
+    validate(config)
+    torch.manual_seed(0)
+    return LanguageModel(config, TOKENIZER).eval()

@@ -101,3 +101,15 @@ def test_nproc_cli_runs_ddp_end_to_end(tmp_path, single):
     assert "processes=2 (ddp)" in done.stdout + done.stderr
     assert done.stdout.count("saved to") == 1  # rank 0 alone speaks
     assert_same_run(single, multi)
+
+
+def test_global_batch_must_split_evenly(monkeypatch):
+    from hdlm import distributed
+    from hdlm.errors import ConfigError
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    with pytest.raises(ConfigError, match="train.batch_size=16 is the global batch"):
+        distributed.check_batch(16)
+    batch = torch.arange(12).view(6, 2)
+    assert distributed.shard(batch).tolist() == [[4, 5], [6, 7]]  # rank 1's contiguous slice

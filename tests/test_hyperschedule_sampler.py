@@ -1,29 +1,11 @@
 """Hyperschedule sampler identities: cache = no cache, quenched AR = AR, ACS(η=0) = ancestral."""
 
-import dataclasses
-
 import pytest
 import torch
+from helpers import TOKENIZER, language_model
 
-from hdlm.config import RunConfig, TokenizerConfig, validate
-from hdlm.model import LanguageModel
 from hdlm.sampling import sample
 from hdlm.sampling.hyperschedule import Trace
-from hdlm.tokenizer import build_tokenizer
-
-TOKENIZER = build_tokenizer(TokenizerConfig(kind="char"), ["abcdefghijklmnopqrstuvwxyz"])
-
-
-def language_model(family, **diffusion):
-    config = RunConfig(family=family)
-    config.data.seq_len = 25
-    config.model = dataclasses.replace(
-        config.model, vocab_size=TOKENIZER.vocab_size, max_len=64, n_layers=2, n_heads=2, d_model=32
-    )
-    config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
-    validate(config)
-    torch.manual_seed(0)
-    return LanguageModel(config, TOKENIZER).eval()
 
 
 @pytest.mark.parametrize("schedule", ["block:6:3", "slide:4:3", "block:5:1"])

@@ -60,12 +60,15 @@ def random_order(batch: int, length: int, size: int = 1, generator=None, device=
     return _with_bos(_ranks(keys) // size + 1)
 
 
-def context_first(context: Tensor, size: int, generator=None) -> Tensor:
+def context_first(context: Tensor, size: int, generator=None, in_order: bool = False) -> Tensor:
     """Groups for `context` [B, L-1] (bool) positions first, left to right in groups of `size`,
-    then the others in random order in groups of `size`."""
+    then the others in random order (or left to right) in groups of `size`."""
     context_rank = context.long().cumsum(-1) - 1
     n_context_groups = -(-context.sum(-1, keepdim=True) // size)
-    keys = torch.rand(context.shape, generator=generator, device=context.device)
+    if in_order:
+        keys = torch.arange(context.shape[-1], device=context.device).float().expand_as(context)
+    else:
+        keys = torch.rand(context.shape, generator=generator, device=context.device)
     rest_rank = _ranks(torch.where(context, 2.0, keys))  # the others take ranks 0, 1, ...
     inner = torch.where(context, context_rank // size + 1, n_context_groups + rest_rank // size + 1)
     return _with_bos(inner)
@@ -206,13 +209,17 @@ def log_likelihood(net, tokens: Tensor, groups: Tensor, mask_id: int) -> Tensor:
     return token_log_likelihood(net, tokens, groups, mask_id).sum(-1)
 
 
-def eval_groups(options: A3Config, tokens: Tensor) -> Tensor:
-    """The evaluation grouping of `options` for `tokens` (random orders from `eval_seed`)."""
+def eval_groups(options: A3Config, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
+    """The evaluation grouping of `options` for `tokens` (random orders from `eval_seed`); with
+    `hidden` [B, L-1], the other positions come first (`context_first`)."""
     batch, length = tokens.shape
-    if options.eval_order == "left-to-right":
-        return left_to_right(batch, length, options.eval_group_size, tokens.device)
+    size, in_order = options.eval_group_size, options.eval_order == "left-to-right"
     generator = torch.Generator(tokens.device).manual_seed(options.eval_seed)
-    return random_order(batch, length, options.eval_group_size, generator, tokens.device)
+    if hidden is not None:
+        return context_first(~hidden, size, generator, in_order)
+    if in_order:
+        return left_to_right(batch, length, size, tokens.device)
+    return random_order(batch, length, size, generator, tokens.device)
 
 
 # -- configuration --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `hdlm` command line: train | sample | eval | bench | export | import | plot.
+"""The `hdlm` command line: train | sample | eval | bench | study | export | import | plot.
 
 Every user mistake surfaces as one line `hdlm: error: ...` and exit code 2.
 """
@@ -152,6 +152,14 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(f"wrote {out} (hdlm sample {out}; train.init_from={out} with data.tokenizer.path={out})")
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from hdlm.study import run_study
+
+    only = args.only.split(",") if args.only else None
+    out = run_study(args.config, only=only, progress=not args.no_progress)
+    print(f"study written to {out}")
+
+
 def cmd_plot_schedule(args: argparse.Namespace) -> None:
     from hdlm.schedules import from_spec, plot_schedule
 
@@ -260,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="GPT2LMHeadModel directory: config.json, weights, tokenizer.json")
     p.add_argument("out", help="checkpoint directory to write")
     p.set_defaults(func=cmd_import)
+
+    p = commands.add_parser(
+        "study", help="train every family at one budget, evaluate all, write table and plots"
+    )
+    p.add_argument("--config", required=True, help="study YAML, e.g. configs/study-tiny.yaml")
+    p.add_argument("--only", default=None, help="comma-separated families (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
 
     p = commands.add_parser("plot", help="draw what a model or schedule does")
     plots = p.add_subparsers(dest="what", required=True)

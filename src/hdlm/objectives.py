@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hdlm import masks
-from hdlm.errors import ConfigError
+from hdlm.errors import ConfigError, HdlmError
 from hdlm.gamma_hybrid import GammaHybrid, SigmaSchedule
 from hdlm.processes import Absorbing, EpsHybrid, NoiseProcess, Uniform
 from hdlm.schedules import Hyperschedule, from_spec
@@ -52,7 +52,9 @@ class AutoregressiveObjective:
     def loss(self, net: Transformer, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
         return self.token_nll(net, tokens).mean()
 
-    def nelbo(self, net: Transformer, tokens: Tensor) -> Tensor:
+    def nelbo(self, net: Transformer, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
+        if hidden is not None:
+            raise HdlmError("an ar model conditions only on a prefix; infill with a3 or mdlm")
         return self.token_nll(net, tokens).sum(-1)
 
     @staticmethod
@@ -179,29 +181,40 @@ class DiffusionObjective:
 
     # -- NELBO ---------------------------------------------------------------------------------
 
-    def count_terms(self, net, tokens: Tensor, draws: Tensor, generator) -> Tensor:
+    def count_terms(
+        self, net, tokens: Tensor, draws: Tensor, generator, hidden: Tensor | None = None
+    ) -> Tensor:
         """`time: count`: the continuous-time NELBO of a flat schedule with t integrated out.
 
         Given k masked positions out of C, ∫ Binomial(k; C, t) dt / t = 1 / k, so
         NELBO = E_{k ~ U{1..C}} E_{k random positions masked} [(C / k) Σ_masked term_i]:
         the same bound as MDLM's E_t[(1/t) Σ_masked term_i], without the 1/t weights whose
-        variance stalls small-batch training (docs/math.md).
+        variance stalls small-batch training (docs/math.md). With `hidden` [B, L-1] only those C
+        positions are noised, the others stay clean: the bound on -log p(x_hidden | the rest).
         """
         x0 = tokens[:, 1:]
-        count = (draws * x0.shape[1]).floor().long() + 1  # k, 1..C
-        scores = torch.rand(x0.shape, generator=generator, device=x0.device)
+        hidden = torch.ones_like(x0, dtype=torch.bool) if hidden is None else hidden
+        size = hidden.sum(-1)  # C
+        count = (draws * size).floor().long() + 1  # k, 1..C
+        scores = torch.rand(x0.shape, generator=generator, device=x0.device).masked_fill(~hidden, 2)
         threshold = scores.sort(-1).values.gather(-1, count[:, None] - 1)
         visible = getattr(self.process, "corrupt_visible", lambda x, g: x)(x0, generator)
-        x_t = torch.where(scores <= threshold, self.mask_id, visible)
+        x_t = torch.where(scores <= threshold, self.mask_id, torch.where(hidden, visible, x0))
         ones = torch.ones_like(x0)
-        log_probs = self.log_probs(net, tokens, x_t, ones * (count[:, None] / x0.shape[1]), ones)
-        weight = (x0.shape[1] / count)[:, None].float()
-        return self.process.rate_loss(log_probs, x0, x_t, ones.float(), weight).sum(-1)
+        log_probs = self.log_probs(net, tokens, x_t, hidden * (count / size)[:, None], ones)
+        weight = (size / count)[:, None].float()
+        loss = self.process.rate_loss(log_probs, x0, x_t, ones.float(), weight)
+        return torch.where(hidden, loss, 0.0).sum(-1)
 
-    def terms(self, net, tokens: Tensor, draws: Tensor, generator) -> Tensor:
+    def terms(self, net, tokens: Tensor, draws: Tensor, generator, hidden=None) -> Tensor:
         """Per-sequence NELBO estimate [B] from one draw per sequence (or per block)."""
         if self.options.time == "count":
-            return self.count_terms(net, tokens, draws, generator)
+            return self.count_terms(net, tokens, draws, generator, hidden)
+        if hidden is not None:
+            raise HdlmError(
+                "the infilling NELBO needs diffusion.time=count (mdlm, eps-hybrid); this model "
+                f"uses time={self.options.time}"
+            )
         x0 = tokens[:, 1:]
         step, frac, weight = self.step_index(tokens, draws)
         t, s_or_rate = self.levels(tokens, step, frac)
@@ -213,14 +226,18 @@ class DiffusionObjective:
             loss = self.process.rate_loss(log_probs, x0, x_t, t, s_or_rate)
         return weight * loss.sum(-1)
 
-    def reconstruction(self, net, tokens: Tensor, generator) -> Tensor:
-        """Continuous time only: the NELBO's term at t = 0+ (ε-hybrid's jump), per sequence."""
+    def reconstruction(self, net, tokens: Tensor, generator, hidden=None) -> Tensor:
+        """Continuous time only: the NELBO's term at t = 0+ (ε-hybrid's jump), per sequence
+        (on the `hidden` positions only when given; the others stay clean)."""
         x0 = tokens[:, 1:]
         x_t = self.process.corrupt_visible(x0, generator)
+        if hidden is not None:
+            x_t = torch.where(hidden, x_t, x0)
         t = torch.zeros(x0.shape, device=x0.device)
         step = torch.full_like(x0, self.schedule(x0.shape[1]).num_steps)
         log_probs = self.log_probs(net, tokens, x_t, t, step)
-        return self.process.reconstruction_loss(log_probs, x0).sum(-1)
+        loss = self.process.reconstruction_loss(log_probs, x0)
+        return (loss if hidden is None else torch.where(hidden, loss, 0.0)).sum(-1)
 
     def draws(self, shape: tuple[int, ...], generator, device) -> Tensor:
         """Uniform draws in [0, 1), stratified along the batch (low variance, still unbiased)."""
@@ -247,9 +264,17 @@ class DiffusionObjective:
     def needs_reconstruction(self) -> bool:
         return self.options.time != "discrete" and self.process.has_reconstruction
 
-    def nelbo(self, net, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def nelbo(
+        self,
+        net,
+        tokens: Tensor,
+        generator: torch.Generator | None = None,
+        hidden: Tensor | None = None,
+    ) -> Tensor:
         """Per-sequence NELBO [B] in nats: every step summed when there are at most
-        `eval_steps`, else `eval_steps` stratified draws (a fixed seed keeps it reproducible)."""
+        `eval_steps`, else `eval_steps` stratified draws (a fixed seed keeps it reproducible).
+        With `hidden` [B, L-1] (bool) it bounds -log p(x_hidden | the other positions): only the
+        hidden positions are noised (infilling; `time: count` models)."""
         generator = generator or torch.Generator(tokens.device).manual_seed(0)
         shape = self.draw_shape(tokens)
         _, _, steps = self.step_index(tokens, torch.zeros(shape, device=tokens.device))
@@ -261,9 +286,9 @@ class DiffusionObjective:
                 draws = torch.full(shape, (k + 0.5) / steps, device=tokens.device)
             else:
                 draws = (k + torch.rand(shape, generator=generator, device=tokens.device)) / n
-            total += self.terms(net, tokens, draws, generator) / n
+            total += self.terms(net, tokens, draws, generator, hidden) / n
         if self.needs_reconstruction:
-            total += self.reconstruction(net, tokens, generator)
+            total += self.reconstruction(net, tokens, generator, hidden)
         return total
 
 
@@ -362,11 +387,14 @@ class A3Objective:
         )  # fmt: skip
         return -a3.token_log_likelihood(net, tokens, groups, self.mask_id).mean()
 
-    def nelbo(self, net, tokens: Tensor) -> Tensor:
+    def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
+        """Exact -log p(x) [B]; with `hidden` [B, L-1] (bool), exact -log p(x_hidden | the rest):
+        the other positions first (left to right), then the hidden ones in `eval_order`."""
         from hdlm import a3
 
-        groups = a3.eval_groups(self.options, tokens)
-        return -a3.log_likelihood(net, tokens, groups, self.mask_id)
+        groups = a3.eval_groups(self.options, tokens, hidden)
+        per_token = a3.token_log_likelihood(net, tokens, groups, self.mask_id)
+        return -(per_token if hidden is None else torch.where(hidden, per_token, 0.0)).sum(-1)
 
     @staticmethod
     def scored_tokens(tokens: Tensor) -> int:
@@ -395,7 +423,9 @@ class ScoreEntropyObjective(DiffusionObjective):
         prior = self.prior(tokens).mean() / self.scored_tokens(tokens)
         return super().loss(net, tokens, generator) + prior
 
-    def nelbo(self, net, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def nelbo(self, net, tokens: Tensor, generator=None, hidden: Tensor | None = None) -> Tensor:
+        if hidden is not None:
+            raise HdlmError("no infilling NELBO for gamma-hybrid yet; use a3, mdlm or eps-hybrid")
         return super().nelbo(net, tokens, generator) + self.prior(tokens)
 
 

@@ -4,6 +4,10 @@
 * `ancestral`, `acs`, `remask`: the hyperschedule sampler (`sampling.hyperschedule`) with no
   correction, HDLM's Adaptive Correction Sampler, or ReMDM remasking; any schedule, any prompt.
 * `tweedie`, `euler`: τ-leaping for γ-hybrid checkpoints (`sampling.tau_leaping`), any schedule.
+* `a3`: A3 decoding in any order and group size (`sampling.a3`).
+
+`fill` is the common core: it completes any set of unknown positions, so prompts and infilling
+(`--infill "The ___[2] sat"`) are the same operation for every family but AR.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from torch import Tensor
 from hdlm.errors import HdlmError
 from hdlm.sampling.ar import sample_ar
 from hdlm.sampling.hyperschedule import Trace, sample_hyperschedule
-from hdlm.sampling.prompt import prompt_prefix
+from hdlm.sampling.prompt import fixed_template, prompt_prefix
 from hdlm.sampling.tau_leaping import TAU_LEAPING, sample_tau_leaping
 from hdlm.schedules import Hyperschedule, from_spec
 
@@ -40,6 +44,36 @@ def sample(
     length: int | None = None,
     sampler: str | None = None,
     prompt: str | list[int] | None = None,
+    infill: str | None = None,
+    blank_max: int = 8,
+    group_size: int = 1,
+    **options,
+) -> Tensor:
+    """Draw `n` sequences of `length` tokens (BOS and prompt included) from a `LanguageModel`,
+    or fill the blanks of an `infill` template (`sampling.prompt`; the template sets the length).
+    `options` are those of `fill`."""
+    if infill is not None:
+        if prompt:
+            raise HdlmError("give --prompt or --infill, not both (a prompt is text before a blank)")
+        if lm.config.family == "a3":
+            from hdlm.sampling.a3 import infill_template
+
+            tokens, known = infill_template(lm, infill, blank_max, group_size)
+        else:
+            tokens, known = fixed_template(lm, infill)
+    else:
+        prefix, length = prompt_prefix(lm, prompt, length)
+        tokens = torch.tensor(prefix + [lm.tokenizer.mask_id] * (length - len(prefix)))
+        known = torch.arange(length) < len(prefix)
+    tokens, known = tokens.to(lm.device).expand(n, -1).clone(), known.to(lm.device)
+    return fill(lm, tokens, known, sampler, group_size=group_size, **options)
+
+
+def fill(
+    lm,
+    tokens: Tensor,
+    known: Tensor,
+    sampler: str | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -49,61 +83,50 @@ def sample(
     schedule: str | None = None,
     eta: float | None = None,
     trace: Trace | None = None,
-    infill: str | None = None,
     order: str = "left-to-right",
     group_size: int = 1,
-    blank_max: int = 8,
 ) -> Tensor:
-    """Draw `n` sequences of `length` tokens (BOS and prompt included) from a `LanguageModel`."""
+    """Fill the positions of `tokens` [n, L] where `known` [L] (bool, BOS included) is False.
+
+    `sampler` defaults to the family's own; `steps`/`schedule` set the hyperschedule walked by the
+    diffusion samplers, `eta` their correction strength, `order`/`group_size` A3's decoding.
+    """
     sampler = sampler or lm.objective.default_sampler
     if sampler not in SAMPLERS:
         raise HdlmError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-    if "a3" in (sampler, lm.config.family) or infill is not None:  # `sampling.a3`
-        options = {"order": order, "group_size": group_size, "blank_max": blank_max}
-        pick = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-        return _sample_a3(lm, n, length, sampler, prompt, infill, seed, use_cache, options, pick)
-    prefix, length = prompt_prefix(lm, prompt, length)
-    prefix = torch.tensor(prefix, device=lm.device)
-    if sampler == "ar" and lm.config.family != "ar":
-        raise HdlmError(f"the ar sampler needs an ar checkpoint; this one is '{lm.config.family}'")
-    options = getattr(lm.objective, "options", None)
-    if sampler != "ar" and options is not None and options.process == "uniform":
-        raise HdlmError("the masking samplers need a masking process (absorbing, eps-hybrid)")
+    family = lm.config.family
+    if (sampler == "a3") != (family == "a3"):
+        raise HdlmError(
+            f"'{sampler}' cannot sample an '{family}' checkpoint; a3 checkpoints use --sampler a3"
+            if family == "a3"
+            else f"the a3 sampler needs an a3 checkpoint; this one is '{family}'"
+        )
     generator = torch.Generator(lm.device).manual_seed(seed)
     pick = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    prefix = prefix.expand(n, -1)
+    mask_id = lm.tokenizer.mask_id
+    if sampler == "a3":
+        from hdlm.sampling.a3 import decode
+
+        net = lm.net
+        return decode(net, tokens, known, mask_id, generator, order, group_size, use_cache, **pick)
+    if sampler == "ar":
+        if family != "ar":
+            raise HdlmError(f"the ar sampler needs an ar checkpoint; this one is '{family}'")
+        given = int(known.sum())
+        if not known[:given].all():
+            raise HdlmError("ar checkpoints continue a prompt; infill with an a3 or masked model")
+        prefix = tokens[:, :given]
+        return sample_ar(lm.net, prefix, len(known), generator, mask_id, use_cache, **pick)
+    options = getattr(lm.objective, "options", None)  # None for ar (a quenched-AR walk)
+    if options is not None and options.process == "uniform":
+        raise HdlmError("the masking samplers need a masking process (absorbing, eps-hybrid)")
+    walk = sampling_schedule(lm, schedule, steps, tokens.shape[1])
     if sampler in TAU_LEAPING or (options is not None and options.process == "gamma-hybrid"):
         if sampler not in TAU_LEAPING:
             raise HdlmError("gamma-hybrid checkpoints sample with --sampler tweedie or euler")
-        walk = sampling_schedule(lm, schedule, steps, length)
-        return sample_tau_leaping(lm, prefix, length, generator, walk, sampler, **pick)
-    if sampler == "ar":
-        return sample_ar(lm.net, prefix, length, generator, lm.tokenizer.mask_id, use_cache, **pick)
+        return sample_tau_leaping(lm, tokens, known, generator, walk, sampler, **pick)
+    correction = "none" if sampler == "ancestral" else sampler
+    eta = DEFAULT_ETA[sampler] if eta is None else eta
     return sample_hyperschedule(
-        lm,
-        prefix,
-        length,
-        generator,
-        sampling_schedule(lm, schedule, steps, length),
-        correction="none" if sampler == "ancestral" else sampler,
-        eta=DEFAULT_ETA[sampler] if eta is None else eta,
-        use_cache=use_cache,
-        trace=trace,
-        **pick,
-    )
-
-
-def _sample_a3(lm, n, length, sampler, prompt, infill, seed, use_cache, options, pick) -> Tensor:
-    from hdlm.sampling.a3 import sample_a3
-
-    if lm.config.family != "a3":
-        raise HdlmError(
-            f"the a3 sampler and --infill need an a3 checkpoint; this one is '{lm.config.family}'"
-        )
-    if sampler != "a3":
-        raise HdlmError(f"a3 checkpoints sample with --sampler a3, not '{sampler}'")
-    prompt_ids = lm.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt or [])
-    generator = torch.Generator(lm.device).manual_seed(seed)
-    return sample_a3(
-        lm, n, length, generator, prompt_ids, infill, use_cache=use_cache, **options, **pick
+        lm, tokens, known, generator, walk, correction, eta, use_cache, trace, **pick
     )

@@ -14,17 +14,13 @@ positions are computed once (they only see committed groups, so they are final) 
 one forward pass over [the group just committed ; the queries of the candidates]; `use_cache=False`
 recomputes the whole block each step and gives the same result.
 
-Infilling templates (`parse_infill`): `___` (three or more underscores) is a blank of free length,
-`___[N]` a blank of exactly N tokens. A free blank's length n in 1..`blank_max` is the one under
-which the text right after it (up to the next blank) is most likely, log p(text | everything
-before, n unknown positions between) — an exact A3 marginal; a free blank with no text after it
-gets `blank_max` tokens. A single space before a blank is left to the blank (BPE tokens carry
-their leading space).
+Infilling templates (syntax in `sampling.prompt`): a free blank's length n in 1..`blank_max` is
+the one under which the text right after it (up to the next blank) is most likely,
+log p(text | everything before, n unknown positions between) — an exact A3 marginal; a free blank
+with no text after it gets `blank_max` tokens.
 """
 
 from __future__ import annotations
-
-import re
 
 import torch
 from torch import Tensor
@@ -33,11 +29,10 @@ from hdlm import a3
 from hdlm.errors import HdlmError
 from hdlm.model.transformer import KVCache
 from hdlm.objectives import clean_log_probs
-from hdlm.sampling.prompt import prompt_prefix
+from hdlm.sampling.prompt import check_length, layout, parse_infill
 from hdlm.sampling.tokens import pick_tokens
 
 ORDERS = ("left-to-right", "random", "confidence")
-BLANK = re.compile(r"_{3,}(?:\[(\d+)\])?")
 
 
 def given_groups(known: Tensor, size: int) -> Tensor:
@@ -153,38 +148,6 @@ def _cached_step(net, tokens, groups, pending, candidates, cache, mask_id) -> Te
 # -- infilling ------------------------------------------------------------------------------------
 
 
-def parse_infill(text: str) -> list[str | int | None]:
-    """Alternating text pieces and blanks: [text, blank, text, ..., blank, text]; a blank is its
-    length (`___[N]`) or None (`___`, free length)."""
-    pieces: list[str | int | None] = []
-    start = 0
-    for match in BLANK.finditer(text):
-        before = text[start : match.start()]
-        pieces += [before[:-1] if before.endswith(" ") else before]
-        size = int(match.group(1)) if match.group(1) is not None else None
-        if size == 0:
-            raise HdlmError(f"blank '{match.group(0)}' has length 0; use ___[N] with N >= 1")
-        pieces.append(size)
-        start = match.end()
-    if not pieces:
-        raise HdlmError(
-            "--infill text has no blank; mark one with ___ (free length) or ___[N] (N tokens)"
-        )
-    return [*pieces, text[start:]]
-
-
-def _layout(bos: int, mask_id: int, texts: list[list[int]], lengths: list[int]):
-    """Tokens [L] and known [L] of text pieces with blanks of `lengths` between them."""
-    tokens, known = [bos], [True]
-    for i, ids in enumerate(texts):
-        tokens += ids
-        known += [True] * len(ids)
-        if i < len(lengths):
-            tokens += [mask_id] * lengths[i]
-            known += [False] * lengths[i]
-    return torch.tensor(tokens), torch.tensor(known)
-
-
 @torch.no_grad()
 def infill_template(
     lm, text: str, blank_max: int = 8, group_size: int = 1
@@ -201,7 +164,7 @@ def infill_template(
         if size is not None or not texts[b + 1]:
             continue
         after = len(texts[b + 1])  # the scored text: right after blank b, up to the next blank
-        rows = [_layout(tokenizer.bos_id, mask_id, texts[: b + 2], [*lengths[:b], k])
+        rows = [layout(tokenizer.bos_id, mask_id, texts[: b + 2], [*lengths[:b], k])
                 for k in range(1, blank_max + 1)]  # fmt: skip
         longest = max(len(row_tokens) for row_tokens, _ in rows)
         batch = torch.full((len(rows), longest), mask_id)
@@ -218,42 +181,6 @@ def infill_template(
         per_token = a3.token_log_likelihood(lm.net, batch.to(device), groups.to(device), mask_id)
         scores = (per_token * scored[:, 1:].to(device)).sum(1)
         lengths[b] = 1 + int(scores.argmax())
-    tokens, known = _layout(tokenizer.bos_id, mask_id, texts, lengths)
-    if len(tokens) > lm.config.model.max_len:
-        raise HdlmError(
-            f"the infilled text is {len(tokens)} tokens, longer than the model's context "
-            f"({lm.config.model.max_len}); shorten it or lower --blank-max"
-        )
+    tokens, known = layout(tokenizer.bos_id, mask_id, texts, lengths)
+    check_length(lm, len(tokens), "the infilled text (lower --blank-max?)")
     return tokens.to(device), known.to(device)
-
-
-def sample_a3(
-    lm,
-    n: int,
-    length: int | None,
-    generator: torch.Generator | None,
-    prompt: list[int] | None = None,
-    infill: str | None = None,
-    order: str = "left-to-right",
-    group_size: int = 1,
-    blank_max: int = 8,
-    use_cache: bool = True,
-    **pick,
-) -> Tensor:
-    """Token ids [n, L]: `prompt` (ids) continued to `length` tokens, or the `infill` template's
-    blanks filled (the template fixes the length)."""
-    if lm.config.family != "a3":
-        raise HdlmError(f"the a3 sampler needs an a3 checkpoint; this one is '{lm.config.family}'")
-    mask_id, device = lm.tokenizer.mask_id, lm.device
-    if infill is not None:
-        if prompt:
-            raise HdlmError("give --prompt or --infill, not both (a prompt is text before a blank)")
-        tokens, known = infill_template(lm, infill, blank_max, group_size)
-    else:
-        prefix, length = prompt_prefix(lm, prompt, length)
-        tokens = torch.tensor(prefix + [mask_id] * (length - len(prefix)), device=device)
-        known = torch.arange(length, device=device) < len(prefix)
-    return decode(
-        lm.net, tokens.expand(n, -1), known, mask_id, generator, order, group_size, use_cache,
-        **pick,
-    )  # fmt: skip

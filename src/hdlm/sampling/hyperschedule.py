@@ -2,14 +2,16 @@
 
 Walk the steps s = 1..S of a hyperschedule T over the positions after BOS. At step s:
 
-* settled positions (T[s-1, i] = 0, and the prompt) are final; their keys and values sit in the
-  KV cache, committed group by group in the order they settled, so each one saw exactly what the
-  training mask `masks.from_schedule` shows it;
+* settled positions (T[s-1, i] = 0, and the given ones: BOS, a prompt, the text around blanks)
+  are final; their keys and values sit in the KV cache, committed group by group in the order
+  they settled, so each one saw exactly what the training mask `masks.from_schedule` shows it.
+  Models trained with full attention (flat, MDLM-style) saw clean tokens attend to every
+  position, so for them the given tokens are instead recomputed with the active ones;
 * active positions (T[s-1, i] > 0, T[s, i] < 1) are computed against the cache and each other;
   a masked one is revealed with probability p = (t - s) / t, its token drawn from p_θ(x0 | x_t);
 * untouched positions (still fully noised) are not computed at all.
 
-Corrections of visible in-flight tokens (never of settled or prompt tokens):
+Corrections of visible in-flight tokens (never of settled or given tokens):
 * `acs` (HDLM's Adaptive Correction Sampler): each is re-drawn from the model with probability
   η (1 - p);
 * `remask` (ReMDM, "cap" schedule): each is masked again with probability σ = min(η, s / (1 - t)),
@@ -46,6 +48,13 @@ class Trace:
     remasked: list[Tensor] = field(default_factory=list)  # [n, L-1] token -> MASK
 
 
+def check_schedule_length(schedule: Hyperschedule, length: int) -> None:
+    if schedule.length != length - 1:
+        raise HdlmError(
+            f"schedule {schedule.name} has {schedule.length} positions, need {length - 1}"
+        )
+
+
 def attention_keys(schedule: Hyperschedule, fixed: Tensor) -> Tensor:
     """Commit order of every position after BOS: its settle step; prompt positions come before
     all others but keep their relative order. A settled position sees settled keys <= its own."""
@@ -53,18 +62,14 @@ def attention_keys(schedule: Hyperschedule, fixed: Tensor) -> Tensor:
     return torch.where(fixed, settle - schedule.num_steps - 1, settle)
 
 
-def full_mask(key: Tensor, settled: Tensor, active: Tensor) -> Tensor:
-    """[n, L, L] mask over [BOS, positions] equal to what the cache shows (see masks.from_schedule):
-    settled rows see settled keys <= their own, active rows see settled and active, the rest
-    (untouched) see themselves. `key` [L] already includes BOS (the smallest key, settled)."""
-    n = settled.shape[0]
-    bos = torch.ones(n, 1, dtype=torch.bool, device=settled.device)
-    settled = torch.cat((bos, settled), 1)
-    active = torch.cat((~bos, active), 1)
+def full_mask(key: Tensor, settled: Tensor, computed: Tensor) -> Tensor:
+    """[n, L, L] mask over all positions (BOS included) equal to what the cache shows (see
+    masks.from_schedule): settled rows see settled keys <= their own, computed (in-flight) rows
+    see settled and computed ones, the rest (untouched) see themselves."""
     by_key = key[None, :] <= key[:, None]
-    visible = settled | active
+    visible = settled | computed
     rows = (settled[:, :, None] & settled[:, None, :] & by_key) | (
-        active[:, :, None] & visible[:, None, :]
+        computed[:, :, None] & visible[:, None, :]
     )
     return rows | torch.eye(len(key), dtype=torch.bool, device=key.device)
 
@@ -112,21 +117,21 @@ class NetworkView:
         levels = torch.zeros(tokens.shape, device=tokens.device)
         self._run(tokens, index, levels, torch.cat((seen, within), 1), commit=True)
 
-    def log_probs(self, tokens, levels, settled, active) -> Tensor:
-        """log p_θ(x0 | x_t) of the active positions, [n, A, V] (MASK excluded)."""
-        positions = active.nonzero()[:, 0] + 1  # token index of each active position
-        read = positions - self.shift
-        computed = torch.cat(
-            (torch.ones(1, dtype=torch.bool, device=active.device), settled | active)
-        )
-        if not computed[read].all():
+    def log_probs(self, tokens, levels, settled, computed, targets) -> Tensor:
+        """log p_θ(x0 | x_t) at the token positions `targets` [A], [n, A, V] (MASK excluded).
+
+        `settled` and `computed` [L] cover every position, BOS included: the computed ones run
+        this step, seeing the settled ones and each other."""
+        read = targets - self.shift
+        if not (settled | computed)[read].all():
             raise HdlmError(
                 "a shifted read-out needs the position before each active one computed; "
                 "use a schedule that settles left to right"
             )
+        positions = computed.nonzero()[:, 0]
         if self.cache is None:
             every = torch.arange(tokens.shape[1], device=tokens.device)
-            mask = full_mask(self.key, settled[None], active[None])[:, None]
+            mask = full_mask(self.key, settled[None], computed[None])[:, None]
             self._run(tokens, every, levels, attn_mask=mask)
         elif torch.isin(read, positions).any():  # some read-out sits on an in-flight token
             self._run(tokens, positions, levels)
@@ -136,8 +141,8 @@ class NetworkView:
 @torch.no_grad()
 def sample_hyperschedule(
     lm,
-    prefix: Tensor,
-    length: int,
+    tokens: Tensor,
+    known: Tensor,
     generator: torch.Generator | None,
     schedule: Hyperschedule,
     correction: str = "none",
@@ -146,22 +151,27 @@ def sample_hyperschedule(
     trace: Trace | None = None,
     **pick,
 ) -> Tensor:
-    """Extend `prefix` [n, P] (BOS and prompt) to [n, length] by walking `schedule`."""
-    n, device, mask_id = prefix.shape[0], prefix.device, lm.tokenizer.mask_id
-    if schedule.length != length - 1:
-        raise HdlmError(
-            f"schedule {schedule.name} has {schedule.length} positions, need {length - 1}"
-        )
+    """Fill the positions of `tokens` [n, L] where `known` [L] is False (BOS, a prompt or the
+    text around blanks are known) by walking `schedule`."""
+    (n, length), device, mask_id = tokens.shape, tokens.device, lm.tokenizer.mask_id
+    check_schedule_length(schedule, length)
     if correction not in CORRECTIONS:
         raise HdlmError(
             f"unknown correction '{correction}'; choose one of {', '.join(CORRECTIONS)}"
         )
-    tokens = F.pad(prefix, (0, length - prefix.shape[1]), value=mask_id)
-    fixed = torch.arange(length - 1, device=device) < prefix.shape[1] - 1
+    tokens = torch.where(known, tokens, mask_id)
+    fixed = known[1:]
     table = schedule.table.to(device).masked_fill(fixed, 0.0)
-    shifted = lm.config.family == "ar" or lm.objective.options.readout == "shifted"
-    view = NetworkView(lm, tokens, attention_keys(schedule, fixed).to(device), use_cache, shifted)
-    view.commit(tokens, torch.arange(prefix.shape[1], device=device))  # BOS and prompt
+    options = getattr(lm.objective, "options", None)  # None for ar
+    shifted = options is None or options.readout == "shifted"
+    # Given tokens take the role clean tokens had in training: under full attention (flat,
+    # MDLM-style training) they, and BOS, see and are seen by every position, so they are
+    # recomputed with the active ones at every step; otherwise they are settled, cached once.
+    full_attention = options is not None and options.attention == "full"
+    context = F.pad(fixed, (1, 0), value=True) & full_attention  # [L], BOS included
+    keys = attention_keys(schedule, fixed & ~context[1:]).to(device)
+    view = NetworkView(lm, tokens, keys, use_cache, shifted)
+    view.commit(tokens, (known & ~context).nonzero()[:, 0])
     log_probs, changed, last_active = None, True, None
     for s in range(1, schedule.num_steps + 1):
         before, after = table[s - 1], table[s]
@@ -172,7 +182,10 @@ def sample_hyperschedule(
         same_inputs = not changed and not view.conditioned and torch.equal(active, last_active)
         if not same_inputs:
             levels = F.pad(before, (1, 0)).expand(n, -1)
-            log_probs = view.log_probs(tokens, levels, before == 0, active)
+            settled = F.pad(before == 0, (1, 0), value=True) & ~context
+            computed = F.pad(active, (1, 0), value=False) | context
+            targets = active.nonzero()[:, 0] + 1
+            log_probs = view.log_probs(tokens, levels, settled, computed, targets)
         content = tokens[:, 1:]
         updated, events = reverse_step(
             content[:, active], log_probs, before[active], after[active], correction, eta,

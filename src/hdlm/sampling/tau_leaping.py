@@ -24,6 +24,7 @@ from torch import Tensor
 
 from hdlm.errors import HdlmError
 from hdlm.gamma_hybrid import GammaHybrid
+from hdlm.sampling.hyperschedule import check_schedule_length
 from hdlm.sampling.tokens import filter_logits
 
 TAU_LEAPING = ("tweedie", "euler")
@@ -81,15 +82,16 @@ def tau_leaping(
 @torch.no_grad()
 def sample_tau_leaping(
     lm,
-    prefix: Tensor,
-    length: int,
+    tokens: Tensor,
+    known: Tensor,
     generator: torch.Generator | None,
     schedule,
     method: str = "tweedie",
     **pick,
 ) -> Tensor:
-    """Extend `prefix` [n, P] (BOS and prompt) to [n, length] by walking `schedule` (a
-    `Hyperschedule` over the length - 1 positions after BOS)."""
+    """Fill the positions of `tokens` [n, L] where `known` [L] is False (BOS, a prompt or the
+    text around blanks are known) by walking `schedule` (a `Hyperschedule` over the L - 1
+    positions after BOS)."""
     objective = lm.objective
     process = getattr(objective, "process", None)
     if not isinstance(process, GammaHybrid):
@@ -102,17 +104,13 @@ def sample_tau_leaping(
             "τ-leaping cannot run the two-copy training layout; train with "
             "diffusion.attention=schedule for block schedules"
         )
-    if schedule.length != length - 1:
-        raise HdlmError(
-            f"schedule {schedule.name} has {schedule.length} positions, need {length - 1}"
-        )
-    n, device = prefix.shape[0], prefix.device
-    prompt = prefix.shape[1] - 1
-    fixed = torch.arange(length - 1, device=device) < prompt
+    (n, length), device = tokens.shape, tokens.device
+    check_schedule_length(schedule, length)
+    fixed = known[1:]
     table = schedule.table.to(device).masked_fill(fixed, 0.0)
     x = process.sample_prior((n, length - 1), device, generator)
-    x[:, :prompt] = prefix[:, 1:]
-    bos = prefix[:, :1]
+    x = torch.where(fixed, tokens[:, 1:], x)
+    bos = tokens[:, :1]
 
     def denoise(x_t: Tensor, levels: Tensor, step: int) -> Tensor:
         tokens = torch.cat((bos, x_t), 1)

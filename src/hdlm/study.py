@@ -1,0 +1,277 @@
+"""`hdlm study`: train every family at one token budget, evaluate them all the same way, and
+write the comparison (`table.md`, `frontier.png`, `results.json`) to the study's results dir.
+
+Every stage is cached on disk and skipped when its output exists, so an interrupted study
+continues where it stopped: a finished training run (its `latest` checkpoint at the budget's last
+step) is not retrained, a partial one is resumed, and each evaluation is one JSON file in
+`results_dir/raw/` written once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hdlm.config import ConfigError, from_dict, load_config, read_yaml
+from hdlm.errors import HdlmError
+
+
+@dataclass
+class FamilyRun:
+    config: str  # a run config (configs/<family>-tiny.yaml)
+    set: list[str] = field(default_factory=list)  # its own overrides; `{runs_dir}` is expanded
+
+
+@dataclass
+class PerplexitySettings:
+    split: str = "test"
+    max_blocks: int = 256
+
+
+@dataclass
+class SampleSettings:
+    n: int = 48  # samples per sampler setting
+    length: int = 128  # tokens per sample, BOS included
+    batch_size: int = 16
+    references: int = 256  # held-out blocks MAUVE compares the samples with
+    metrics: list[str] = field(default_factory=lambda: ["gen-ppl", "mauve", "entropy", "distinct"])
+
+
+@dataclass
+class InfillSettings:
+    families: list[str] = field(default_factory=list)
+    blocks: int = 128  # held-out blocks, one span each
+    length: int = 64  # tokens of each block used (BOS included)
+    span: int = 8  # tokens of the hidden span, in the middle of the block
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    runs_dir: str = "runs/{name}"
+    results_dir: str = "results/{name}"
+    budget: list[str] = field(default_factory=list)  # overrides applied to every family
+    families: dict[str, FamilyRun] = field(default_factory=dict)
+    reference: str = "ar"
+    perplexity: PerplexitySettings = field(default_factory=PerplexitySettings)
+    samples: SampleSettings = field(default_factory=SampleSettings)
+    sweep: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    infill: InfillSettings = field(default_factory=InfillSettings)
+
+    @property
+    def runs_path(self) -> Path:
+        return Path(self.runs_dir.format(name=self.name))
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_dir.format(name=self.name))
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and check a study YAML (relative config paths are taken from the working dir)."""
+    data = read_yaml(Path(path))
+    families = data.get("families") or {}
+    if not isinstance(families, dict):
+        raise ConfigError(f"{path}: 'families' must map a name to {{config: FILE, set: [...]}}")
+    data["families"] = {
+        name: from_dict(FamilyRun, spec, f"families.{name}") for name, spec in families.items()
+    }
+    study = from_dict(StudyConfig, data)
+    unknown = [
+        name
+        for name in [study.reference, *study.sweep, *study.infill.families]
+        if name not in study.families
+    ]
+    if unknown:
+        raise ConfigError(
+            f"{path}: {', '.join(sorted(set(unknown)))} named in reference/sweep/infill but not "
+            f"under 'families' ({', '.join(study.families)})"
+        )
+    for name in study.families:
+        run_config(study, name)  # every family's config loads and validates before any work
+    return study
+
+
+def run_config(study: StudyConfig, name: str):
+    """The run config of family `name`: its YAML, then the budget, then its own overrides."""
+    family = study.families[name]
+    own = [item.format(runs_dir=study.runs_path) for item in family.set]
+    overrides = [*study.budget, *own, f"name={name}", f"out_dir={study.runs_path / name}"]
+    return load_config(family.config, overrides)
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    latest = run_dir / "latest"
+    return latest.is_file() and latest.read_text().strip().endswith(f"step_{steps:07d}")
+
+
+def train_all(study: StudyConfig, names: list[str], progress: bool = True) -> None:
+    """Train (or resume, or skip) the runs of `names`, in the order of the study's families."""
+    from hdlm.train import train
+
+    for name in names:
+        config = run_config(study, name)
+        run_dir = config.out_path
+        if finished(run_dir, config.train.steps):
+            print(f"study: {name} already trained ({run_dir})")
+            continue
+        if config.train.init_from and not Path(config.train.init_from).exists():
+            raise HdlmError(
+                f"study: {name} starts from {config.train.init_from}, which is not trained yet; "
+                f"train it first (list it before {name} under 'families')"
+            )
+        print(f"study: training {name} -> {run_dir}")
+        start = time.time()
+        train(config, resume=(run_dir / "latest").is_file(), progress=progress)
+        print(f"study: {name} trained in {time.time() - start:.0f} s")
+
+
+def setting_label(setting: dict[str, Any]) -> str:
+    """A short file-name-safe name of a sampler setting, e.g. `acs-steps32-eta0.25`."""
+    parts = [str(setting.get("sampler", "default"))]
+    parts += [
+        f"{key.replace('_', '')}{value}" for key, value in setting.items() if key != "sampler"
+    ]
+    return "-".join(parts).replace(":", "_").replace("/", "_")
+
+
+def cached(path: Path, compute) -> dict:
+    """The JSON at `path`, computed and written (atomically) first if it is missing."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result, indent=2))
+    partial.replace(path)
+    return result
+
+
+class Evaluator:
+    """The evaluations of one study, on the same held-out blocks for every family."""
+
+    def __init__(self, study: StudyConfig, progress: bool):
+        import hdlm
+
+        self.study, self.progress = study, progress
+        self.raw = study.results_path / "raw"
+        self.load = hdlm.load
+        self._blocks = None
+        self._reference = None
+
+    def blocks(self, lm):
+        """The evaluation split's blocks (every run trains the same tokenizer on one corpus)."""
+        from hdlm.data import prepare_data
+
+        if self._blocks is None:
+            data = prepare_data(lm.config.data, lm.tokenizer)
+            split = self.study.perplexity.split
+            if len(data.blocks.get(split, [])) == 0:
+                raise HdlmError(f"study: split '{split}' of {lm.config.data.corpus} is empty")
+            self._blocks = data.blocks[split]
+        return self._blocks
+
+    def reference(self):
+        if self._reference is None:
+            self._reference = self.load(self.study.runs_path / self.study.reference)
+        return self._reference
+
+    def perplexity(self, name: str, lm) -> dict:
+        """Test NELBO / perplexity; for A3 both left to right and in random orders."""
+        from hdlm.a3 import apply_eval_overrides
+        from hdlm.evaluate import perplexity
+
+        settings = self.study.perplexity
+        blocks = self.blocks(lm)[: settings.max_blocks]
+        result = perplexity(lm, blocks, progress=self.progress)
+        if lm.config.family == "a3":
+            result["by_order"] = {}
+            for order in ("left-to-right", "random"):
+                apply_eval_overrides(lm, [f"a3.eval_order={order}"])
+                result["by_order"][order] = perplexity(lm, blocks, progress=self.progress)
+        return result
+
+    def samples(self, name: str, lm, setting: dict[str, Any]) -> dict:
+        """Sample quality of one sampler setting: gen-PPL, MAUVE, entropy, distinct-n."""
+        from hdlm.evaluate import sample_metrics
+
+        settings = self.study.samples
+        blocks = self.blocks(lm)[-settings.references :, : settings.length]
+        references = lm.decode(blocks)
+        return sample_metrics(
+            lm, settings.n, settings.length, references, reference_lm=self.reference(),
+            metrics=settings.metrics,
+            batch_size=settings.batch_size, **setting,
+        )  # fmt: skip
+
+    def infill(self, name: str, lm) -> dict:
+        from hdlm.evaluate import infill_metrics, middle_span
+
+        settings = self.study.infill
+        blocks = self.blocks(lm)[: settings.blocks]
+        tokens, hidden = middle_span(blocks, settings.length, settings.span)
+        options = {"steps": settings.span} if lm.config.family != "a3" else {}
+        return infill_metrics(lm, tokens, hidden, progress=self.progress, **options)
+
+    def family(self, name: str) -> dict:
+        """Every evaluation of family `name` (each cached in raw/<name>/)."""
+        lm = self.load(self.study.runs_path / name)
+        folder = self.raw / name
+        result = {
+            "perplexity": cached(folder / "perplexity.json", lambda: self.perplexity(name, lm))
+        }
+        result["samples"] = {}
+        for setting in self.study.sweep.get(name, []):
+            label = setting_label(setting)
+            path = folder / f"samples-{label}.json"
+            result["samples"][label] = cached(path, lambda s=setting: self.samples(name, lm, s))
+        if name in self.study.infill.families:
+            result["infill"] = cached(folder / "infill.json", lambda: self.infill(name, lm))
+        return result
+
+
+def training_summary(run_dir: Path) -> dict:
+    """Tokens/s (median over the logged windows after the first) and the last validation."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = sorted(r["tokens_per_s"] for r in rows if "tokens_per_s" in r)[1:] or [float("nan")]
+    validation = [r for r in rows if "val_ppl" in r]
+    return {
+        "tokens_per_s": rates[len(rates) // 2],
+        "val_perplexity": validation[-1]["val_ppl"] if validation else None,
+        "steps": max((r.get("step", 0) for r in rows), default=0),
+    }
+
+
+def run_study(
+    path: str | Path, only: list[str] | None = None, progress: bool = True, train_only=False
+) -> Path:
+    """Run every stage of the study at `path` (or only the families in `only`)."""
+    study = load_study(path)
+    names = only or list(study.families)
+    missing = [name for name in names if name not in study.families]
+    if missing:
+        raise ConfigError(
+            f"--only {','.join(missing)}: not in the study; choose from {', '.join(study.families)}"
+        )
+    train_all(study, names, progress)
+    if train_only:
+        return study.runs_path
+    if not finished(
+        study.runs_path / study.reference, run_config(study, study.reference).train.steps
+    ):
+        raise HdlmError(f"study: the reference run '{study.reference}' must be trained first")
+    evaluator = Evaluator(study, progress)
+    results = {}
+    for name in names:
+        print(f"study: evaluating {name}")
+        results[name] = evaluator.family(name)
+        results[name]["training"] = training_summary(study.runs_path / name)
+    out = study.results_path
+    if only is None:
+        from hdlm.report import write_report
+
+        write_report(study, results, out)
+    return out
