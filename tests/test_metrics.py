@@ -1,6 +1,7 @@
 """Sample-quality metrics (`hdlm.evaluate`), each on a case with a known answer."""
 
 import dataclasses
+import json
 import math
 import random
 import string
@@ -8,6 +9,7 @@ import string
 import pytest
 import torch
 
+from hdlm.cli import main
 from hdlm.config import RunConfig, TokenizerConfig, validate
 from hdlm.errors import HdlmError
 from hdlm.evaluate import (
@@ -201,3 +203,38 @@ def test_mauve_of_real_text_against_itself_and_against_shuffled_tokens(documenta
     assert same == {"mauve": pytest.approx(1.0), "n_samples": 100, "n_references": 100}
     assert mauve_score(other, texts, max_text_length=64, progress=False)["mauve"] > 0.9
     assert mauve_score(shuffled, texts, max_text_length=64, progress=False)["mauve"] < 0.5
+
+
+# -- hdlm eval ----------------------------------------------------------------------------------
+
+
+def test_eval_command_scores_samples(tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(f'{{"text": "{t}"}}\n' for t in random_text(80, 60)))
+    lm = char_lm("ar")
+    lm.config.data.cache_dir = str(tmp_path / "cache")
+    run, reference = lm.save(tmp_path / "run"), uniform(char_lm("ar")).save(tmp_path / "ref")
+    common = ["eval", str(run), "--data", str(corpus), "--samples", "6", "--batch-size", "4"]
+
+    out = tmp_path / "result.json"
+    metrics = "ppl,gen-ppl,mauve,entropy,distinct"
+    code = main([*common, "--metrics", metrics, "--reference", str(reference), "--length", "16",
+                 "--temperature", "0.8", "--json", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["gen_ppl"] == pytest.approx(V - 1, rel=1e-5)  # scored by the uniform reference
+    assert result["gen_ppl_tokens"] == 6 * 15 and result["mauve_references"] == 6
+    assert 0 <= result["mauve"] <= 1 and result["perplexity"] > 1
+    assert result["sampler_options"]["temperature"] == 0.8
+    assert {"unigram_entropy", "reference_unigram_entropy", "distinct_3"} <= result.keys()
+
+    def error(*args):
+        assert main([*common, *args]) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert "needs a reference model" in error("--metrics", "gen-ppl")
+    assert "must be an ar model" in error(
+        "--metrics", "gen-ppl", "--reference", str(char_lm("mdlm").save(tmp_path / "m"))
+    )
+    assert "unknown metric 'bleu'" in error("--metrics", "ppl,bleu")
+    assert "add --set data.seq_len=64" in error("--metrics", "mauve", "--length", "64")
