@@ -326,6 +326,8 @@ def sample_metrics(
     unknown = [m for m in metrics if m not in SAMPLE_METRICS]
     if unknown:
         raise HdlmError(f"unknown metric '{unknown[0]}'; choose from {', '.join(SAMPLE_METRICS)}")
+    if n < 1:
+        raise HdlmError(f"the number of samples must be at least 1, not {n}")
     if "gen-ppl" in metrics and reference_lm is None:
         raise HdlmError(
             "gen-ppl needs a reference model: --reference RUN (an ar run of this project) or "
