@@ -43,7 +43,7 @@ def write_study(tmp_path, **changes):
         **changes,
     }
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
 
 

@@ -48,6 +48,32 @@ def _load(args: argparse.Namespace):
     return hdlm.load(args.checkpoint, device=args.device)
 
 
+def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """How `hdlm sample` and `hdlm eval` draw tokens; returns the A3 group for more options."""
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sampler", default=None, help="ar | ancestral | acs | remask (default: the family's own)"
+    )
+    p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
+    p.add_argument("--steps", type=int, default=128, help="steps of a flat schedule")
+    p.add_argument("--eta", type=float, default=None, help="acs re-draw / remask strength")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
+    a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
+    a3.add_argument("--order", default="left-to-right", help="left-to-right | random | confidence")
+    a3.add_argument("--group-size", type=int, default=1, help="tokens committed per step")
+    return a3
+
+
+def _sampler_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines."""
+    names = ["sampler", "temperature", "top_k", "top_p", "steps", "schedule", "eta", "order"]
+    options = {name: getattr(args, name) for name in names}
+    return options | {"group_size": args.group_size, "use_cache": not args.no_cache}
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from hdlm.sampling.hyperschedule import Trace
 
@@ -56,21 +82,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     tokens = lm.sample(
         args.num_samples,
         args.length,
-        sampler=args.sampler,
         prompt=args.prompt,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
         seed=args.seed,
-        use_cache=not args.no_cache,
-        steps=args.steps,
-        schedule=args.schedule,
-        eta=args.eta,
         infill=args.infill,
-        order=args.order,
-        group_size=args.group_size,
         blank_max=args.blank_max,
         trace=trace,
+        **_sampler_options(args),
     )
     for i, text in enumerate(lm.decode(tokens)):
         print(f"=== sample {i} ===\n{text}")
@@ -84,8 +101,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from hdlm.config import apply_overrides, from_dict, to_dict
     from hdlm.data import prepare_data
     from hdlm.errors import DataError
-    from hdlm.evaluate import perplexity
+    from hdlm.evaluate import SAMPLE_METRICS, load_reference, perplexity, sample_metrics
 
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for metric in metrics:
+        if metric not in ("ppl", *SAMPLE_METRICS):
+            raise HdlmError(
+                f"unknown metric '{metric}'; choose from ppl, {', '.join(SAMPLE_METRICS)}"
+            )
     lm = _load(args)
     if lm.config.family == "a3":  # `--set a3.eval_order=random` etc. change the evaluation
         from hdlm.a3 import apply_eval_overrides
@@ -96,17 +119,34 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data_config = from_dict(
         type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides)
     )
-    data = prepare_data(data_config, lm.tokenizer)
-    if len(data.blocks.get(args.split, [])) == 0:
-        raise DataError(f"split '{args.split}' is empty; choose one of {', '.join(data.blocks)}")
-    result = perplexity(lm, data.blocks[args.split], args.batch_size, max_blocks=args.max_blocks)
-    result.update(
-        checkpoint=str(args.checkpoint),
-        family=lm.config.family,
-        corpus=data_config.corpus,
-        split=args.split,
-        entropy_floor=data.entropy_floor,
-    )
+    result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
+    if "ppl" in metrics or "mauve" in metrics:
+        data = prepare_data(data_config, lm.tokenizer)
+        blocks = data.blocks.get(args.split, [])
+        if len(blocks) == 0:
+            raise DataError(
+                f"split '{args.split}' is empty; choose one of {', '.join(data.blocks)}"
+            )
+        result.update(corpus=data_config.corpus, split=args.split)
+    if "ppl" in metrics:
+        result.update(perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks))
+        result.update(entropy_floor=data.entropy_floor)
+    sampled = [m for m in metrics if m in SAMPLE_METRICS]
+    if sampled:
+        length = args.length or data_config.seq_len
+        references = []
+        if "mauve" in sampled:  # held-out blocks of the sample length, BOS dropped
+            if length > blocks.shape[1]:
+                raise DataError(
+                    f"--length {length} is longer than the corpus blocks ({blocks.shape[1]}); "
+                    f"add --set data.seq_len={length} or lower --length"
+                )
+            references = lm.decode(blocks[: args.samples, :length])
+        reference = load_reference(args.reference, args.device) if args.reference else None
+        options = _sampler_options(args) | {"batch_size": args.batch_size, "seed": args.seed}
+        result.update(
+            sample_metrics(lm, args.samples, length, references, reference, sampled, **options)
+        )
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -200,32 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="text the samples continue")
     p.add_argument("-n", "--num-samples", type=int, default=2)
     p.add_argument("--length", type=int, default=None, help="tokens per sample incl. the prompt")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--sampler", default=None, help="ar | ancestral | acs | remask (default: the family's own)"
-    )
-    p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    p.add_argument("--steps", type=int, default=128, help="steps of a flat schedule")
-    p.add_argument("--eta", type=float, default=None, help="acs re-draw / remask strength")
-    p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
     p.add_argument(
         "--trace", default=None, help="draw the denoising trajectory to a .html, .png or .svg"
     )
-    a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
+    a3 = _add_sampler_options(p)
     a3.add_argument(
         "--infill",
         default=None,
         help="text with blanks to fill: ___ = free length (1..--blank-max), ___[N] = N tokens",
     )
-    a3.add_argument("--order", default="left-to-right", help="left-to-right | random | confidence")
-    a3.add_argument("--group-size", type=int, default=1, help="tokens committed per step")
     a3.add_argument("--blank-max", type=int, default=8, help="longest free-length blank")
     p.set_defaults(func=cmd_sample)
 
-    p = commands.add_parser("eval", help="perplexity (NELBO) of a checkpoint on a corpus")
+    p = commands.add_parser(
+        "eval", help="perplexity (NELBO) on a corpus and the quality of samples (docs/metrics.md)"
+    )
     add_checkpoint(p)
     p.epilog = (
         "--set overrides the checkpoint's data section, e.g. --set data.seq_len=256, and for "
@@ -236,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-blocks", type=int, default=None, help="evaluate at most this many blocks")
     p.add_argument("--json", default=None, help="also write the result to this file")
+    p.add_argument(
+        "--metrics",
+        default="ppl",
+        help="comma-separated: ppl (held-out NELBO), and on samples gen-ppl, mauve (against "
+        "held-out blocks of --split), entropy, distinct (default ppl)",
+    )
+    p.add_argument("--samples", type=int, default=64, help="samples to draw (default 64)")
+    p.add_argument("--length", type=int, default=None, help="tokens per sample incl. BOS")
+    p.add_argument(
+        "--reference", default=None, help="gen-ppl scorer: an ar run, or a Hugging Face model dir"
+    )
+    _add_sampler_options(p)
     _add_set(p)
     p.set_defaults(func=cmd_eval)
 

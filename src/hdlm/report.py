@@ -97,7 +97,8 @@ def frontier_plot(results: dict, path: Path) -> None:
     ax.set_ylabel("MAUVE vs held-out text (higher is better)")
     ax.set_title("quality–diversity frontier")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.collections:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)

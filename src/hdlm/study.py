@@ -220,10 +220,8 @@ class Evaluator:
         """Every evaluation of family `name` (each cached in raw/<name>/)."""
         lm = self.load(self.study.runs_path / name)
         folder = self.raw / name
-        result = {
-            "perplexity": cached(folder / "perplexity.json", lambda: self.perplexity(name, lm))
-        }
-        result["samples"] = {}
+        perplexity = cached(folder / "perplexity.json", lambda: self.perplexity(name, lm))
+        result = {"family": lm.config.family, "perplexity": perplexity, "samples": {}}
         for setting in self.study.sweep.get(name, []):
             label = setting_label(setting)
             path = folder / f"samples-{label}.json"
