@@ -33,7 +33,7 @@ class PerplexitySettings:
 
 @dataclass
 class SampleSettings:
-    n: int = 48  # samples per sampler setting
+    n: int = 128  # samples per sampler setting (MAUVE needs >= 100)
     length: int = 128  # tokens per sample, BOS included
     batch_size: int = 16
     references: int = 256  # held-out blocks MAUVE compares the samples with
@@ -204,7 +204,7 @@ class Evaluator:
         return sample_metrics(
             lm, settings.n, settings.length, references, reference_lm=self.reference(),
             metrics=settings.metrics,
-            batch_size=settings.batch_size, **setting,
+            batch_size=settings.batch_size, progress=self.progress, **setting,
         )  # fmt: skip
 
     def infill(self, name: str, lm) -> dict:
