@@ -13,61 +13,56 @@ def _number(value, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def bound_kind(exact: bool) -> str:
+    return "exact" if exact else "upper bound"
+
+
 def perplexity_table(results: dict) -> list[str]:
-    lines = [
-        "| family | test NELBO (nats/token) | test perplexity | kind | A3 random order |",
-        "|---|---|---|---|---|",
-    ]
+    rows = []
     for name, result in results.items():
         ppl = result["perplexity"]
-        exact = result["family"] in ("ar", "a3")
-        orders = ppl.get("by_order", {})
-        random_order = _number(orders["random"]["perplexity"]) if "random" in orders else "–"
-        lines.append(
-            f"| {name} | {ppl['nelbo_per_token']:.4f} | {_number(ppl['perplexity'])} | "
-            f"{'exact' if exact else 'upper bound'} | {random_order} |"
-        )
-    return lines
+        random_order = ppl.get("by_order", {}).get("random", {}).get("perplexity")
+        rows.append([
+            name, f"{ppl['nelbo_per_token']:.4f}", _number(ppl["perplexity"]),
+            bound_kind(result["family"] in ("ar", "a3")), _number(random_order),
+        ])  # fmt: skip
+    header = ["family", "test NELBO (nats/token)", "test perplexity", "kind", "A3 random order"]
+    return markdown(header, rows)
 
 
 def sample_table(results: dict) -> list[str]:
-    lines = [
-        "| family | sampler | gen-PPL | MAUVE | unigram entropy | distinct-2 | tokens/s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, result in results.items():
-        for label, s in result["samples"].items():
-            lines.append(
-                f"| {name} | {label} | {_number(s.get('gen_ppl'))} | "
-                f"{_number(s.get('mauve'), 3)} | {_number(s.get('unigram_entropy'), 3)} | "
-                f"{_number(s.get('distinct_2'), 3)} | {_number(s.get('tokens_per_second'), 0)} |"
-            )
-    references = [s for r in results.values() for s in r["samples"].values()]
-    if references and "reference_unigram_entropy" in references[0]:
-        first = references[0]
-        lines.append(
-            f"| held-out text | – | – | – | {_number(first['reference_unigram_entropy'], 3)} | "
-            f"{_number(first.get('reference_distinct_2'), 3)} | – |"
-        )
-    return lines
+    rows = [
+        [name, label, _number(s.get("gen_ppl")), _number(s.get("mauve"), 3),
+         _number(s.get("unigram_entropy"), 3), _number(s.get("distinct_2"), 3),
+         _number(s.get("tokens_per_second"), 0)]
+        for name, result in results.items()
+        for label, s in result["samples"].items()
+    ]  # fmt: skip
+    first = next((s for r in results.values() for s in r["samples"].values()), {})
+    if "reference_unigram_entropy" in first:
+        rows.append([
+            "held-out text", "–", "–", "–", _number(first["reference_unigram_entropy"], 3),
+            _number(first.get("reference_distinct_2"), 3), "–",
+        ])  # fmt: skip
+    header = ["family", "sampler", "gen-PPL", "MAUVE", "unigram entropy", "distinct-2", "tokens/s"]
+    return markdown(header, rows)
 
 
 def infill_table(results: dict) -> list[str]:
-    lines = [
-        "| family | span NLL (nats/token) | span perplexity | kind | greedy accuracy |",
-        "|---|---|---|---|---|",
-    ]
-    for name, result in results.items():
-        if "infill" not in result:
-            continue
-        infill = result["infill"]
-        exact = result["family"] == "a3"
-        lines.append(
-            f"| {name} | {infill['span_nll_per_token']:.4f} | "
-            f"{_number(infill['span_perplexity'])} | {'exact' if exact else 'upper bound'} | "
-            f"{infill['accuracy']:.3f} |"
-        )
-    return lines
+    rows = [
+        [name, f"{r['infill']['span_nll_per_token']:.4f}", _number(r["infill"]["span_perplexity"]),
+         bound_kind(r["family"] == "a3"), f"{r['infill']['accuracy']:.3f}"]
+        for name, r in results.items()
+        if "infill" in r
+    ]  # fmt: skip
+    header = ["family", "span NLL (nats/token)", "span perplexity", "kind", "greedy accuracy"]
+    return markdown(header, rows)
 
 
 def frontier_plot(results: dict, path: Path) -> None:
