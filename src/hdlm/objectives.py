@@ -234,14 +234,42 @@ class DiffusionObjective:
             return (len(tokens), -(-(tokens.shape[1] - 1) // width))
         return (len(tokens),)
 
+    def diffusion_terms(self, net, tokens: Tensor, generator) -> Tensor:
+        """Per-sequence estimate of the NELBO without its reconstruction term, [B]."""
+        draws = self.draws(self.draw_shape(tokens), generator, tokens.device)
+        return self.terms(net, tokens, draws, generator)
+
     def loss(self, net, tokens: Tensor, generator) -> Tensor:
         """NELBO estimate per scored token, averaged over the batch (the training loss)."""
-        nelbo = self.terms(
-            net, tokens, self.draws(self.draw_shape(tokens), generator, tokens.device), generator
-        )
-        if self.needs_reconstruction:
-            nelbo = nelbo + self.reconstruction(net, tokens, generator)
-        return nelbo.mean() / self.scored_tokens(tokens)
+        if not self.needs_reconstruction:
+            return self.diffusion_terms(net, tokens, generator).mean() / self.scored_tokens(tokens)
+        return self.split_nelbo(net, tokens, generator).mean() / self.scored_tokens(tokens)
+
+    def split_nelbo(self, net, tokens: Tensor, generator) -> Tensor:
+        """Unbiased per-sequence NELBO D + R at the cost of one forward pass per sequence.
+
+        A random subset of n = round(qB) rows (q = `reconstruction_fraction`, 1 <= n < B)
+        estimates the reconstruction term R, the other rows the diffusion term D (stratified
+        draws in random order), each reweighted by its inclusion probability p = n / B:
+
+            Ĵ_b = 1[b ∈ rec] R̂_b / p + 1[b ∉ rec] D̂_b / (1 - p),    P(b ∈ rec) = p,
+
+        so E[Ĵ_b] = E[R̂_b] + E[D̂_b], the NELBO of sequence b (docs/math.md §4). The count is
+        fixed, so no shape depends on a random draw; a batch of one row pays both terms.
+        """
+        batch = len(tokens)
+        if batch == 1:
+            return self.diffusion_terms(net, tokens, generator) + self.reconstruction(
+                net, tokens, generator
+            )
+        n_rec = min(max(round(self.options.reconstruction_fraction * batch), 1), batch - 1)
+        p = n_rec / batch
+        order = torch.randperm(batch, generator=generator, device=tokens.device)
+        rec, diff = order[:n_rec], order[n_rec:]
+        estimate = torch.empty(batch, device=tokens.device)
+        estimate[rec] = self.reconstruction(net, tokens[rec], generator) / p
+        estimate[diff] = self.diffusion_terms(net, tokens[diff], generator) / (1 - p)
+        return estimate
 
     @property
     def needs_reconstruction(self) -> bool:
