@@ -173,3 +173,19 @@ def test_one_pass_eps_hybrid_loss_is_unbiased_for_the_exact_nelbo(fraction):
     standard_error = losses.std() / len(losses) ** 0.5
     assert (losses.mean() - exact).abs() < 4 * standard_error, (losses.mean(), exact)
     assert standard_error < 0.02 * exact  # the check has power
+
+
+def test_fused_cross_entropy_equals_log_softmax_and_gather_with_its_gradient():
+    from hdlm.objectives import MaskedCrossEntropy, clean_log_probs
+
+    logits = torch.randn(2, 150, V, dtype=torch.float64, requires_grad=True)  # 300 rows: 3 chunks
+    target = torch.randint(0, MASK, (2, 150))
+    before = logits.detach().clone()
+    fused = MaskedCrossEntropy.apply(logits, target, MASK)
+    reference = -clean_log_probs(logits * 1, MASK).gather(-1, target[..., None]).squeeze(-1)
+    weights = torch.rand(2, 150)
+    (fused_grad,) = torch.autograd.grad((fused * weights).sum(), logits)
+    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), logits)
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(fused_grad, reference_grad.to(fused_grad.dtype))
+    assert (fused_grad[..., MASK] == 0).all() and torch.equal(logits.detach(), before)

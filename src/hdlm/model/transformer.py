@@ -45,17 +45,20 @@ class KVCache:
 
 
 def rope_tables(max_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin of the rotation angles pos * theta^(-2k/head_dim), each [max_len, head_dim/2]."""
+    """Rotation tables for consecutive pairs, each [max_len, head_dim]: cos(a) repeated per pair
+    and (-sin(a), sin(a)) per pair, with the angles a = pos * theta^(-2k/head_dim)."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return angles.cos().float(), angles.sin().float()
+    cos, sin = angles.cos().float(), angles.sin().float()
+    return cos.repeat_interleave(2, -1), torch.stack((-sin, sin), -1).flatten(-2)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive pairs (x1, x2) of x [B, H, L, D] by the angles of each position."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    """Rotate consecutive pairs (x1, x2) of x [B, H, L, D] by each position's angles:
+    (x1 cos - x2 sin, x2 cos + x1 sin) = x * cos + swap_pairs(x) * sin with the tables of
+    `rope_tables`, in x's dtype (no float32 round trip under autocast)."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
 
 
 def norm_layer(config: ModelConfig) -> nn.Module:
@@ -218,7 +221,7 @@ class Transformer(nn.Module):
                 attn_mask = attn_mask.to(tokens.device)
             causal = False
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        if cos.dim() == 3:  # per-sequence positions [B, L, D/2] -> broadcast over heads
+        if cos.dim() == 3:  # per-sequence positions [B, L, D] -> broadcast over heads
             cos, sin = cos[:, None], sin[:, None]
         x = self.embed(tokens)
         if self.time_embed is not None:
