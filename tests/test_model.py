@@ -75,3 +75,26 @@ def test_sequence_longer_than_context_is_a_clear_error(tiny_model_config):
     net = Transformer(tiny_model_config)
     with pytest.raises(HdlmError, match="longer than the model's context"):
         net(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning(tiny_model_config, monkeypatch):
+    from hdlm.hardware import compile_network
+
+    def broken_compile(function):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("C++ compiler not found\n(long traceback)")
+
+        return compiled
+
+    net = Transformer(tiny_model_config)
+    tokens = torch.randint(0, 30, (2, 9))
+    expected = net(tokens)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    warnings = []
+    compile_network(net, warnings.append)
+    torch.testing.assert_close(net(tokens), expected)
+    torch.testing.assert_close(net(tokens), expected)
+    assert warnings == [
+        "warning: torch.compile failed (RuntimeError: C++ compiler not found); running eager"
+    ]
+    assert set(net.state_dict()) == set(Transformer(tiny_model_config).state_dict())

@@ -23,7 +23,7 @@ from hdlm.config import RunConfig, to_dict
 from hdlm.data import Batches, prepare_data
 from hdlm.errors import CheckpointError, ConfigError, HdlmError
 from hdlm.evaluate import perplexity
-from hdlm.hardware import autocast, pick_device, pick_precision
+from hdlm.hardware import autocast, compile_network, pick_device, pick_precision
 from hdlm.model import LanguageModel
 from hdlm.model.checkpoint import (
     read_checkpoint,
@@ -173,7 +173,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     log = MetricsLog(out, t.tensorboard, start_step if resume else None)
-    model_step = torch.compile(lm.objective.loss) if t.compile else lm.objective.loss
+    if t.compile:
+        compile_network(lm.net, tqdm.write)
+    model_step = lm.objective.loss
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batches = Batches(data.blocks["train"], t.batch_size, config.seed)
     tokens_per_step = t.batch_size * t.grad_accum * config.data.seq_len
