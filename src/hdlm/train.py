@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from hdlm.config import RunConfig, to_dict
-from hdlm.data import Batches, prepare_data
+from hdlm.data import Batches, Prefetcher, prepare_data
 from hdlm.errors import CheckpointError, ConfigError, HdlmError
 from hdlm.evaluate import perplexity
 from hdlm.hardware import autocast, compile_network, pick_device, pick_precision
@@ -178,6 +178,7 @@ def train(
     model_step = lm.objective.loss
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batches = Batches(data.blocks["train"], t.batch_size, config.seed)
+    next_batch = Prefetcher(batches.batch, start_step * t.grad_accum, pin=device.type == "cuda")
     tokens_per_step = t.batch_size * t.grad_accum * config.data.seq_len
     tqdm.write(
         f"{config.name}: family={config.family} params={lm.net.num_params() / 1e6:.2f}M "
@@ -231,7 +232,7 @@ def train(
         torch.manual_seed(step_seed(config.seed, step))
         generator = torch.Generator(device).manual_seed(step_seed(config.seed, step))
         for micro in range(t.grad_accum):
-            tokens = batches.batch(step * t.grad_accum + micro).to(device, non_blocking=True)
+            tokens = next_batch(step * t.grad_accum + micro).to(device, non_blocking=True)
             with autocast(device, precision):
                 loss = model_step(lm.net, tokens, generator) / t.grad_accum
             scaler.scale(loss).backward()
