@@ -202,11 +202,11 @@ class DiffusionObjective:
     def schedule_mask(self, length: int, step: Tensor) -> Tensor:
         """[B, 1, L, L]: `masks.from_schedule` for each sequence's step, with BOS as a settled
         position every other position may see."""
-        inner = masks.from_schedule(self.schedule(length - 1), step.cpu())
+        inner = masks.from_schedule(self.schedule(length - 1), step)  # on step's device
         mask = F.pad(inner, (1, 0, 1, 0), value=False)
         mask[..., 1:, 0] = True
         mask[..., 0, 0] = True
-        return mask[:, None].to(step.device)
+        return mask[:, None]
 
     @functools.lru_cache(maxsize=4)  # noqa: B019
     def two_copy_mask(self, length: int, device) -> Tensor:

@@ -217,8 +217,9 @@ class Transformer(nn.Module):
         if offset > 0 and attn_mask is None and causal:
             # SDPA's is_causal aligns top-left; after a cache, row i sees the cache + new j <= i
             if length > 1:
-                attn_mask = torch.ones(length, offset + length, dtype=torch.bool).tril(offset)
-                attn_mask = attn_mask.to(tokens.device)
+                attn_mask = torch.ones(
+                    length, offset + length, dtype=torch.bool, device=tokens.device
+                ).tril(offset)
             causal = False
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         if cos.dim() == 3:  # per-sequence positions [B, L, D] -> broadcast over heads
