@@ -98,3 +98,21 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_warning(tiny_model_conf
         "warning: torch.compile failed (RuntimeError: C++ compiler not found); running eager"
     ]
     assert set(net.state_dict()) == set(Transformer(tiny_model_config).state_dict())
+
+
+def test_cpu_bf16_attention_matches_sdpa():
+    from hdlm.model.transformer import attention
+
+    q, k, v = (torch.randn(2, 3, 9, 8).bfloat16() for _ in range(3))
+    rows = torch.rand(9, 9) < 0.5
+    rows |= torch.eye(9, dtype=torch.bool)
+    per_sequence = torch.stack([rows, rows.T])[:, None]
+    additive = torch.zeros(9, 9).masked_fill(~rows, float("-inf"))
+    for mask, causal in [(None, True), (None, False), (rows, False), (per_sequence, False),
+                         (additive, False)]:  # fmt: skip
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal and mask is None
+        )
+        ours = attention(q, k, v, mask, causal, 0.0)
+        assert ours.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=2e-2)

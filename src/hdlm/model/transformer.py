@@ -61,6 +61,36 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
 
 
+MATERIALISED_SCORES = 2**26  # B·H·Lq·Lk up to which bf16 attention on CPU uses plain matmuls
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask, causal: bool, dropout: float) -> Tensor:
+    """softmax(q kᵀ / √d + mask) v over [B, H, L, D]; a bool mask (True = may attend) or an
+    additive float mask, or `causal` (top-left aligned) when there is none.
+
+    SDPA, except in bf16 on CPU for up to `MATERIALISED_SCORES` scores without dropout: there
+    two batched matmuls with an additive mask measured 1.5-1.7x faster than the CPU flash
+    kernel (which computes masked blocks too) at L = 255 and 511, at the price of storing the
+    probabilities for the backward pass.
+    """
+    batch, heads, length, _ = q.shape
+    small = batch * heads * length * k.shape[2] <= MATERIALISED_SCORES
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or dropout > 0 or not small:
+        is_causal = causal and attn_mask is None
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout
+        )
+    if attn_mask is None and causal:
+        attn_mask = torch.ones(length, k.shape[2], dtype=torch.bool, device=q.device).tril()
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        blocked = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device)
+        attn_mask = blocked.masked_fill_(~attn_mask, float("-inf"))
+    if attn_mask is not None:
+        scores = scores + attn_mask.to(q.dtype)
+    return scores.softmax(-1) @ v
+
+
 def norm_layer(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.d_model, eps=1e-6)
@@ -87,14 +117,7 @@ class Attention(nn.Module):
             else:
                 k = torch.cat((cache.keys[layer][:, :, :start], k), dim=2)
                 v = torch.cat((cache.values[layer][:, :, :start], v), dim=2)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=causal and attn_mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        y = attention(q, k, v, attn_mask, causal, self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).flatten(-2))
 
 
