@@ -167,6 +167,10 @@ class DiffusionObjective:
 
     def log_probs(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
         """log p_θ(x0_i | x_t) for the positions after BOS, [B, L-1, V] (MASK excluded)."""
+        return clean_log_probs(self.logits(net, tokens, x_t, t, step), self.mask_id)
+
+    def logits(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
+        """The network's output rows that predict the positions after BOS, [B, L-1, V]."""
         bos, length = tokens[:, :1], tokens.shape[1]
         zeros = torch.zeros_like(t[:, :1])
         options = {"causal": self.options.attention == "causal"}
@@ -182,7 +186,21 @@ class DiffusionObjective:
         if "positions" in options:
             options["positions"] = options["positions"].to(tokens.device)
         out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
-        return clean_log_probs(out[:, self.read_index(length, tokens.device)], self.mask_id)
+        return out[:, self.read_index(length, tokens.device)]
+
+    def position_terms(self, logits: Tensor, x0: Tensor, x_t: Tensor, t, s_or_rate, time: str):
+        """The process' NELBO term per position [B, L-1]: `step_loss` (time `discrete`) or
+        `rate_loss`. Under `Absorbing` only -log p_θ(x0 | x_t) enters, so it comes from the
+        fused cross-entropy instead of full log-probabilities."""
+        if isinstance(self.process, Absorbing):
+            nll = MaskedCrossEntropy.apply(logits, x0, self.mask_id)
+            if time == "discrete":
+                return self.process.step_loss_of_nll(nll, x_t, t, s_or_rate)
+            return self.process.rate_loss_of_nll(nll, x_t, t, s_or_rate)
+        log_probs = clean_log_probs(logits, self.mask_id)
+        if time == "discrete":
+            return self.process.step_loss(log_probs, x0, x_t, t, s_or_rate)
+        return self.process.rate_loss(log_probs, x0, x_t, t, s_or_rate)
 
     @functools.lru_cache(maxsize=8)  # noqa: B019
     def read_index(self, length: int, device) -> Tensor:
@@ -234,9 +252,9 @@ class DiffusionObjective:
         visible = getattr(self.process, "corrupt_visible", lambda x, g: x)(x0, generator)
         x_t = torch.where(scores <= threshold, self.mask_id, visible)
         ones = torch.ones_like(x0)
-        log_probs = self.log_probs(net, tokens, x_t, ones * (count[:, None] / x0.shape[1]), ones)
+        logits = self.logits(net, tokens, x_t, ones * (count[:, None] / x0.shape[1]), ones)
         weight = (x0.shape[1] / count)[:, None].float()
-        return self.process.rate_loss(log_probs, x0, x_t, ones.float(), weight).sum(-1)
+        return self.position_terms(logits, x0, x_t, ones.float(), weight, "count").sum(-1)
 
     def terms(self, net, tokens: Tensor, draws: Tensor, generator) -> Tensor:
         """Per-sequence NELBO estimate [B] from one draw per sequence (or per block)."""
@@ -246,11 +264,8 @@ class DiffusionObjective:
         step, frac, weight = self.step_index(tokens, draws)
         t, s_or_rate = self.levels(tokens, step, frac)
         x_t = self.process.corrupt(x0, t, generator)
-        log_probs = self.log_probs(net, tokens, x_t, t, step)
-        if self.options.time == "discrete":
-            loss = self.process.step_loss(log_probs, x0, x_t, t, s_or_rate)
-        else:
-            loss = self.process.rate_loss(log_probs, x0, x_t, t, s_or_rate)
+        logits = self.logits(net, tokens, x_t, t, step)
+        loss = self.position_terms(logits, x0, x_t, t, s_or_rate, self.options.time)
         return weight * loss.sum(-1)
 
     def reconstruction(self, net, tokens: Tensor, generator) -> Tensor:
@@ -259,8 +274,10 @@ class DiffusionObjective:
         x_t = self.process.corrupt_visible(x0, generator)
         t = torch.zeros(x0.shape, device=x0.device)
         step = torch.full_like(x0, self.schedule(x0.shape[1]).num_steps)
-        log_probs = self.log_probs(net, tokens, x_t, t, step)
-        return self.process.reconstruction_loss(log_probs, x0).sum(-1)
+        # `reconstruction_loss` is -log p_θ(x0 | x_{0+}): the fused cross-entropy computes it
+        return MaskedCrossEntropy.apply(
+            self.logits(net, tokens, x_t, t, step), x0, self.mask_id
+        ).sum(-1)
 
     def draws(self, shape: tuple[int, ...], generator, device) -> Tensor:
         """Uniform draws in [0, 1), stratified along the batch (low variance, still unbiased)."""
