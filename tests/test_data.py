@@ -1,5 +1,6 @@
 import json
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from hdlm.config import DataConfig, SyntheticConfig, TokenizerConfig
 from hdlm.data import (
     PYDOCS_DIR,
     Batches,
+    Prefetcher,
     SyntheticMarkov,
     load_documents,
     pack_blocks,
@@ -187,3 +189,17 @@ def test_batches_are_seeded_and_cover_each_epoch():
     assert torch.equal(Batches(blocks, 25, seed=0).batch(0), singles)
     counts = torch.bincount(singles[:, 0] // 4, minlength=10)
     assert counts.min() == 2 and counts.max() == 3
+
+
+def test_prefetched_batches_are_the_batches_and_load_off_the_calling_thread():
+    batches = Batches(torch.arange(120).view(40, 3), batch_size=4, seed=0)
+    loaded_on = {}
+
+    def load(i):
+        loaded_on[i] = threading.get_ident()
+        return batches.batch(i)
+
+    prefetch = Prefetcher(load, start=3)
+    for i in [3, 4, 5, 9, 10, 2]:  # in sequence, then a jump (as after a resume), then back
+        assert torch.equal(prefetch(i), batches.batch(i))
+    assert all(loaded_on[i] != threading.get_ident() for i in (3, 4, 5, 10))

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from hdlm import masks
 from hdlm.errors import ConfigError
-from hdlm.schedules import block, flat, quenched_ar, slide
+from hdlm.schedules import block, flat, from_table, quenched_ar, slide
 
 SCHEDULES = [quenched_ar(6), flat(5, 3), block(7, 3, 2), slide(9, 4, 3), slide(8, 3, 2)]
 
@@ -133,3 +133,24 @@ def test_from_schedule_equals_kv_cached_inference(schedule):
         trained = attention_stack(x, masks.from_schedule(schedule, s), weights)
         cached = cached_active_outputs(schedule, s, x, weights)
         torch.testing.assert_close(trained[schedule.active(s)], cached)
+
+
+HELD = from_table(torch.tensor([[1, 1, 1, 1], [0.5, 1, 1, 1], [0.5, 0.3, 0, 1], [0, 0, 0, 0.0]]))
+
+
+@pytest.mark.parametrize("schedule", [*SCHEDULES, HELD], ids=lambda schedule: schedule.name)
+def test_batched_schedule_masks_follow_the_state_definitions(schedule):
+    steps = torch.arange(1, schedule.num_steps + 1)
+    batched = masks.from_schedule(schedule, steps)
+    for s, mask in zip(steps.tolist(), batched, strict=True):
+        settled, active = schedule.settled(s - 1), schedule.active(s)
+        untouched = schedule.untouched(s)
+        order = schedule.settle_step
+        for q in range(schedule.length):
+            if settled[q]:
+                expected = settled & (order <= order[q])
+            elif active[q]:
+                expected = ~untouched
+            else:
+                expected = torch.arange(schedule.length) == q
+            assert torch.equal(mask[q], expected), (s, q)

@@ -78,3 +78,44 @@ def test_sequence_longer_than_context_is_a_clear_error(tiny_model_config):
     net = Transformer(tiny_model_config)
     with pytest.raises(HdlmError, match="longer than the model's context"):
         net(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning(tiny_model_config, monkeypatch):
+    from hdlm.hardware import compile_network
+
+    def broken_compile(function):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("C++ compiler not found\n(long traceback)")
+
+        return compiled
+
+    net = Transformer(tiny_model_config)
+    tokens = torch.randint(0, 30, (2, 9))
+    expected = net(tokens)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    warnings = []
+    compile_network(net, warnings.append)
+    torch.testing.assert_close(net(tokens), expected)
+    torch.testing.assert_close(net(tokens), expected)
+    assert warnings == [
+        "warning: torch.compile failed (RuntimeError: C++ compiler not found); running eager"
+    ]
+    assert set(net.state_dict()) == set(Transformer(tiny_model_config).state_dict())
+
+
+def test_cpu_bf16_attention_matches_sdpa():
+    from hdlm.model.transformer import attention
+
+    q, k, v = (torch.randn(2, 3, 9, 8).bfloat16() for _ in range(3))
+    rows = torch.rand(9, 9) < 0.5
+    rows |= torch.eye(9, dtype=torch.bool)
+    per_sequence = torch.stack([rows, rows.T])[:, None]
+    additive = torch.zeros(9, 9).masked_fill(~rows, float("-inf"))
+    for mask, causal in [(None, True), (None, False), (rows, False), (per_sequence, False),
+                         (additive, False)]:  # fmt: skip
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal and mask is None
+        )
+        ours = attention(q, k, v, mask, causal, 0.0)
+        assert ours.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=2e-2)

@@ -1,5 +1,7 @@
 """Exact identities of the diffusion NELBO (design.md §2, docs/math.md)."""
 
+import math
+
 import pytest
 import torch
 from helpers import tiny_objective
@@ -128,3 +130,62 @@ def test_training_loss_is_finite_and_differentiable(family):
     assert torch.isfinite(loss) and all(
         torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None
     )
+
+
+def exact_count_nelbo(net, objective, tokens):
+    """The ε-hybrid's count-time NELBO D + R of each row, by enumerating every noised input:
+    D = E_k E_{k masked} E_visible [(C/k) Σ_masked rate terms], R = E_{x_{0+}} [reconstruction]."""
+    process, (_, length), n_data = objective.process, tokens.shape, MASK
+    noised = torch.cartesian_prod(*[torch.arange(V)] * (length - 1))
+    total = []
+    for row in tokens:
+        x0 = row[1:].expand(len(noised), -1)
+        masked = noised == MASK
+        k = masked.sum(-1)
+        kept = (1 - process.eps) * (noised == x0) + process.eps / n_data
+        probability = torch.where(masked, 1.0, kept).prod(-1)
+        subsets = torch.tensor([math.comb(length - 1, int(i)) for i in k]) * (length - 1)
+        log_probs = objective.log_probs(
+            net, row.expand(len(noised), -1), noised, torch.zeros(x0.shape), torch.ones_like(x0)
+        )
+        weight = ((length - 1) / k.clamp_min(1))[:, None].float()
+        rate = process.rate_loss(log_probs, x0, noised, torch.ones(x0.shape), weight).sum(-1)
+        rec = process.reconstruction_loss(log_probs, x0).sum(-1)
+        diffusion = (probability * rate / subsets)[k > 0].sum()
+        total.append(diffusion + (probability * rec)[k == 0].sum())
+    return torch.stack(total)
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_one_pass_eps_hybrid_loss_is_unbiased_for_the_exact_nelbo(fraction):
+    length = 4  # BOS + 3 positions: 6^3 noised inputs to enumerate
+    net, hybrid = tiny_objective(
+        "eps-hybrid", V, MASK, length, eps=0.3, reconstruction_fraction=fraction
+    )
+    tokens = torch.randint(0, MASK, (4, length))
+    tokens[:, 0] = 0
+    with torch.no_grad():
+        exact = exact_count_nelbo(net, hybrid, tokens).mean() / (length - 1)
+        batch = tokens.repeat(100, 1)  # the split is random per call: 100 copies of each row
+        losses = torch.stack(
+            [hybrid.loss(net, batch, torch.Generator().manual_seed(s)) for s in range(40)]
+        )
+    standard_error = losses.std() / len(losses) ** 0.5
+    assert (losses.mean() - exact).abs() < 4 * standard_error, (losses.mean(), exact)
+    assert standard_error < 0.02 * exact  # the check has power
+
+
+def test_fused_cross_entropy_equals_log_softmax_and_gather_with_its_gradient():
+    from hdlm.objectives import MaskedCrossEntropy, clean_log_probs
+
+    logits = torch.randn(2, 150, V, dtype=torch.float64, requires_grad=True)  # 300 rows: 3 chunks
+    target = torch.randint(0, MASK, (2, 150))
+    before = logits.detach().clone()
+    fused = MaskedCrossEntropy.apply(logits, target, MASK)
+    reference = -clean_log_probs(logits * 1, MASK).gather(-1, target[..., None]).squeeze(-1)
+    weights = torch.rand(2, 150)
+    (fused_grad,) = torch.autograd.grad((fused * weights).sum(), logits)
+    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), logits)
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(fused_grad, reference_grad.to(fused_grad.dtype))
+    assert (fused_grad[..., MASK] == 0).all() and torch.equal(logits.detach(), before)

@@ -2,8 +2,10 @@
 
 Speed is never asserted in tests; these numbers are. Each measurement runs in a fresh child
 process (so its peak memory is its own), cases are interleaved round by round (so machine noise
-hits them alike) and the median is reported. Model FLOPs utilisation is measured against the
-matmul peak this same machine shows for the same precision. Results go to
+hits them alike) and the median is reported. Single-threaded CPU runs are timed by CPU time
+(`hardware.clock`), which leaves out the time a shared machine gives to other jobs. Model FLOPs
+utilisation is measured against the matmul peak that the same child process measures right
+after its case, in the same precision and with the same clock. Results go to
 results/bench/<kind>.json and <kind>.md.
 """
 
@@ -14,13 +16,12 @@ import json
 import multiprocessing
 import resource
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from hdlm.config import RunConfig, TokenizerConfig, validate
-from hdlm.hardware import autocast, matmul_flops, synchronize
+from hdlm.hardware import autocast, clock, compile_network, matmul_flops, synchronize
 
 TRAIN_FAMILIES = {
     "ar": {},
@@ -30,6 +31,7 @@ TRAIN_FAMILIES = {
     "slide": {"schedule": "slide:16:16"},
     "a3": {},
 }
+COMPILED = ("ar",)  # families also measured with train.compile (a row "<family> (compiled)")
 
 
 def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
@@ -55,14 +57,15 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def timed(device: torch.device, work, repeats: int = 1) -> float:
-    """Seconds per call of `work()` after one warm-up call."""
+    """Seconds per call of `work()` after one warm-up call (`hardware.clock`)."""
     work()
     synchronize(device)
-    start = time.perf_counter()
+    now = clock(device)
+    start = now()
     for _ in range(repeats):
         work()
     synchronize(device)
-    return (time.perf_counter() - start) / repeats
+    return (now() - start) / repeats
 
 
 def train_case(case: dict) -> dict:
@@ -72,6 +75,8 @@ def train_case(case: dict) -> dict:
     torch.set_num_threads(case["threads"])
     family, size, seq_len = case["family"], case["size"], case["seq_len"]
     lm = language_model(family, size, seq_len, device, **TRAIN_FAMILIES[family])
+    if case.get("compile"):
+        compile_network(lm.net)
     optimizer = make_optimizer(lm.net, lm.config.train)
     shape = (case["batch"], seq_len)
     tokens = torch.randint(0, size["vocab_size"] - 3, shape, device=device)
@@ -85,10 +90,15 @@ def train_case(case: dict) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(device, step, case["steps"])
+    peak = matmul_flops(case["precision"], device.type, 2048 if device.type == "cuda" else 1024)
+    factor = PROCESSED.get(family, 1.0)
+    flops = flops_per_token(lm.net.num_params(embeddings=False), size, int(seq_len * factor))
+    tokens_per_s = case["batch"] * seq_len / seconds
     return {
-        "tokens_per_s": case["batch"] * seq_len / seconds,
+        "tokens_per_s": tokens_per_s,
+        "mfu": tokens_per_s * flops * factor / peak,
+        "peak_flops": peak,
         "peak_mib": peak_memory_mib(device),
-        "params": lm.net.num_params(embeddings=False),
     }
 
 
@@ -120,21 +130,21 @@ def run_isolated(function, case: dict) -> dict:
 
 
 def interleaved(function, cases: list[dict], rounds: int, progress) -> list[dict]:
-    """Measure every case `rounds` times, round-robin; keep the median speed and max memory."""
+    """Measure every case `rounds` times, round-robin; keep the medians (each round's speed in
+    `runs`, to show the noise) and the largest memory."""
     runs = [[] for _ in cases]
     for r in range(rounds):
         for case, results in zip(cases, runs, strict=True):
             progress(f"round {r + 1}/{rounds}: {case['label']}")
             results.append(run_isolated(function, case))
-    return [
-        {
-            **case,
-            **results[0],
-            "tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
-            "peak_mib": max(x["peak_mib"] for x in results),
-        }
-        for case, results in zip(cases, runs, strict=True)
-    ]
+    rows = []
+    for case, results in zip(cases, runs, strict=True):
+        row = {**case, "runs": [x["tokens_per_s"] for x in results]}
+        for key in results[0]:
+            row[key] = statistics.median(x[key] for x in results)
+        row["peak_mib"] = max(x["peak_mib"] for x in results)
+        rows.append(row)
+    return rows
 
 
 def flops_per_token(params: int, size: dict, length: int) -> float:
@@ -148,21 +158,25 @@ PROCESSED = {"block-diffusion": 2.0, "a3": 2.0}
 
 
 def bench_train(size, seq_len, batch, steps, rounds, device, precision, progress) -> dict:
-    cases = [
-        {"label": family, "family": family, "size": size, "seq_len": seq_len, "batch": batch,
-         "steps": steps, "device": str(device), "precision": precision,
-         "threads": torch.get_num_threads()}
-        for family in TRAIN_FAMILIES
-    ]  # fmt: skip
-    peak = matmul_flops(precision, device.type, 2048 if device.type == "cuda" else 1024)
+    common = {
+        "size": size,
+        "seq_len": seq_len,
+        "batch": batch,
+        "steps": steps,
+        "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+    }
+    cases = [{"label": family, "family": family, **common} for family in TRAIN_FAMILIES]
+    cases += [{"label": f"{family} (compiled)", "family": family, "compile": True, **common}
+              for family in COMPILED]  # fmt: skip
     rows = interleaved(train_case, cases, rounds, progress)
-    ar_speed = next(r["tokens_per_s"] for r in rows if r["family"] == "ar")
+    ar_speed = next(r["tokens_per_s"] for r in rows if r["label"] == "ar")
     for row in rows:
-        factor = PROCESSED.get(row["family"], 1.0)
-        flops = flops_per_token(row["params"], size, int(seq_len * factor)) * factor
         row["vs_ar"] = row["tokens_per_s"] / ar_speed
-        row["mfu"] = row["tokens_per_s"] * flops / peak
-    return {"peak_flops": peak, "rows": rows}
+    timer = {"process_time": "process CPU time"}.get(clock(device).__name__, "wall clock")
+    peak = statistics.median(r["peak_flops"] for r in rows)
+    return {"peak_flops": peak, "clock": timer, "rows": rows}
 
 
 def bench_sample(size, lengths, n, rounds, device, precision, progress) -> dict:
@@ -191,11 +205,14 @@ def write_results(kind: str, result: dict, out: Path) -> str:
     if kind == "train":
         header = "| family | tokens/s | vs ar | MFU | peak MiB |\n|---|---|---|---|---|\n"
         lines = [
-            f"| {r['family']} | {r['tokens_per_s']:,.0f} | {r['vs_ar']:.2f} | "
+            f"| {r['label']} | {r['tokens_per_s']:,.0f} | {r['vs_ar']:.2f} | "
             f"{r['mfu']:.1%} | {r['peak_mib']:,.0f} |"
             for r in result["rows"]
         ]
-        footer = f"\nmeasured matmul peak: {result['peak_flops'] / 1e9:,.0f} GFLOP/s\n"
+        footer = (
+            f"\nmeasured matmul peak (median over the cases): "
+            f"{result['peak_flops'] / 1e9:,.0f} GFLOP/s; time: {result['clock']}\n"
+        )
     else:
         header = "| sampler | tokens/s | peak MiB |\n|---|---|---|\n"
         lines = [

@@ -93,6 +93,8 @@ class DiffusionConfig:
     attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
     readout: Literal["aligned", "shifted"] = "aligned"  # output i predicts token i, or i + 1
     eval_steps: int = 32  # NELBO evaluation: every step if S <= eval_steps, else stratified MC
+    # continuous-time ε-hybrid training: share of the rows that estimate the t = 0+ term
+    reconstruction_fraction: float = 0.25
 
 
 @dataclass
@@ -362,5 +364,9 @@ def validate_diffusion(config: RunConfig) -> None:
     from hdlm.gamma_hybrid import SigmaSchedule
 
     SigmaSchedule.parse(d.sigma)  # raises a ConfigError on a bad spec
+    if not 0 < d.reconstruction_fraction < 1:
+        raise ConfigError(
+            f"diffusion.reconstruction_fraction={d.reconstruction_fraction} must lie in (0, 1)"
+        )
     if d.eval_steps < 1:
         raise ConfigError(f"diffusion.eval_steps={d.eval_steps} must be at least 1")

@@ -15,6 +15,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
@@ -397,6 +398,33 @@ class Batches:
         order = torch.cat([_epoch_order(n, self.seed, e) for e in range(first, last + 1)])
         offset = start - first * n
         return self.blocks[order[offset : offset + self.batch_size]]
+
+
+class Prefetcher:
+    """`load(i)` for i = start, start + 1, ..., with the next `depth` calls already running on a
+    background thread, so that preparing batches overlaps the training step.
+
+    Returns exactly `load(i)` (a pure function of i, so exact resume is unaffected); an index out
+    of sequence is loaded directly. `pin`: page-locked results, for asynchronous copies to a GPU.
+    The worker thread ends when the prefetcher is garbage collected.
+    """
+
+    def __init__(self, load, start: int, depth: int = 2, pin: bool = False):
+        self.load = (lambda i: load(i).pin_memory()) if pin else load
+        self.depth, self.pending = depth, {}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hdlm-data")
+        self.schedule(start)
+
+    def schedule(self, first: int) -> None:
+        for i in range(first, first + self.depth):
+            if i not in self.pending:
+                self.pending[i] = self.pool.submit(self.load, i)
+
+    def __call__(self, i: int) -> torch.Tensor:
+        future = self.pending.pop(i, None)
+        self.pending = {k: f for k, f in self.pending.items() if k > i}
+        self.schedule(i + 1)
+        return future.result() if future is not None else self.load(i)
 
 
 @lru_cache(maxsize=4)

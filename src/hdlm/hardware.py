@@ -13,7 +13,7 @@ from functools import cache
 
 import torch
 
-from hdlm.errors import ConfigError
+from hdlm.errors import ConfigError, HdlmError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,6 +34,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock(device: torch.device):
+    """The clock that times work on `device`: wall time, except single-threaded CPU work, timed
+    by this process' CPU time so that on a shared machine the time the OS gives other jobs is
+    left out (on an idle machine the two agree)."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.process_time
+    return time.perf_counter
+
+
 @cache
 def matmul_flops(precision: str, device_type: str, size: int = 1024, seconds: float = 0.3) -> float:
     """Measured throughput (FLOP/s) of size x size x size matmuls in one precision."""
@@ -43,12 +52,13 @@ def matmul_flops(precision: str, device_type: str, size: int = 1024, seconds: fl
     for _ in range(3):  # warm-up: thread pools, kernel selection
         a @ b
     synchronize(device)
-    runs, start = 0, time.perf_counter()
-    while runs < 2 or time.perf_counter() - start < seconds:
+    now = clock(device)
+    runs, start = 0, now()
+    while runs < 2 or now() - start < seconds:
         a @ b
         synchronize(device)
         runs += 1
-    return 2 * size**3 * runs / (time.perf_counter() - start)
+    return 2 * size**3 * runs / (now() - start)
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
@@ -61,6 +71,32 @@ def pick_precision(precision: str, device: torch.device) -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     fp32, bf16 = matmul_flops("fp32", "cpu", 512, 0.1), matmul_flops("bf16", "cpu", 512, 0.1)
     return "bf16" if bf16 > 1.2 * fp32 else "fp32"
+
+
+def compile_network(net: torch.nn.Module, warn=print) -> None:
+    """`torch.compile` the forward of `net` in place (weights and state_dict keys unchanged).
+
+    Compilation happens at the first call of each new input shape; if it fails (no C++
+    compiler, an unsupported op or platform), one line is printed with `warn` and `net` runs
+    eagerly from then on, so `train.compile: true` never stops a run.
+    """
+    eager = net.forward
+    compiled = torch.compile(eager)
+
+    def forward(*args, **kwargs):
+        nonlocal compiled
+        if compiled is not None:
+            try:
+                return compiled(*args, **kwargs)
+            except HdlmError:
+                raise
+            except Exception as e:  # any compiler failure: run eagerly
+                reason = (str(e).strip().splitlines() or [""])[0][:120]
+                warn(f"warning: torch.compile failed ({type(e).__name__}: {reason}); running eager")
+                compiled = None
+        return eager(*args, **kwargs)
+
+    net.forward = forward
 
 
 def autocast(device: torch.device, precision: str):

@@ -63,13 +63,18 @@ def from_schedule(schedule: Hyperschedule, step: int | torch.Tensor) -> torch.Te
     block-causal for block schedules (the clean copy of `two_copy_block_diffusion`), and
     cache-exact for any order of settling, where "causal by index" would not be.
     """
-    settled, active = schedule.settled(step - 1), schedule.active(step)
-    untouched = schedule.untouched(step)
+    # The states come from two [L] tables by comparison, on the steps' device (no table lookup
+    # and no host sync): settled(s-1) iff settle_step <= s - 1, untouched(s) iff start_step > s.
+    step = torch.as_tensor(step)
+    settle_step = schedule.settle_step.to(step.device)
+    settled = settle_step <= step[..., None] - 1
+    untouched = schedule.start_step.to(step.device) > step[..., None]
+    active = ~settled & ~untouched
     # settle_step[k] <= settle_step[q] < s already makes k settled when q is.
-    settled_rows = settled[..., :, None] & _group_causal(schedule.settle_step)
+    settled_rows = settled[..., :, None] & _group_causal(settle_step)
     active_rows = active[..., :, None] & ~untouched[..., None, :]
-    untouched_rows = untouched[..., :, None] & torch.eye(schedule.length, dtype=torch.bool)
-    return settled_rows | active_rows | untouched_rows
+    eye = torch.eye(schedule.length, dtype=torch.bool, device=step.device)
+    return settled_rows | active_rows | (untouched[..., :, None] & eye)
 
 
 def two_copy_block_diffusion(length: int, width: int) -> torch.Tensor:

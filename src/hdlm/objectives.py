@@ -35,6 +35,46 @@ def clean_log_probs(logits: Tensor, mask_id: int) -> Tensor:
     return logits.log_softmax(-1)
 
 
+class MaskedCrossEntropy(torch.autograd.Function):
+    """-log softmax(logits)[target] per row, MASK's logit at -inf, computed in float32 by chunks
+    of rows: the gradient softmax - onehot is formed chunk by chunk in the logits' dtype, so no
+    [N, V] float32 tensor is stored or swept more than once (the fused form of `clean_log_probs`
+    followed by a gather; same values)."""
+
+    CHUNK = 128  # rows per chunk: a [128, V] float32 block stays in cache for V up to ~8k
+
+    @staticmethod
+    def chunks(logits: Tensor, mask_id: int):
+        for start in range(0, len(logits), MaskedCrossEntropy.CHUNK):
+            rows = slice(start, start + MaskedCrossEntropy.CHUNK)
+            block = logits[rows].to(torch.float32, copy=True)
+            block[:, mask_id] = float("-inf")
+            yield rows, block
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, mask_id: int) -> Tensor:
+        flat, target = logits.flatten(0, -2), target.flatten()
+        lse = torch.empty(target.shape, device=logits.device)
+        nll = torch.empty_like(lse)
+        for rows, block in MaskedCrossEntropy.chunks(flat, mask_id):
+            lse[rows] = block.logsumexp(-1)
+            nll[rows] = lse[rows] - block.gather(1, target[rows, None]).squeeze(1)
+        ctx.save_for_backward(logits, target, lse)
+        ctx.mask_id = mask_id
+        return nll.view(logits.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, target, lse = ctx.saved_tensors
+        flat, grad = logits.flatten(0, -2), grad.flatten()
+        out = torch.empty_like(flat)
+        for rows, block in MaskedCrossEntropy.chunks(flat, ctx.mask_id):
+            block.sub_(lse[rows, None]).exp_()
+            block[torch.arange(len(block)), target[rows]] -= 1
+            out[rows] = block.mul_(grad[rows, None])
+        return out.view_as(logits), None, None
+
+
 class AutoregressiveObjective:
     """-log p(x) = -Σ_{i>=1} log p_θ(x_i | x_<i): next-token cross-entropy under a causal mask."""
 
@@ -46,8 +86,8 @@ class AutoregressiveObjective:
 
     def token_nll(self, net: Transformer, tokens: Tensor) -> Tensor:
         """-log p_θ(x_i | x_<i) for i = 1..L-1, shape [B, L-1]."""
-        log_probs = clean_log_probs(net(tokens[:, :-1], causal=True), self.mask_id)
-        return -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        logits = net(tokens[:, :-1], causal=True)
+        return MaskedCrossEntropy.apply(logits, tokens[:, 1:], self.mask_id)
 
     def loss(self, net: Transformer, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
         return self.token_nll(net, tokens).mean()
@@ -129,6 +169,10 @@ class DiffusionObjective:
 
     def log_probs(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
         """log p_θ(x0_i | x_t) for the positions after BOS, [B, L-1, V] (MASK excluded)."""
+        return clean_log_probs(self.logits(net, tokens, x_t, t, step), self.mask_id)
+
+    def logits(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
+        """The network's output rows that predict the positions after BOS, [B, L-1, V]."""
         bos, length = tokens[:, :1], tokens.shape[1]
         zeros = torch.zeros_like(t[:, :1])
         options = {"causal": self.options.attention == "causal"}
@@ -144,7 +188,21 @@ class DiffusionObjective:
         if "positions" in options:
             options["positions"] = options["positions"].to(tokens.device)
         out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
-        return clean_log_probs(out[:, self.read_index(length, tokens.device)], self.mask_id)
+        return out[:, self.read_index(length, tokens.device)]
+
+    def position_terms(self, logits: Tensor, x0: Tensor, x_t: Tensor, t, s_or_rate, time: str):
+        """The process' NELBO term per position [B, L-1]: `step_loss` (time `discrete`) or
+        `rate_loss`. Under `Absorbing` only -log p_θ(x0 | x_t) enters, so it comes from the
+        fused cross-entropy instead of full log-probabilities."""
+        if isinstance(self.process, Absorbing):
+            nll = MaskedCrossEntropy.apply(logits, x0, self.mask_id)
+            if time == "discrete":
+                return self.process.step_loss_of_nll(nll, x_t, t, s_or_rate)
+            return self.process.rate_loss_of_nll(nll, x_t, t, s_or_rate)
+        log_probs = clean_log_probs(logits, self.mask_id)
+        if time == "discrete":
+            return self.process.step_loss(log_probs, x0, x_t, t, s_or_rate)
+        return self.process.rate_loss(log_probs, x0, x_t, t, s_or_rate)
 
     @functools.lru_cache(maxsize=8)  # noqa: B019
     def read_index(self, length: int, device) -> Tensor:
@@ -164,11 +222,11 @@ class DiffusionObjective:
     def schedule_mask(self, length: int, step: Tensor) -> Tensor:
         """[B, 1, L, L]: `masks.from_schedule` for each sequence's step, with BOS as a settled
         position every other position may see."""
-        inner = masks.from_schedule(self.schedule(length - 1), step.cpu())
+        inner = masks.from_schedule(self.schedule(length - 1), step)  # on step's device
         mask = F.pad(inner, (1, 0, 1, 0), value=False)
         mask[..., 1:, 0] = True
         mask[..., 0, 0] = True
-        return mask[:, None].to(step.device)
+        return mask[:, None]
 
     @functools.lru_cache(maxsize=4)  # noqa: B019
     def two_copy_mask(self, length: int, device) -> Tensor:
@@ -201,9 +259,9 @@ class DiffusionObjective:
         visible = getattr(self.process, "corrupt_visible", lambda x, g: x)(x0, generator)
         x_t = torch.where(scores <= threshold, self.mask_id, torch.where(hidden, visible, x0))
         ones = torch.ones_like(x0)
-        log_probs = self.log_probs(net, tokens, x_t, hidden * (count / size)[:, None], ones)
+        logits = self.logits(net, tokens, x_t, hidden * (count / size)[:, None], ones)
         weight = (size / count)[:, None].float()
-        loss = self.process.rate_loss(log_probs, x0, x_t, ones.float(), weight)
+        loss = self.position_terms(logits, x0, x_t, ones.float(), weight, "count")
         return torch.where(hidden, loss, 0.0).sum(-1)
 
     def terms(self, net, tokens: Tensor, draws: Tensor, generator, hidden=None) -> Tensor:
@@ -219,11 +277,8 @@ class DiffusionObjective:
         step, frac, weight = self.step_index(tokens, draws)
         t, s_or_rate = self.levels(tokens, step, frac)
         x_t = self.process.corrupt(x0, t, generator)
-        log_probs = self.log_probs(net, tokens, x_t, t, step)
-        if self.options.time == "discrete":
-            loss = self.process.step_loss(log_probs, x0, x_t, t, s_or_rate)
-        else:
-            loss = self.process.rate_loss(log_probs, x0, x_t, t, s_or_rate)
+        logits = self.logits(net, tokens, x_t, t, step)
+        loss = self.position_terms(logits, x0, x_t, t, s_or_rate, self.options.time)
         return weight * loss.sum(-1)
 
     def reconstruction(self, net, tokens: Tensor, generator, hidden=None) -> Tensor:
@@ -235,8 +290,8 @@ class DiffusionObjective:
             x_t = torch.where(hidden, x_t, x0)
         t = torch.zeros(x0.shape, device=x0.device)
         step = torch.full_like(x0, self.schedule(x0.shape[1]).num_steps)
-        log_probs = self.log_probs(net, tokens, x_t, t, step)
-        loss = self.process.reconstruction_loss(log_probs, x0)
+        # `reconstruction_loss` is -log p_θ(x0 | x_{0+}): the fused cross-entropy computes it
+        loss = MaskedCrossEntropy.apply(self.logits(net, tokens, x_t, t, step), x0, self.mask_id)
         return (loss if hidden is None else torch.where(hidden, loss, 0.0)).sum(-1)
 
     def draws(self, shape: tuple[int, ...], generator, device) -> Tensor:
@@ -251,14 +306,42 @@ class DiffusionObjective:
             return (len(tokens), -(-(tokens.shape[1] - 1) // width))
         return (len(tokens),)
 
+    def diffusion_terms(self, net, tokens: Tensor, generator) -> Tensor:
+        """Per-sequence estimate of the NELBO without its reconstruction term, [B]."""
+        draws = self.draws(self.draw_shape(tokens), generator, tokens.device)
+        return self.terms(net, tokens, draws, generator)
+
     def loss(self, net, tokens: Tensor, generator) -> Tensor:
         """NELBO estimate per scored token, averaged over the batch (the training loss)."""
-        nelbo = self.terms(
-            net, tokens, self.draws(self.draw_shape(tokens), generator, tokens.device), generator
-        )
-        if self.needs_reconstruction:
-            nelbo = nelbo + self.reconstruction(net, tokens, generator)
-        return nelbo.mean() / self.scored_tokens(tokens)
+        if not self.needs_reconstruction:
+            return self.diffusion_terms(net, tokens, generator).mean() / self.scored_tokens(tokens)
+        return self.split_nelbo(net, tokens, generator).mean() / self.scored_tokens(tokens)
+
+    def split_nelbo(self, net, tokens: Tensor, generator) -> Tensor:
+        """Unbiased per-sequence NELBO D + R at the cost of one forward pass per sequence.
+
+        A random subset of n = round(qB) rows (q = `reconstruction_fraction`, 1 <= n < B)
+        estimates the reconstruction term R, the other rows the diffusion term D (stratified
+        draws in random order), each reweighted by its inclusion probability p = n / B:
+
+            Ĵ_b = 1[b ∈ rec] R̂_b / p + 1[b ∉ rec] D̂_b / (1 - p),    P(b ∈ rec) = p,
+
+        so E[Ĵ_b] = E[R̂_b] + E[D̂_b], the NELBO of sequence b (docs/math.md §4). The count is
+        fixed, so no shape depends on a random draw; a batch of one row pays both terms.
+        """
+        batch = len(tokens)
+        if batch == 1:
+            return self.diffusion_terms(net, tokens, generator) + self.reconstruction(
+                net, tokens, generator
+            )
+        n_rec = min(max(round(self.options.reconstruction_fraction * batch), 1), batch - 1)
+        p = n_rec / batch
+        order = torch.randperm(batch, generator=generator, device=tokens.device)
+        rec, diff = order[:n_rec], order[n_rec:]
+        estimate = torch.empty(batch, device=tokens.device)
+        estimate[rec] = self.reconstruction(net, tokens[rec], generator) / p
+        estimate[diff] = self.diffusion_terms(net, tokens[diff], generator) / (1 - p)
+        return estimate
 
     @property
     def needs_reconstruction(self) -> bool:

@@ -208,16 +208,23 @@ class Absorbing(NoiseProcess):
         A masked token is revealed between t and s with probability (t - s) / t, as x0 in truth
         and as a draw from p_theta in the model; visible tokens are carried over on both sides.
         """
-        t, s = _levels(t, x0, log_probs), _levels(s, x0, log_probs)
-        nll = -clean_log_prob(log_probs, x0, self.mask_id)
-        return torch.where(x_t == self.mask_id, reveal_fraction(t, s) * nll, 0.0)
+        return self.step_loss_of_nll(-clean_log_prob(log_probs, x0, self.mask_id), x_t, t, s)
 
     def rate_loss(
         self, log_probs: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, dt: Tensor
     ) -> Tensor:
         """1[x_t = MASK] (dt / t) (-log p_theta(x0 | x_t)) (MDLM's 1/t weight); t >= T_EPS."""
-        t, dt = _levels(t, x0, log_probs), _levels(dt, x0, log_probs)
-        nll = -clean_log_prob(log_probs, x0, self.mask_id)
+        return self.rate_loss_of_nll(-clean_log_prob(log_probs, x0, self.mask_id), x_t, t, dt)
+
+    # Only -log p_theta(x0 | x_t) enters: these take it directly ([B, L]), so that a caller can
+    # compute it with a fused cross-entropy instead of full log-probabilities.
+
+    def step_loss_of_nll(self, nll: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        t, s = _levels(t, x_t, nll), _levels(s, x_t, nll)
+        return torch.where(x_t == self.mask_id, reveal_fraction(t, s) * nll, 0.0)
+
+    def rate_loss_of_nll(self, nll: Tensor, x_t: Tensor, t: Tensor, dt: Tensor) -> Tensor:
+        t, dt = _levels(t, x_t, nll), _levels(dt, x_t, nll)
         return torch.where(x_t == self.mask_id, dt / t.clamp_min(T_EPS) * nll, 0.0)
 
 

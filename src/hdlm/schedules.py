@@ -77,6 +77,12 @@ class Hyperschedule:
         """LongTensor [L]: the step that makes each position clean, min{s : T[s, i] == 0}."""
         return (self.table > 0).sum(0)
 
+    @cached_property
+    def start_step(self) -> torch.Tensor:
+        """LongTensor [L]: the first step that leaves each position below full noise,
+        min{s : T[s, i] < 1}; position i is untouched after step s iff s < start_step[i]."""
+        return (self.table == 1).sum(0)
+
     def _row(self, s: int | torch.Tensor) -> torch.Tensor:
         """T[s]; a LongTensor of steps [B] gives one row per step, [B, L]."""
         s_min, s_max = (int(s.min()), int(s.max())) if torch.is_tensor(s) else (s, s)

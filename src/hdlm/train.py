@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from hdlm import distributed
 from hdlm.config import RunConfig, to_dict
-from hdlm.data import Batches, prepare_data
+from hdlm.data import Batches, Prefetcher, prepare_data
 from hdlm.errors import CheckpointError, ConfigError, HdlmError
 from hdlm.evaluate import nelbo_sums
-from hdlm.hardware import autocast, pick_device, pick_precision
+from hdlm.hardware import autocast, compile_network, pick_device, pick_precision
 from hdlm.model import LanguageModel
 from hdlm.model.checkpoint import (
     load_checkpoint_files,
@@ -135,7 +135,8 @@ def check_disk_space(out: Path, num_params: int, ema: bool, keep_last: int) -> N
 
 
 def make_optimizer(net: torch.nn.Module, config) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases)."""
+    """AdamW with weight decay on matrices only (not on norms, biases); the fused kernel (one
+    pass over all parameters, ~4x faster than the per-tensor loop on CPU) where torch has it."""
     params = {id(p): p for p in net.parameters() if p.requires_grad}.values()
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -143,7 +144,8 @@ def make_optimizer(net: torch.nn.Module, config) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
 
 
 class MetricsLog:
@@ -267,9 +269,11 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     log = MetricsLog(out, t.tensorboard, start_step if resume else None)
-    model_step = torch.compile(model_step) if t.compile else model_step
+    if t.compile:
+        compile_network(lm.net, say)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batches = Batches(data.blocks["train"], t.batch_size, config.seed)
+    next_batch = Prefetcher(batches.batch, start_step * t.grad_accum, pin=device.type == "cuda")
     tokens_per_step = t.batch_size * t.grad_accum * config.data.seq_len
     say(
         f"{config.name}: family={config.family} params={lm.net.num_params() / 1e6:.2f}M "
@@ -335,7 +339,7 @@ def _train(
             generator = torch.Generator(device).manual_seed(seed)
             step_loss = torch.zeros((), device=device)
             for micro in range(t.grad_accum):
-                batch = distributed.shard(batches.batch(step * t.grad_accum + micro))
+                batch = distributed.shard(next_batch(step * t.grad_accum + micro))
                 tokens = batch.to(device, non_blocking=True)
                 with distributed.no_sync(model_step, micro == t.grad_accum - 1):
                     with autocast(device, precision):

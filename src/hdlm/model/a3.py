@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from hdlm.config import ModelConfig
 from hdlm.errors import HdlmError
-from hdlm.model.transformer import KVCache, Transformer, apply_rope
+from hdlm.model.transformer import KVCache, Transformer, apply_rope, attention
 
 
 class A3Transformer(Transformer):
@@ -93,7 +93,5 @@ class A3Transformer(Transformer):
             cache.keys[layer][:, :, start:end] = k
             cache.values[layer][:, :, start:end] = v
             k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=attn.dropout if self.training else 0.0
-        )
+        y = attention(q, k, v, mask, False, attn.dropout if self.training else 0.0)
         return attn.out(y.transpose(1, 2).flatten(-2))
