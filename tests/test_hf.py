@@ -86,6 +86,24 @@ def test_training_starts_from_a_local_gpt2(gpt2, tmp_path):
         train(mismatch, progress=False)
 
 
+def test_a3_adapted_from_a_local_gpt2_starts_as_that_gpt2(gpt2, tmp_path):
+    """Issue 7's exactness with a Hugging Face parent: before any adaptation step (lr 0), the A3
+    log-likelihood left to right in groups of one is GPT-2's own."""
+    directory, model = gpt2
+    settings = [*TINY[1::2], f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'a3'}",
+                f"data.synthetic.n_states={N_STATES}", f"train.init_from=hf:{directory}",
+                f"data.tokenizer.path={directory}", "model.position=learned",
+                "model.norm=layernorm", "model.bias=true", "model.d_model=32", "model.n_heads=4",
+                "model.max_len=32", "train.steps=1", "train.lr=0"]  # fmt: skip
+    lm = hdlm.load(train(load_config("configs/a3-tiny.yaml", settings), progress=False))
+    tokens = torch.randint(0, N_STATES + 1, (3, 32))
+    tokens[:, 0] = N_STATES  # BOS (= EOS)
+    with torch.no_grad():
+        log_probs = model(tokens).logits.log_softmax(-1)
+    expected = -log_probs[:, :-1].gather(-1, tokens[:, 1:, None]).sum((1, 2))
+    torch.testing.assert_close(lm.nelbo(tokens), expected, rtol=1e-4, atol=1e-4)
+
+
 def tiny_lm(**model):
     config = RunConfig()
     config.model.__dict__.update(vocab_size=N_STATES + 3, max_len=32, n_layers=2, n_heads=2,
