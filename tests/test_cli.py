@@ -182,6 +182,13 @@ def test_every_diffusion_family_trains_saves_loads_and_evaluates(tmp_path, cache
     assert code == 0, err
     result = json.loads(text)
     assert result["family"] == family and result["nelbo_per_token"] > result["entropy_floor"]
+    if family in ("mdlm", "eps-hybrid"):  # the `time: count` families score infilling too
+        infill = ["--metrics", "infill", "--infill-length", "16", "--infill-span", "4"]
+        code, text, err = run(["eval", str(out), "--max-blocks", "4", *infill, *cache], capsys)
+        assert code == 0, err
+        result = json.loads(text)["infill"]
+        assert result["spans"] == 4 and 0 <= result["accuracy"] <= 1
+        assert result["span_nll_per_token"] > 0
     lm = hdlm.load(out)
     prompt = [3, 4, 5]
     tokens = lm.sample(3, 20, prompt=prompt, steps=8, seed=1)

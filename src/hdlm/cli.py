@@ -101,13 +101,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from hdlm.config import apply_overrides, from_dict, to_dict
     from hdlm.data import prepare_data
     from hdlm.errors import DataError
-    from hdlm.evaluate import SAMPLE_METRICS, load_reference, perplexity, sample_metrics
+    from hdlm.evaluate import (
+        SAMPLE_METRICS,
+        infill_metrics,
+        load_reference,
+        middle_span,
+        perplexity,
+        sample_metrics,
+    )
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     for metric in metrics:
-        if metric not in ("ppl", *SAMPLE_METRICS):
+        if metric not in ("ppl", "infill", *SAMPLE_METRICS):
             raise HdlmError(
-                f"unknown metric '{metric}'; choose from ppl, {', '.join(SAMPLE_METRICS)}"
+                f"unknown metric '{metric}'; choose from ppl, infill, {', '.join(SAMPLE_METRICS)}"
             )
     lm = _load(args)
     if lm.config.family == "a3":  # `--set a3.eval_order=random` etc. change the evaluation
@@ -120,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides)
     )
     result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
-    if "ppl" in metrics or "mauve" in metrics:
+    if {"ppl", "mauve", "infill"} & set(metrics):
         data = prepare_data(data_config, lm.tokenizer)
         blocks = data.blocks.get(args.split, [])
         if len(blocks) == 0:
@@ -131,6 +138,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if "ppl" in metrics:
         result.update(perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks))
         result.update(entropy_floor=data.entropy_floor)
+    if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
+        span, length = args.infill_span, args.infill_length
+        tokens, hidden = middle_span(blocks[: args.max_blocks], length, span)
+        options = {"steps": span} if lm.config.family != "a3" else {}
+        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size, **options)
     sampled = [m for m in metrics if m in SAMPLE_METRICS]
     if sampled:
         length = args.length or data_config.seq_len
@@ -268,9 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics",
         default="ppl",
-        help="comma-separated: ppl (held-out NELBO), and on samples gen-ppl, mauve (against "
-        "held-out blocks of --split), entropy, distinct (default ppl)",
+        help="comma-separated: ppl (held-out NELBO), infill (held-out middle spans: span NLL, "
+        "greedy accuracy), and on samples gen-ppl, mauve (against held-out blocks of --split), "
+        "entropy, distinct (default ppl)",
     )
+    p.add_argument("--infill-length", type=int, default=64, help="infill: block tokens used")
+    p.add_argument("--infill-span", type=int, default=8, help="infill: hidden middle tokens")
     p.add_argument("--samples", type=int, default=64, help="samples to draw (default 64)")
     p.add_argument("--length", type=int, default=None, help="tokens per sample incl. BOS")
     p.add_argument(
