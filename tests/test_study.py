@@ -87,3 +87,11 @@ def test_setting_labels_are_file_names():
     assert setting_label({"sampler": "ancestral", "schedule": "block:16:4"}) == (
         "ancestral-scheduleblock_16_4"
     )
+
+
+@pytest.mark.parametrize("name", ["study-tiny", "study-gpt2-small"])
+def test_the_shipped_studies_load(name):
+    study = load_study(f"configs/{name}.yaml")
+    assert {"ar", "mdlm", "block-diffusion", "eps-hybrid", "gamma-hybrid", "a3"} <= set(
+        study.families
+    )
