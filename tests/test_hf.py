@@ -66,13 +66,18 @@ def test_imported_gpt2_has_the_same_logits(gpt2, tmp_path, capsys):
     assert torch.equal(lm.sample(2, 20, seed=1), lm.sample(2, 20, seed=1, use_cache=False))
 
 
+def from_gpt2(directory, out):
+    """Overrides of a one-step, lr-0 run that starts from the GPT-2 in `directory`."""
+    return [*TINY[1::2], f"data.cache_dir={out / 'cache'}", f"out_dir={out}",
+            f"data.synthetic.n_states={N_STATES}", f"train.init_from=hf:{directory}",
+            f"data.tokenizer.path={directory}", "model.position=learned", "model.norm=layernorm",
+            "model.bias=true", "model.d_model=32", "model.n_heads=4", "model.max_len=32",
+            "train.steps=1", "train.lr=0"]  # fmt: skip
+
+
 def test_training_starts_from_a_local_gpt2(gpt2, tmp_path):
     directory, model = gpt2
-    settings = [*TINY[1::2], f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'run'}",
-                f"data.synthetic.n_states={N_STATES}", f"train.init_from=hf:{directory}",
-                f"data.tokenizer.path={directory}", "model.position=learned",
-                "model.norm=layernorm", "model.bias=true", "model.d_model=32", "model.n_heads=4",
-                "model.max_len=32", "train.steps=1", "train.lr=0"]  # fmt: skip
+    settings = from_gpt2(directory, tmp_path / "run")
     run = train(load_config("configs/ar-tiny.yaml", settings), progress=False)
     net = hdlm.load(run).net  # lr 0: still GPT-2, with 32 of its 64 positions
     tokens = torch.randint(0, N_STATES + 1, (2, 32))
@@ -90,11 +95,7 @@ def test_a3_adapted_from_a_local_gpt2_starts_as_that_gpt2(gpt2, tmp_path):
     """Issue 7's exactness with a Hugging Face parent: before any adaptation step (lr 0), the A3
     log-likelihood left to right in groups of one is GPT-2's own."""
     directory, model = gpt2
-    settings = [*TINY[1::2], f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'a3'}",
-                f"data.synthetic.n_states={N_STATES}", f"train.init_from=hf:{directory}",
-                f"data.tokenizer.path={directory}", "model.position=learned",
-                "model.norm=layernorm", "model.bias=true", "model.d_model=32", "model.n_heads=4",
-                "model.max_len=32", "train.steps=1", "train.lr=0"]  # fmt: skip
+    settings = from_gpt2(directory, tmp_path / "a3")
     lm = hdlm.load(train(load_config("configs/a3-tiny.yaml", settings), progress=False))
     tokens = torch.randint(0, N_STATES + 1, (3, 32))
     tokens[:, 0] = N_STATES  # BOS (= EOS)
