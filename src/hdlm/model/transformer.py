@@ -72,14 +72,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask, causal: bool, dropout:
     """softmax(q kᵀ / √d + mask) v over [B, H, L, D]; a bool mask (True = may attend) or an
     additive float mask, or `causal` (top-left aligned) when there is none.
 
-    SDPA, except in bf16 on CPU for up to `MATERIALISED_SCORES` scores without dropout: there
+    SDPA, except in bf16 on CPU for square attention (as many queries as keys: training, full
+    recomputation) of up to `MATERIALISED_SCORES` scores without dropout: there
     two batched matmuls with an additive mask measured 1.5-1.7x faster than the CPU flash
     kernel (which computes masked blocks too) at L = 255 and 511, at the price of storing the
     probabilities for the backward pass.
     """
     batch, heads, length, _ = q.shape
     small = batch * heads * length * k.shape[2] <= MATERIALISED_SCORES
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or dropout > 0 or not small:
+    # decoding against a KV cache (few queries, many keys) stays on SDPA: there the matmul path
+    # gains nothing and its growing per-step buffers raised the sampler's peak memory 2-4x
+    square = length == k.shape[2]
+    matmuls = q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0
+    if not (matmuls and small and square):
         is_causal = causal and attn_mask is None
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout
