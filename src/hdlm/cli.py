@@ -139,10 +139,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         result.update(perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks))
         result.update(entropy_floor=data.entropy_floor)
     if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
-        span, length = args.infill_span, args.infill_length
-        tokens, hidden = middle_span(blocks[: args.max_blocks], length, span)
-        options = {"steps": span} if lm.config.family != "a3" else {}
-        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size, **options)
+        held_out = blocks[: args.max_blocks]
+        tokens, hidden = middle_span(held_out, args.infill_length, args.infill_span)
+        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size)
     sampled = [m for m in metrics if m in SAMPLE_METRICS]
     if sampled:
         length = args.length or data_config.seq_len

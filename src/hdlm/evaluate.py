@@ -105,18 +105,20 @@ def infill_metrics(
     * span NLL per token: -log p(x_hidden | rest) / |hidden|, exact for A3, the conditional
       NELBO (an upper bound) for masked diffusion (`LanguageModel.nelbo(tokens, hidden)`);
     * accuracy: share of hidden tokens a greedy fill (`sampling.fill`, temperature 0 unless
-      `fill_options` say otherwise) gets exactly right.
+      `fill_options` say otherwise) gets exactly right; diffusion samplers walk as many steps as
+      there are hidden tokens (one per step on average), A3 decodes one token per step anyway.
     """
     from hdlm.sampling import fill
 
-    fill_options = {"temperature": 0.0, **fill_options}
+    steps = {} if lm.config.family == "a3" else {"steps": int(hidden.sum())}  # A3 has none
+    fill_options = {"temperature": 0.0, **steps, **fill_options}
     known = F.pad(hidden, (1, 0), value=False).logical_not().to(lm.device)
     nats, correct = 0.0, 0
     for start in tqdm(range(0, len(tokens), batch_size), desc="infill", disable=not progress):
         batch = tokens[start : start + batch_size].to(lm.device)
         rows = hidden.to(lm.device).expand(len(batch), -1)
         nats += lm.nelbo(batch, rows).double().sum().item()
-        filled = fill(lm, batch.clone(), known, **fill_options)
+        filled = fill(lm, batch, known, **fill_options)
         correct += (filled == batch)[:, ~known].sum().item()
     scored = len(tokens) * int(hidden.sum())
     return {

@@ -17,6 +17,7 @@ from typing import Any
 
 from hdlm.config import ConfigError, from_dict, load_config, read_yaml
 from hdlm.errors import HdlmError
+from hdlm.model import load
 
 
 @dataclass
@@ -154,11 +155,8 @@ class Evaluator:
     """The evaluations of one study, on the same held-out blocks for every family."""
 
     def __init__(self, study: StudyConfig, progress: bool):
-        import hdlm
-
         self.study, self.progress = study, progress
         self.raw = study.results_path / "raw"
-        self.load = hdlm.load
         self._blocks = None
         self._reference = None
 
@@ -176,7 +174,7 @@ class Evaluator:
 
     def reference(self):
         if self._reference is None:
-            self._reference = self.load(self.study.runs_path / self.study.reference)
+            self._reference = load(self.study.runs_path / self.study.reference)
         return self._reference
 
     def perplexity(self, name: str, lm) -> dict:
@@ -213,12 +211,11 @@ class Evaluator:
         settings = self.study.infill
         blocks = self.blocks(lm)[: settings.blocks]
         tokens, hidden = middle_span(blocks, settings.length, settings.span)
-        options = {"steps": settings.span} if lm.config.family != "a3" else {}
-        return infill_metrics(lm, tokens, hidden, progress=self.progress, **options)
+        return infill_metrics(lm, tokens, hidden, progress=self.progress)
 
     def family(self, name: str) -> dict:
         """Every evaluation of family `name` (each cached in raw/<name>/)."""
-        lm = self.load(self.study.runs_path / name)
+        lm = load(self.study.runs_path / name)
         folder = self.raw / name
         perplexity = cached(folder / "perplexity.json", lambda: self.perplexity(name, lm))
         result = {"family": lm.config.family, "perplexity": perplexity, "samples": {}}
@@ -234,7 +231,7 @@ class Evaluator:
 def training_summary(run_dir: Path) -> dict:
     """Tokens/s (median over the logged windows after the first) and the last validation."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rates = sorted(r["tokens_per_s"] for r in rows if "tokens_per_s" in r)[1:] or [float("nan")]
+    rates = sorted([r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]) or [float("nan")]
     validation = [r for r in rows if "val_ppl" in r]
     return {
         "tokens_per_s": rates[len(rates) // 2],

@@ -37,10 +37,8 @@ class LanguageModel(nn.Module):
         """Per-sequence NELBO in nats of blocks [B, L] starting with BOS (exact NLL for AR and
         A3). With `hidden` [B, L-1] (bool, the positions after BOS) it bounds
         -log p(x_hidden | the other tokens): infilling (a3, and mdlm / eps-hybrid)."""
-        tokens = tokens.to(self.device)
-        if hidden is None:
-            return self.objective.nelbo(self.net, tokens)
-        return self.objective.nelbo(self.net, tokens, hidden=hidden.to(self.device))
+        hidden = None if hidden is None else hidden.to(self.device)
+        return self.objective.nelbo(self.net, tokens.to(self.device), hidden=hidden)
 
     def sample(self, n: int = 1, length: int | None = None, **options) -> Tensor:
         """Token ids [n, length]; see `hdlm.sampling.sample` for the options."""
