@@ -9,6 +9,16 @@ from hdlm.model import LanguageModel, Transformer
 from hdlm.objectives import build_objective
 from hdlm.tokenizer import build_tokenizer
 
+# the tiny block the objective, gamma and A3 tests share: 23 ids with MASK last, BOS + 16 tokens
+V, MASK, L = 23, 22, 17
+
+
+def random_tokens(n=4, length=L, vocab=MASK):
+    """Random blocks [n, length] of ids below `vocab` (so never MASK), BOS (0) first."""
+    tokens = torch.randint(0, vocab, (n, length))
+    tokens[:, 0] = 0  # BOS
+    return tokens
+
 
 def tiny_objective(family, vocab, mask_id, length, time_conditioning=False, **diffusion):
     """(random 2-layer network, objective) of `family` for blocks of `length` tokens."""

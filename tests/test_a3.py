@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import MASK, L, V, random_tokens
 
 import hdlm
 from hdlm import a3
@@ -18,8 +19,6 @@ from hdlm.objectives import A3Objective, AutoregressiveObjective
 from hdlm.sampling.a3 import decode, given_groups, infill_template, parse_infill
 from hdlm.sampling.ar import sample_ar
 from hdlm.tokenizer import TokenizerConfig, build_tokenizer
-
-V, MASK, L = 23, 22, 17  # vocabulary with MASK last; blocks of BOS + 16 tokens
 
 
 def make_config(vocab=V, length=L, **a3_options):
@@ -49,12 +48,6 @@ def sharpen(net, std=0.3):
         for p in net.parameters():
             p.normal_(0, std)
     return net.eval()
-
-
-def random_tokens(n=4, length=L, vocab=MASK):
-    tokens = torch.randint(0, vocab, (n, length))
-    tokens[:, 0] = 0  # BOS
-    return tokens
 
 
 # -- exactness --------------------------------------------------------------------------------

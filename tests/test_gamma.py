@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_objective
-from test_processes import assert_losses_finite_at_the_edges
+from helpers import MASK as MASK_ID
+from helpers import L, random_tokens, tiny_objective
+from helpers import V as VOCAB
+from test_processes import DATA, ENTROPY, MASK, P_DATA, N, V, assert_losses_finite_at_the_edges
 from test_processes import random_case as shared_random_case
 
 import hdlm
@@ -22,12 +24,6 @@ from hdlm.processes import Absorbing
 from hdlm.sampling.tau_leaping import tau_leaping
 from hdlm.schedules import block, flat
 
-V = 5
-MASK = 2  # not the last id, so the data-id bookkeeping is exercised
-DATA = [i for i in range(V) if i != MASK]
-N = len(DATA)
-P_DATA = torch.tensor([0.5, 0.25, 0.15, 0.1], dtype=torch.float64)  # over DATA
-ENTROPY = -(P_DATA * P_DATA.log()).sum().item()
 SCHEDULES = ["loglinear", "loglinear:0.001", "geometric:1e-4:20", "geometric:0.01:3"]
 
 
@@ -375,17 +371,9 @@ def test_euler_with_an_oracle_recovers_the_data_distribution():
 
 # -- the objective and the family ---------------------------------------------------------------
 
-VOCAB, MASK_ID, L = 23, 22, 17
-
 
 def make(family="gamma-hybrid", time_conditioning=False, **diffusion):
     return tiny_objective(family, VOCAB, MASK_ID, L, time_conditioning, **diffusion)
-
-
-def random_tokens(n=4):
-    tokens = torch.randint(0, MASK_ID, (n, L))
-    tokens[:, 0] = 0  # BOS
-    return tokens
 
 
 @pytest.mark.parametrize("time", ["discrete", "continuous"])

@@ -4,19 +4,11 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_objective
-
-V, MASK, L = 23, 22, 17  # vocabulary with MASK last; blocks of BOS + 16 tokens
+from helpers import MASK, L, V, random_tokens, tiny_objective
 
 
 def make(family="hyperschedule", time_conditioning=False, **diffusion):
     return tiny_objective(family, V, MASK, L, time_conditioning, **diffusion)
-
-
-def random_tokens(n=4):
-    tokens = torch.randint(0, MASK, (n, L))
-    tokens[:, 0] = 0  # BOS
-    return tokens
 
 
 def test_quenched_ar_absorbing_causal_nelbo_equals_the_ar_nll_of_the_same_network():
