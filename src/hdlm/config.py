@@ -23,8 +23,25 @@ from hdlm.errors import ConfigError
 
 
 @dataclass
+class RopeScaling:
+    """Llama-3's RoPE frequency scaling (Hugging Face `rope_type: llama3`): wavelengths longer
+    than original_max_position_embeddings / low_freq_factor are stretched by `factor`, shorter
+    than original_max_position_embeddings / high_freq_factor kept, and blended in between."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass
 class ModelConfig:
-    """The transformer backbone (see `hdlm.model.Transformer`)."""
+    """The transformer backbone (see `hdlm.model.Transformer`).
+
+    The defaults are a GPT-2-like backbone; `mlp`, `d_ff`, `n_kv_heads`, `head_dim`,
+    `rope_scaling`, `norm_eps`, `qk_norm` and `qkv_bias` describe Llama / Mistral / Qwen shaped
+    ones, and `from_hf` takes all of them from a local Hugging Face directory (`hdlm.model.hf`).
+    """
 
     vocab_size: int = 0  # 0: taken from the tokenizer
     max_len: int = 256
@@ -39,6 +56,17 @@ class ModelConfig:
     bias: bool = False
     dropout: float = 0.0
     time_conditioning: bool = False  # add an embedding of each position's noise level
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # swiglu: down(silu(gate x) * up x) (Llama)
+    d_ff: int = 0  # hidden size of the MLP; 0: mlp_ratio * d_model
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0: n_heads
+    head_dim: int = 0  # size of one head; 0: d_model // n_heads
+    rope_scaling: RopeScaling | None = None  # Llama-3.1/3.2 long-context frequencies
+    norm_eps: float | None = None  # None: 1e-6 for rmsnorm, 1e-5 for layernorm
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
+    qkv_bias: bool | None = None  # biases of the q, k, v projections; None: as `bias` (Qwen2: true)
+    # a local Hugging Face model directory whose config.json sets every field above but max_len,
+    # dropout and time_conditioning (hdlm.model.hf.architecture); vocab_size from the tokenizer
+    from_hf: str | None = None
 
 
 @dataclass
@@ -93,6 +121,10 @@ class DiffusionConfig:
     attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
     readout: Literal["aligned", "shifted"] = "aligned"  # output i predicts token i, or i + 1
     eval_steps: int = 32  # NELBO evaluation: every step if S <= eval_steps, else stratified MC
+    # attention=full: train with a causal mask whose future entries open at random, each with
+    # probability step / mask_anneal_steps, so an AR parent moves to full attention smoothly
+    # (DiffuLLaMA's attention-mask annealing); 0: full attention from the first step
+    mask_anneal_steps: int = 0
     # continuous-time ε-hybrid training: share of the rows that estimate the t = 0+ term
     reconstruction_fraction: float = 0.25
 
@@ -277,12 +309,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 def validate(config: RunConfig) -> None:
     """Checks that span several keys; every message names the keys and the fix."""
+    if config.model.from_hf is not None:
+        from hdlm.model.hf import architecture
+
+        config.model = architecture(config.model)
     m, d, t = config.model, config.data, config.train
-    if m.d_model % m.n_heads or (m.position == "rope" and (m.d_model // m.n_heads) % 2):
-        raise ConfigError(
-            f"model.d_model={m.d_model} must split into model.n_heads={m.n_heads} heads "
-            "of even size (RoPE rotates pairs of dimensions)"
-        )
+    validate_model(m)
     if d.seq_len > m.max_len:
         raise ConfigError(
             f"data.seq_len={d.seq_len} is longer than the model's context "
@@ -297,7 +329,6 @@ def validate(config: RunConfig) -> None:
         "train.batch_size": t.batch_size,
         "train.grad_accum": t.grad_accum,
         "model.n_layers": m.n_layers,
-        "model.n_heads": m.n_heads,
         "train.keep_last": t.keep_last,
         "train.max_nonfinite": t.max_nonfinite,
     }
@@ -316,6 +347,44 @@ def validate(config: RunConfig) -> None:
         validate_a3(config)
     elif config.family != "ar":
         validate_diffusion(config)
+
+
+def validate_model(m: ModelConfig) -> None:
+    """Checks of the `model` section; every message names the keys and the fix."""
+    if m.n_heads < 1 or m.n_kv_heads < 0 or m.head_dim < 0 or m.d_ff < 0:
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} must be at least 1 and model.n_kv_heads={m.n_kv_heads}, "
+            f"model.head_dim={m.head_dim}, model.d_ff={m.d_ff} at least 0 (0: the default)"
+        )
+    if m.n_kv_heads and m.n_heads % m.n_kv_heads:
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} "
+            "(each key/value head serves the same number of query heads)"
+        )
+    head_dim = m.head_dim or m.d_model // m.n_heads
+    if (not m.head_dim and m.d_model % m.n_heads) or (m.position == "rope" and head_dim % 2):
+        raise ConfigError(
+            f"model.d_model={m.d_model} must split into model.n_heads={m.n_heads} heads "
+            "of even size (RoPE rotates pairs of dimensions), or set an even model.head_dim"
+        )
+    if m.mlp_ratio <= 0 and not m.d_ff:
+        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} must be positive (or set model.d_ff)")
+    if m.norm_eps is not None and not m.norm_eps > 0:
+        raise ConfigError(f"model.norm_eps={m.norm_eps} must be positive (or null: the default)")
+    if m.rope_theta <= 0:
+        raise ConfigError(f"model.rope_theta={m.rope_theta} must be positive")
+    r = m.rope_scaling
+    if r is None:
+        return
+    if m.position != "rope":
+        raise ConfigError("model.rope_scaling needs model.position=rope; remove it or use rope")
+    if not (r.factor >= 1 and 0 < r.low_freq_factor < r.high_freq_factor):
+        raise ConfigError(
+            f"model.rope_scaling needs factor >= 1 (got {r.factor}) and 0 < low_freq_factor < "
+            f"high_freq_factor (got {r.low_freq_factor}, {r.high_freq_factor})"
+        )
+    if r.original_max_position_embeddings < 1:
+        raise ConfigError("model.rope_scaling.original_max_position_embeddings must be >= 1")
 
 
 def validate_diffusion(config: RunConfig) -> None:
@@ -370,3 +439,8 @@ def validate_diffusion(config: RunConfig) -> None:
         )
     if d.eval_steps < 1:
         raise ConfigError(f"diffusion.eval_steps={d.eval_steps} must be at least 1")
+    if d.mask_anneal_steps < 0 or (d.mask_anneal_steps and d.attention != "full"):
+        raise ConfigError(
+            f"diffusion.mask_anneal_steps={d.mask_anneal_steps} must be >= 0, and anneals "
+            f"causal to full attention: it needs diffusion.attention=full (got {d.attention})"
+        )
