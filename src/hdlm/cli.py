@@ -187,10 +187,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     from hdlm.model.hf import export
 
     out, kind = export(args.checkpoint, args.out)
-    how = {
-        "gpt2": "a GPT2LMHeadModel: transformers.AutoModelForCausalLM.from_pretrained",
-        "hdlm": "not a stock transformers architecture (model_type hdlm): hdlm.load",
-    }[kind]
+    from hdlm.model.hf_arch import CLASSES
+
+    how = (
+        "not a stock transformers architecture (model_type hdlm): hdlm.load"
+        if kind == "hdlm"
+        else f"a {CLASSES[kind]}: transformers.AutoModelForCausalLM.from_pretrained"
+    )
     print(f"wrote {out}, {how}({str(out)!r})")
 
 
@@ -198,8 +201,10 @@ def cmd_import(args: argparse.Namespace) -> None:
     from hdlm.model.checkpoint import save_checkpoint
     from hdlm.model.hf import import_run_config
 
-    config, weights, tokenizer = import_run_config(args.path)
-    out = save_checkpoint(args.out, weights, config, tokenizer)
+    config, imported = import_run_config(args.path)
+    for note in imported.notes:
+        print(f"hdlm import: {note}")
+    out = save_checkpoint(args.out, imported.weights, config, imported.tokenizer)
     print(f"wrote {out} (hdlm sample {out}; train.init_from={out} with data.tokenizer.path={out})")
 
 
@@ -314,13 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
     p.add_argument("out", help="directory for config.json, model.safetensors and tokenizer files")
     p.epilog = (
-        "ar models with model.position=learned, norm=layernorm, bias=true are written as "
-        "GPT2LMHeadModel; other models as hdlm checkpoints (model_type hdlm) for hdlm.load"
+        "ar models of a GPT-2, Llama, Qwen2 or Qwen3 shape are written as that transformers "
+        "architecture; other models as hdlm checkpoints (model_type hdlm) for hdlm.load"
     )
     p.set_defaults(func=cmd_export)
 
-    p = commands.add_parser("import", help="turn a local GPT-2 directory into an hdlm checkpoint")
-    p.add_argument("path", help="GPT2LMHeadModel directory: config.json, weights, tokenizer.json")
+    p = commands.add_parser(
+        "import", help="turn a local Hugging Face model directory into an hdlm checkpoint"
+    )
+    p.add_argument(
+        "path",
+        help="a gpt2, llama, mistral, qwen2 or qwen3 directory: config.json, model.safetensors "
+        "(or its shards), tokenizer.json",
+    )
     p.add_argument("out", help="checkpoint directory to write")
     p.set_defaults(func=cmd_import)
 

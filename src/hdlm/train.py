@@ -433,11 +433,12 @@ def restore(
 
 def init_weights(lm: LanguageModel, path: str) -> None:
     """Start from another checkpoint's weights (any family; same tokenizer and model shape),
-    or from a local GPT-2 directory given as `hf:PATH` (`hdlm.model.hf`)."""
+    or from a local Hugging Face directory given as `hf:PATH` (`hdlm.model.hf`)."""
     if path.startswith("hf:"):
-        from hdlm.model.hf import import_gpt2
+        from hdlm.model.hf import import_hf
 
-        model, weights, tokenizer = import_gpt2(path.removeprefix("hf:"), lm.config.model.max_len)
+        imported = import_hf(path.removeprefix("hf:"), lm.config.model.max_len)
+        model, weights, tokenizer = imported.config, imported.weights, imported.tokenizer
     else:
         _, saved, weights, tokenizer = read_checkpoint(path)
         model = saved.model
@@ -450,7 +451,7 @@ def init_weights(lm: LanguageModel, path: str) -> None:
     own, mine = lm.net.state_dict(), lm.config.model
     # parameters the parent lacks (a noise-level embedding, A3's query embedding) start from
     # their zero initialisation; a shorter context or another dropout changes no weight
-    free = {"max_len": mine.max_len, "dropout": mine.dropout}
+    free = {"max_len": mine.max_len, "dropout": mine.dropout, "from_hf": mine.from_hf}
     fresh = getattr(lm.net, "zero_init_prefixes", ("time_embed.",))
     if (
         dataclasses.replace(model, **free, time_conditioning=mine.time_conditioning) != mine
