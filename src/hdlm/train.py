@@ -251,9 +251,7 @@ def _train(
     torch.manual_seed(config.seed)
     lm = LanguageModel(config, data.tokenizer).to(device)
     check_disk_space(out, lm.net.num_params(), t.ema > 0, t.keep_last)
-    model_step = distributed.wrap(
-        distributed.LossModule(lm.net, lm.objective), t.parallel, config.family
-    )
+    model_step = distributed.wrap(distributed.LossModule(lm.net, lm.objective), t.parallel)
     optimizer = make_optimizer(lm.net, t)
     ema = EMA(lm.net, t.ema) if t.ema > 0 else None
     start_step = 0
