@@ -124,6 +124,21 @@ class DiffusionObjective:
         self.mask_id = mask_id
         self.process = build_process(d, config.model.vocab_size, mask_id)
         self.conditioned = config.model.time_conditioning
+        self.opened = 1.0  # attention=full: share of future entries open in training (annealing)
+
+    def at_step(self, step: int) -> str | None:
+        """Before training step `step` (the trainer calls it): with `mask_anneal_steps` = N, a
+        share min(1, step / N) of the future attention entries is open (`annealed_mask`)."""
+        if not self.options.mask_anneal_steps:
+            return None
+        self.opened = min(1.0, step / self.options.mask_anneal_steps)
+        return "attention annealing causal -> full" if self.opened < 1 else "full attention"
+
+    def annealed_mask(self, length: int, device) -> Tensor:
+        """[L, L]: causal, plus each future entry with probability `opened` (DiffuLLaMA's mask
+        annealing; drawn from torch's generator, which the trainer seeds at every step)."""
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        return causal | (torch.rand(length, length, device=device) < self.opened)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (one objective per model; a few lengths)
     def schedule(self, length: int) -> Hyperschedule:
@@ -185,6 +200,8 @@ class DiffusionObjective:
             inputs, noise_level = torch.cat((bos, x_t), dim=1), torch.cat((zeros, t), dim=1)
             if self.options.attention == "schedule":
                 options.update(attn_mask=self.schedule_mask(length, step[:, 0]))
+            elif self.options.attention == "full" and net.training and self.opened < 1:
+                options.update(attn_mask=self.annealed_mask(length, tokens.device))
         if "positions" in options:
             options["positions"] = options["positions"].to(tokens.device)
         out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
