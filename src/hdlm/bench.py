@@ -1,5 +1,8 @@
 """Benchmarks: training and sampling throughput of every family, side by side in one run.
 
+Rows marked "llama: swiglu, gqa" use a Llama-shaped backbone (`llama_shape`) next to the default
+GPT-2-shaped one (GELU MLP, one key/value head per query head).
+
 Speed is never asserted in tests; these numbers are. Each measurement runs in a fresh child
 process (so its peak memory is its own), cases are interleaved round by round (so machine noise
 hits them alike) and the median is reported. Single-threaded CPU runs are timed by CPU time
@@ -32,6 +35,14 @@ TRAIN_FAMILIES = {
     "a3": {},
 }
 COMPILED = ("ar",)  # families also measured with train.compile (a row "<family> (compiled)")
+LLAMA_SHAPED = ("ar", "a3")  # also measured with a Llama-shaped backbone (`llama_shape`)
+
+
+def llama_shape(size: dict) -> dict:
+    """Llama's blocks at the bench size: SwiGLU with d_ff = 8/3 d_model rounded up to 64 (about
+    the GELU MLP's parameters) and grouped-query attention, a quarter as many key/value heads."""
+    return {"mlp": "swiglu", "d_ff": 64 * -(-8 * size["d_model"] // (3 * 64)),
+            "n_kv_heads": max(1, size["n_heads"] // 4)}  # fmt: skip
 
 
 def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
@@ -73,7 +84,7 @@ def train_case(case: dict) -> dict:
 
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
-    family, size, seq_len = case["family"], case["size"], case["seq_len"]
+    family, size, seq_len = case["family"], {**case["size"], **case["shape"]}, case["seq_len"]
     lm = language_model(family, size, seq_len, device, **TRAIN_FAMILIES[family])
     if case.get("compile"):
         compile_network(lm.net)
@@ -106,7 +117,7 @@ def sample_case(case: dict) -> dict:
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
     family = "ar" if case["sampler"] == "ar" else "block-diffusion"
-    lm = language_model(family, case["size"], case["length"], device).eval()
+    lm = language_model(family, {**case["size"], **case["shape"]}, case["length"], device).eval()
     options = {"sampler": case["sampler"], "use_cache": case["cache"], "seed": 0}
     lengths = iter((32, case["length"]))  # warm up on a short sample, then time the real one
 
@@ -167,9 +178,12 @@ def bench_train(size, seq_len, batch, steps, rounds, device, precision, progress
         "precision": precision,
         "threads": torch.get_num_threads(),
     }
+    common["shape"] = {}
     cases = [{"label": family, "family": family, **common} for family in TRAIN_FAMILIES]
     cases += [{"label": f"{family} (compiled)", "family": family, "compile": True, **common}
               for family in COMPILED]  # fmt: skip
+    cases += [{**common, "label": f"{family} (llama: swiglu, gqa)", "family": family,
+               "shape": llama_shape(size)} for family in LLAMA_SHAPED]  # fmt: skip
     rows = interleaved(train_case, cases, rounds, progress)
     ar_speed = next(r["tokens_per_s"] for r in rows if r["label"] == "ar")
     for row in rows:
@@ -190,11 +204,15 @@ def bench_sample(size, lengths, n, rounds, device, precision, progress) -> dict:
                 (f"{name}, no cache)", "ancestral", f"block:16:{k}", False),
             ]
         variants.append(("flat ancestral (4 tok/step)", "ancestral", "flat:{steps}", True))
+        variants = [(*variant, {}) for variant in variants]
+        variants += [("ar (KV cache, llama: swiglu, gqa)", "ar", None, True, llama_shape(size)),
+                     ("block:16:4 (4 tok/step, cache, llama: swiglu, gqa)", "ancestral",
+                      "block:16:4", True, llama_shape(size))]  # fmt: skip
         cases += [
             {"label": f"{name} L={length}", "sampler": sampler, "schedule": schedule,
              "cache": cache, "length": length, "size": size, "n": n, "device": str(device),
-             "precision": precision, "threads": torch.get_num_threads()}
-            for name, sampler, schedule, cache in variants
+             "precision": precision, "threads": torch.get_num_threads(), "shape": shape}
+            for name, sampler, schedule, cache, shape in variants
         ]  # fmt: skip
     return {"rows": interleaved(sample_case, cases, rounds, progress)}
 
