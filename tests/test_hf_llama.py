@@ -310,3 +310,23 @@ def test_model_from_hf_fills_the_architecture_and_keeps_the_run_s_context(llama)
     m = config.model
     assert (m.n_kv_heads, m.d_ff, m.mlp, m.norm_eps, m.max_len) == (2, 40, "swiglu", 1e-5, 48)
     assert m.rope_scaling.original_max_position_embeddings == 16 and not m.tie_weights
+
+
+@pytest.mark.parametrize(
+    ("name", "arch"),
+    [("a3-llama-3.2-1b", "llama"), ("a3-qwen3-0.6b", "qwen3"), ("mdlm-qwen3-0.6b", "qwen3")],
+)
+def test_the_pretrained_model_configs_train_from_a_local_directory(tmp_path, name, arch):
+    """The GPU configs as a user runs them (paths given with --set), on a tiny parent and a tiny
+    synthetic corpus for one step."""
+    make_model(tmp_path, arch)
+    paths = [f"model.from_hf={tmp_path}", f"data.tokenizer.path={tmp_path}",
+             f"train.init_from=hf:{tmp_path}"]  # fmt: skip
+    config = load_config(f"configs/{name}.yaml", paths)
+    assert (config.model.max_len, config.data.seq_len, config.model.mlp) == (1024, 1024, "swiglu")
+    small = ["data.corpus=synthetic", f"data.synthetic.n_states={N_STATES}", "data.seq_len=32",
+             "data.synthetic.n_docs=100", "data.val_fraction=0.1", "train.batch_size=4",
+             "train.grad_accum=1", "train.steps=1", "train.eval_batches=1",
+             f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'run'}"]  # fmt: skip
+    lm = hdlm.load(train(load_config(f"configs/{name}.yaml", [*paths, *small]), progress=False))
+    assert lm.config.family == name.split("-")[0]

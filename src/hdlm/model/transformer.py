@@ -201,8 +201,8 @@ class Attention(nn.Module):
             self.heads(k, self.n_kv_heads),
             self.heads(v, self.n_kv_heads),
         )
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        if self.q_norm is not None:  # in float32, as the weights (bf16 inputs under autocast)
+            q, k = self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype)
         return q, k, v
 
     def forward(
