@@ -14,7 +14,7 @@ from hdlm.cli import main
 from hdlm.config import load_config
 from hdlm.data import synthetic_alphabet
 from hdlm.model import KVCache, LanguageModel
-from hdlm.model.hf import import_hf
+from hdlm.model.hf import import_hf, resolve_architecture
 from hdlm.objectives import clean_log_probs
 from hdlm.train import init_weights, train
 from tests.test_cli import TINY
@@ -188,8 +188,9 @@ def test_a3_adapted_from_each_parent_starts_as_that_parent(parent, tmp_path):
 def adapted(directory, family, *settings):
     """A `family` model of the architecture in `directory` holding its weights (init_from)."""
     tokenizer = import_hf(directory).tokenizer
-    config = load_config(None, [f"family={family}", f"model.from_hf={directory}",
-                                "model.max_len=32", "data.seq_len=32", *settings])  # fmt: skip
+    settings = [f"family={family}", f"model.from_hf={directory}", "model.max_len=32",
+                "data.seq_len=32", *settings]  # fmt: skip
+    config = resolve_architecture(load_config(None, settings))
     config.model.vocab_size = tokenizer.vocab_size
     lm = LanguageModel(config, tokenizer).eval()
     init_weights(lm, f"hf:{directory}")
@@ -253,8 +254,8 @@ def test_sharded_checkpoints_import_and_a_missing_or_partial_shard_is_refused(tm
     assert len(shards) > 2 and not (tmp_path / "model.safetensors").exists()
     imported = import_hf(tmp_path)
     tokens = random_tokens(size)
-    config = load_config(None, [f"model.from_hf={tmp_path}", "model.max_len=64",
-                                "data.seq_len=64"])  # fmt: skip
+    settings = [f"model.from_hf={tmp_path}", "model.max_len=64", "data.seq_len=64"]
+    config = resolve_architecture(load_config(None, settings))
     config.model.vocab_size = imported.tokenizer.vocab_size
     lm = LanguageModel(config, imported.tokenizer)
     lm.net.load_state_dict(imported.weights)
@@ -304,10 +305,9 @@ def test_bad_directories_are_one_line_errors(tmp_path, capsys):
 
 def test_model_from_hf_fills_the_architecture_and_keeps_the_run_s_context(llama):
     directory, _, _ = llama
-    config = load_config(
-        None, [f"model.from_hf={directory}", "model.max_len=48", "data.seq_len=48"]
-    )
-    m = config.model
+    settings = [f"model.from_hf={directory}", "model.max_len=48", "data.seq_len=48"]
+    assert load_config(None, settings).model.mlp == "gelu"  # filled when training starts
+    m = resolve_architecture(load_config(None, settings)).model
     assert (m.n_kv_heads, m.d_ff, m.mlp, m.norm_eps, m.max_len) == (2, 40, "swiglu", 1e-5, 48)
     assert m.rope_scaling.original_max_position_embeddings == 16 and not m.tie_weights
 
@@ -322,7 +322,7 @@ def test_the_pretrained_model_configs_train_from_a_local_directory(tmp_path, nam
     make_model(tmp_path, arch)
     paths = [f"model.from_hf={tmp_path}", f"data.tokenizer.path={tmp_path}",
              f"train.init_from=hf:{tmp_path}"]  # fmt: skip
-    config = load_config(f"configs/{name}.yaml", paths)
+    config = resolve_architecture(load_config(f"configs/{name}.yaml", paths))
     assert (config.model.max_len, config.data.seq_len, config.model.mlp) == (1024, 1024, "swiglu")
     small = ["data.corpus=synthetic", f"data.synthetic.n_states={N_STATES}", "data.seq_len=32",
              "data.synthetic.n_docs=100", "data.val_fraction=0.1", "train.batch_size=4",

@@ -65,7 +65,7 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
     qkv_bias: bool | None = None  # biases of the q, k, v projections; None: as `bias` (Qwen2: true)
     # a local Hugging Face model directory whose config.json sets every field above but max_len,
-    # dropout and time_conditioning (hdlm.model.hf.architecture); vocab_size from the tokenizer
+    # dropout and time_conditioning when training starts (hdlm.model.hf.resolve_architecture)
     from_hf: str | None = None
 
 
@@ -309,10 +309,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 def validate(config: RunConfig) -> None:
     """Checks that span several keys; every message names the keys and the fix."""
-    if config.model.from_hf is not None:
-        from hdlm.model.hf import architecture
-
-        config.model = architecture(config.model)
     m, d, t = config.model, config.data, config.train
     validate_model(m)
     if d.seq_len > m.max_len:

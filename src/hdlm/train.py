@@ -43,6 +43,7 @@ from hdlm.model.checkpoint import (
     save_checkpoint,
     write_text_atomic,
 )
+from hdlm.model.hf import resolve_architecture
 from hdlm.tokenizer import Tokenizer
 
 
@@ -221,6 +222,7 @@ def train(
     every rank calls this; it joins the process group and leaves it at the end.
     """
     check_output_dir(config.out_path, resume)
+    resolve_architecture(config)  # model.from_hf: the architecture of a Hugging Face directory
     device = distributed.init(pick_device(config.train.device))
     try:
         return _train(config, device, resume, progress, stop_after)

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from hdlm.config import ModelConfig, RunConfig
+from hdlm.config import ModelConfig, RunConfig, validate_model
 from hdlm.errors import CheckpointError
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.model.hf_arch import (
@@ -77,6 +77,15 @@ def architecture(model: ModelConfig) -> ModelConfig:
     theirs = model_config(read_hf_config(directory), str(directory))
     kept = ("vocab_size", "max_len", "dropout", "time_conditioning", "from_hf")
     return dataclasses.replace(theirs, **{k: getattr(model, k) for k in kept})
+
+
+def resolve_architecture(config: RunConfig) -> RunConfig:
+    """`config` with its model section filled from `model.from_hf` (when set) and checked: the
+    trainer calls this before it builds the model."""
+    if config.model.from_hf is not None:
+        config.model = architecture(config.model)
+        validate_model(config.model)
+    return config
 
 
 def hf_tokenizer(directory: Path) -> tuple[Tokenizer, set[int]]:
