@@ -11,7 +11,7 @@ from helpers import MASK, L, V, random_tokens
 
 import hdlm
 from hdlm import a3
-from hdlm.config import A3Stage, RunConfig, load_config, validate
+from hdlm.config import A3Stage, RunConfig, complete, load_config
 from hdlm.errors import ConfigError, HdlmError
 from hdlm.model import LanguageModel, Transformer
 from hdlm.model.a3 import A3Transformer
@@ -28,7 +28,7 @@ def make_config(vocab=V, length=L, **a3_options):
         config.model, vocab_size=vocab, max_len=64, n_layers=2, n_heads=2, d_model=32
     )
     config.a3 = dataclasses.replace(config.a3, **a3_options)
-    validate(config)
+    config = complete(config)
     return config
 
 

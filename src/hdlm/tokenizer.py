@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
-import os
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +20,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from hdlm.config import TokenizerConfig
 from hdlm.errors import DataError
+from hdlm.files import atomic_path
 
 EOS = "<|endoftext|>"
 MASK = "<|mask|>"
@@ -69,10 +69,8 @@ class Tokenizer:
     def save(self, directory: str | Path) -> Path:
         """Write `directory/tokenizer.json` atomically and return its path."""
         path = Path(directory).expanduser() / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tokenizer.json.{os.getpid()}.tmp")
-        self.hf.save(str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            self.hf.save(str(tmp))
         return path
 
     @classmethod

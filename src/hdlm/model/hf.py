@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hdlm.config import ModelConfig, RunConfig
+from hdlm.config import ModelConfig, RunConfig, complete
 from hdlm.errors import CheckpointError
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.tokenizer import EOS, MASK, Tokenizer
@@ -132,7 +132,7 @@ def import_run_config(path: str | Path) -> tuple[RunConfig, dict[str, Tensor], T
     config = RunConfig(name=Path(path).name, family="ar", model=model)
     config.data.tokenizer.path = str(Path(path).expanduser())
     config.data.seq_len = min(config.data.seq_len, model.max_len)
-    return config, weights, tokenizer
+    return complete(config), weights, tokenizer
 
 
 # ----------------------------------------------------------------------------- export

@@ -40,10 +40,6 @@ class KVCache:
             [make() for _ in range(config.n_layers)], [make() for _ in range(config.n_layers)]
         )
 
-    def truncate(self, length: int) -> None:
-        """Forget everything after `length` (entries are overwritten by the next commit)."""
-        self.length = length
-
 
 def rope_tables(max_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """Rotation tables for consecutive pairs, each [max_len, head_dim]: cos(a) repeated per pair
@@ -185,6 +181,9 @@ class Transformer(nn.Module):
     * `cache` / `commit`: read a `KVCache`, and with `commit=True` append these positions to it.
     * `noise_level`: per-position t [B, L] when `config.time_conditioning` is on.
     """
+
+    # parameters a parent checkpoint may lack: they start at their zero initialisation
+    zero_init_prefixes: tuple[str, ...] = ("time_embed.",)
 
     def __init__(self, config: ModelConfig):
         super().__init__()

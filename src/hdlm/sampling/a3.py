@@ -28,7 +28,7 @@ from torch import Tensor
 from hdlm import a3
 from hdlm.errors import HdlmError
 from hdlm.model.transformer import KVCache
-from hdlm.objectives import clean_log_probs
+from hdlm.readout import clean_log_probs
 from hdlm.sampling.prompt import check_length, layout, parse_infill
 from hdlm.sampling.tokens import pick_tokens
 
