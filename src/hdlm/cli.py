@@ -29,50 +29,30 @@ class Parser(argparse.ArgumentParser):
 # -- argument types: each refuses a bad value with a message naming the range ---------------------
 
 
-def _number(text: str, kind: type) -> float:
-    try:
-        value = kind(text)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
-    return value
+def bounded(kind: type, low: float, high: float = math.inf, low_open: bool = False):
+    """An argparse type: a finite `kind` in [low, high] ((low, high] with `low_open`)."""
+    lower = "(" if low_open else "["
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            upper = "∞)" if high == math.inf else f"{high:g}]"
+            raise argparse.ArgumentTypeError(f"{text} must lie in {lower}{low:g}, {upper}")
+        return value
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def probability(text: str) -> float:
-    value = _number(text, float)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must lie in [0, 1]")
-    return value
-
-
-def nucleus(text: str) -> float:
-    value = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must lie in (0, 1]")
-    return value
+positive_int = bounded(int, 1)
+nonnegative_int = bounded(int, 0)
+nonnegative_float = bounded(float, 0.0)
+probability = bounded(float, 0.0, 1.0)
+nucleus = bounded(float, 0.0, 1.0, low_open=True)
 
 
 # -- commands --------------------------------------------------------------------------------------
