@@ -33,6 +33,8 @@ from hdlm.errors import ConfigError
 from hdlm.readout import clean_log_probs
 
 GROUPINGS = ("left-to-right", "random", "spans", "prompt-first", "mixed")
+BLANK_SHARE = (0.1, 0.9)  # `spans`: the share of a sequence that is blank, drawn uniformly here
+MIXED_IN_ORDER = 0.5  # `mixed`: probability that a sequence is grouped left to right
 
 
 # -- groupings ------------------------------------------------------------------------------------
@@ -76,10 +78,12 @@ def context_first(context: Tensor, size: int, generator=None, in_order: bool = F
 def random_spans(
     batch: int, length: int, size: int = 1, generator=None, device=None, mean_span: float = 8.0
 ) -> Tensor:
-    """Blanks are random spans (lengths uniform on 1..2·mean_span - 1, covering a random share
-    of the sequence); the rest is the context, predicted first (`context_first`)."""
+    """Blanks are random spans (lengths uniform on 1..2·mean_span - 1, covering a share of the
+    sequence drawn uniformly in `BLANK_SHARE`); the rest is the context, predicted first
+    (`context_first`)."""
     n = length - 1
-    share = 0.1 + 0.8 * torch.rand(batch, 1, generator=generator, device=device)
+    low, high = BLANK_SHARE
+    share = low + (high - low) * torch.rand(batch, 1, generator=generator, device=device)
     starts = torch.rand(batch, n, generator=generator, device=device) < share / mean_span
     longest = max(1, round(2 * mean_span - 1))
     lengths = 1 + (torch.rand(batch, n, generator=generator, device=device) * longest).long()
@@ -122,7 +126,7 @@ def draw_groups(
     if kind == "prompt-first":
         return prompt_first(batch, length, size, generator, device)
     if kind == "mixed":
-        coin = torch.rand(batch, 1, generator=generator, device=device) < 0.5
+        coin = torch.rand(batch, 1, generator=generator, device=device) < MIXED_IN_ORDER
         ordered = left_to_right(batch, length, size, device)
         return torch.where(coin, ordered, random_order(batch, length, size, generator, device))
     raise ConfigError(f"unknown A3 grouping '{kind}'; choose one of {', '.join(GROUPINGS)}")
