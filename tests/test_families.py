@@ -96,3 +96,11 @@ def test_a_diffusion_model_refuses_a3_options(tmp_path, capsys):
     language_model("mdlm").save(tmp_path / "m")
     assert main(["sample", str(tmp_path / "m"), "--group-size", "2"]) == 2
     assert "--group-size does not apply to the ancestral sampler" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_file_is_one_line(tmp_path, capsys):
+    language_model("ar").save(tmp_path / "m")
+    plot = ["plot", "schedule", "flat:4", "--length", "8", "--out", str(tmp_path / "no" / "x.png")]
+    assert exit_code(plot) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hdlm: error: "), err

@@ -430,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     except HdlmError as e:
         print(f"hdlm: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file we were asked to read or write: name it, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"hdlm: error: {where}{e.strerror or e}; check the path and its permissions",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print("hdlm: interrupted", file=sys.stderr)
         return 130
