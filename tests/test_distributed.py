@@ -106,7 +106,7 @@ def test_nproc_execs_torchrun_with_the_same_arguments(tmp_path, monkeypatch):
     ((executable, command),) = calls
     assert command[:6] == [executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", "-m"]  # fmt: skip
-    assert command[6:] == ["hdlm.train", "--config", "configs/ar-tiny.yaml", "--resume",
+    assert command[6:] == ["hdlm", "train", "--config", "configs/ar-tiny.yaml", "--resume",
                            "--set=train.steps=3", f"--set=out_dir={tmp_path}"]  # fmt: skip
 
 

@@ -15,8 +15,9 @@ from hdlm.config import load_config
 from hdlm.data import synthetic_alphabet
 from hdlm.model import KVCache, LanguageModel
 from hdlm.model.hf import import_hf, resolve_architecture
-from hdlm.objectives import clean_log_probs
-from hdlm.train import init_weights, train
+from hdlm.readout import clean_log_probs
+from hdlm.train import train
+from hdlm.train_support import init_weights
 from tests.test_cli import TINY
 
 transformers = pytest.importorskip("transformers")

@@ -12,7 +12,7 @@ from test_a3 import sharpen
 
 from hdlm.errors import HdlmError
 from hdlm.evaluate import infill_metrics, middle_span
-from hdlm.objectives import clean_log_probs
+from hdlm.readout import clean_log_probs
 from hdlm.sampling import fill
 from hdlm.sampling.prompt import fixed_template
 
@@ -68,7 +68,7 @@ def test_given_tokens_see_every_position_in_a_full_attention_model(monkeypatch):
     fill(lm, tokens, known, "ancestral", schedule="flat:4")
     x_t = torch.where(known, tokens, TOKENIZER.mask_id)[:, 1:]
     t = torch.ones_like(x_t, dtype=torch.float)
-    expected = lm.objective.log_probs(lm.net, tokens, x_t, t, torch.ones_like(x_t))
+    expected = lm.objective.layout.log_probs(lm.net, tokens, x_t, t, torch.ones_like(x_t))
     blanks = ~known[1:]
     torch.testing.assert_close(seen[0], expected[:, blanks])
 
@@ -124,7 +124,7 @@ def test_one_hidden_token_has_the_exact_conditional_under_mdlm():
     x_t = tokens[:, 1:].clone()
     x_t[:, 4] = TOKENIZER.mask_id
     out = lm.net(torch.cat((tokens[:, :1], x_t), 1), causal=False)
-    read = lm.objective.read_index(tokens.shape[1], tokens.device)[4]
+    read = lm.objective.layout.read_index(tokens.shape[1], tokens.device)[4]
     exact = -clean_log_probs(out[:, read], TOKENIZER.mask_id).gather(-1, tokens[:, 5:6])[:, 0]
     torch.testing.assert_close(bound, exact)
 

@@ -31,7 +31,7 @@ def test_annealing_starts_causal_and_ends_full():
     annealed.at_step(5)
     net.eval()  # evaluation always uses the final, full attention
     assert torch.equal(annealed.nelbo(net, tokens), full.nelbo(net, tokens))
-    masks = torch.stack([annealed.annealed_mask(64, "cpu") for _ in range(20)])
+    masks = torch.stack([annealed.layout.annealed_mask(64, "cpu") for _ in range(20)])
     causal_part = torch.ones(64, 64, dtype=torch.bool).tril()
     assert masks[:, causal_part].all()
     future = masks[:, ~causal_part].float().mean()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hdlm.config import RunConfig, TokenizerConfig, validate
+from hdlm.config import RunConfig, TokenizerConfig, complete
 from hdlm.hardware import autocast, clock, compile_network, matmul_flops, synchronize
 
 TRAIN_FAMILIES = {
@@ -56,8 +56,7 @@ def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
     symbols = [chr(0x4E00 + i) for i in range(size["vocab_size"] - 3)]  # + UNK, EOS, MASK
     tokenizer = build_tokenizer(TokenizerConfig(kind="char"), symbols)
     config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
-    validate(config)
-    return LanguageModel(config, tokenizer).to(device)
+    return LanguageModel(complete(config), tokenizer).to(device)
 
 
 def peak_memory_mib(device: torch.device) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from typing import Any, Literal
 import yaml
 
 from hdlm.errors import ConfigError
+from hdlm.families import family
+from hdlm.processes.gamma_hybrid import SigmaSchedule
+from hdlm.schedules import from_spec
 
 
 @dataclass
@@ -105,9 +109,9 @@ class DataConfig:
 class DiffusionConfig:
     """Schedule + process + attention + read-out of the hyperschedule families (HDLM).
 
-    `None` fields take the family's default (`hdlm.objectives.FAMILY_DEFAULTS`). The schedule
-    spans the L - 1 positions after BOS: quenched_ar | flat:STEPS | block:WIDTH:STEPS_PER_BLOCK |
-    slide:WIDTH:TAU | file:PATH.
+    `None` fields take the family's preset (`hdlm.families.FAMILIES`; `complete` fills them).
+    The schedule spans the L - 1 positions after BOS: quenched_ar | flat:STEPS |
+    block:WIDTH:STEPS_PER_BLOCK | slide:WIDTH:TAU | file:PATH.
     """
 
     schedule: str | None = None
@@ -119,7 +123,7 @@ class DiffusionConfig:
     # only, the continuous-time NELBO with t integrated out given the number of masked tokens
     time: Literal["discrete", "continuous", "count"] | None = None
     attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
-    readout: Literal["aligned", "shifted"] = "aligned"  # output i predicts token i, or i + 1
+    readout: Literal["aligned", "shifted"] | None = None  # output i predicts token i, or i + 1
     eval_steps: int = 32  # NELBO evaluation: every step if S <= eval_steps, else stratified MC
     # attention=full: train with a causal mask whose future entries open at random, each with
     # probability step / mask_anneal_steps, so an AR parent moves to full attention smoothly
@@ -300,15 +304,30 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate."""
+    """Read a YAML config (or the defaults when `path` is None), apply overrides, complete the
+    family's presets and validate."""
     data = read_yaml(Path(path)) if path is not None else {}
-    config = from_dict(RunConfig, apply_overrides(data, list(overrides)))
+    return complete(from_dict(RunConfig, apply_overrides(data, list(overrides))))
+
+
+def complete(config: RunConfig) -> RunConfig:
+    """A validated copy of `config` whose unset `diffusion` keys take the family's preset."""
+    config = with_presets(config)
     validate(config)
     return config
 
 
+def with_presets(config: RunConfig) -> RunConfig:
+    """A copy of `config` whose unset `diffusion` keys take the family's preset (no checks:
+    for configs validated before, such as a checkpoint's)."""
+    preset = family(config.family).diffusion or {}
+    unset = {k: v for k, v in preset.items() if getattr(config.diffusion, k) is None}
+    return dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, **unset))
+
+
 def validate(config: RunConfig) -> None:
-    """Checks that span several keys; every message names the keys and the fix."""
+    """Checks that span several keys; every message names the keys and the fix. The family's
+    presets must be in place (`complete`)."""
     m, d, t = config.model, config.data, config.train
     validate_model(m)
     if d.seq_len > m.max_len:
@@ -333,15 +352,10 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{key}={value} must be at least 1")
     if not 0 <= t.ema < 1:
         raise ConfigError(f"train.ema={t.ema} must lie in [0, 1) (0 disables EMA)")
-    from hdlm.objectives import FAMILIES
-
-    if config.family not in FAMILIES:
-        raise ConfigError(f"unknown family '{config.family}'; choose one of {', '.join(FAMILIES)}")
-    if config.family == "a3":
-        from hdlm.a3 import validate_a3
-
+    row = family(config.family)
+    if row.is_a3:
         validate_a3(config)
-    elif config.family != "ar":
+    else:
         validate_diffusion(config)
 
 
@@ -384,19 +398,20 @@ def validate_model(m: ModelConfig) -> None:
 
 
 def validate_diffusion(config: RunConfig) -> None:
-    """Fill the family's defaults into `diffusion` and check that the pieces fit together."""
-    from hdlm.objectives import FAMILY_DEFAULTS
-    from hdlm.schedules import from_spec
-
+    """Check that the pieces of the `diffusion` section fit together (and, for `ar`, that they
+    still describe an AR model)."""
     d = config.diffusion
-    for key, value in FAMILY_DEFAULTS[config.family].items():
-        if getattr(d, key) is None:
-            setattr(d, key, value)
     if d.schedule is None:
         raise ConfigError(
             f"family {config.family} needs diffusion.schedule (quenched_ar, flat:STEPS, "
             "block:WIDTH:STEPS_PER_BLOCK, slide:WIDTH:TAU or file:PATH)"
         )
+    unset = [k for k in ("process", "time", "attention", "readout") if getattr(d, k) is None]
+    if unset:
+        raise ConfigError(f"diffusion.{unset[0]} is not set; set it or use hdlm.config.complete")
+    if config.family == "ar" and (d.attention, d.readout) != ("causal", "shifted"):
+        raise ConfigError("family ar reads out shifted under causal attention; drop the "
+                          "diffusion.attention / diffusion.readout overrides")  # fmt: skip
     from_spec(d.schedule, config.data.seq_len - 1)  # raises a ConfigError on a bad spec
     if d.attention == "two-copy" and not d.schedule.startswith("block:"):
         raise ConfigError(
@@ -426,8 +441,6 @@ def validate_diffusion(config: RunConfig) -> None:
         )
     if not 0 <= d.gamma < 1:
         raise ConfigError(f"diffusion.gamma={d.gamma} must lie in [0, 1)")
-    from hdlm.gamma_hybrid import SigmaSchedule
-
     SigmaSchedule.parse(d.sigma)  # raises a ConfigError on a bad spec
     if not 0 < d.reconstruction_fraction < 1:
         raise ConfigError(
@@ -440,3 +453,20 @@ def validate_diffusion(config: RunConfig) -> None:
             f"diffusion.mask_anneal_steps={d.mask_anneal_steps} must be >= 0, and anneals "
             f"causal to full attention: it needs diffusion.attention=full (got {d.attention})"
         )
+
+
+def validate_a3(config: RunConfig) -> None:
+    """Checks of the `a3` section (family a3)."""
+    options = config.a3
+    if config.model.time_conditioning:
+        raise ConfigError("family a3 does not use model.time_conditioning; set it to false")
+    sizes = {"a3.group_size": options.group_size, "a3.eval_group_size": options.eval_group_size}
+    for i, stage in enumerate(options.curriculum):
+        sizes[f"a3.curriculum[{i}].group_size"] = stage.group_size
+        if stage.steps < 1:
+            raise ConfigError(f"a3.curriculum[{i}].steps={stage.steps} must be at least 1")
+    for key, value in sizes.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1")
+    if not math.isfinite(options.mean_span) or options.mean_span < 1:
+        raise ConfigError(f"a3.mean_span={options.mean_span} must be at least 1")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from hdlm.config import DataConfig, SyntheticConfig
 from hdlm.errors import DataError
+from hdlm.files import atomic_path
 from hdlm.tokenizer import Tokenizer, build_tokenizer
 
 PYDOCS_DIR = "/usr/share/doc/python3.11-doc/html/_sources"  # Debian package python3.11-doc
@@ -282,11 +283,8 @@ def tokenize_split(
         encoded = tokenizer.encode_batch(list(docs[start : start + TOKENIZE_CHUNK]))
         pieces.append(np.fromiter(chain.from_iterable(ids + eos for ids in encoded), dtype))
     stream = np.concatenate(pieces)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, stream)
-    os.replace(tmp, path)
     return stream
 
 

@@ -1,6 +1,6 @@
 """Data parallelism under torchrun: process group, sharding of the global batch, reductions.
 
-A run started by `torchrun --nproc_per_node N -m hdlm.train ...` (or `hdlm train --nproc N`)
+A run started by `torchrun --nproc_per_node N -m hdlm train ...` (or `hdlm train --nproc N`)
 finds RANK / WORLD_SIZE / LOCAL_RANK in its environment; `init` joins the process group (NCCL on
 GPUs, gloo on CPU). Without them every helper here is the single-process identity, so the
 trainer has one code path. `train.batch_size` is the global batch: rank r trains on the r-th
@@ -175,10 +175,10 @@ def full_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def launch(nproc: int, argv: list[str]) -> None:
-    """Replace this process by `torchrun --standalone --nproc_per_node nproc -m hdlm.train argv`
+    """Replace this process by `torchrun --standalone --nproc_per_node nproc -m hdlm train argv`
     (exec, so SIGTERM / SIGINT reach torchrun, which forwards them to every rank)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "hdlm.train", *argv]  # fmt: skip
+               f"--nproc_per_node={nproc}", "-m", "hdlm", "train", *argv]  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, command)

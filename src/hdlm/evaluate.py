@@ -110,7 +110,7 @@ def infill_metrics(
     """
     from hdlm.sampling import fill
 
-    steps = {} if lm.config.family == "a3" else {"steps": int(hidden.sum())}  # A3 has none
+    steps = {} if lm.family.is_a3 else {"steps": int(hidden.sum())}  # A3 has none
     fill_options = {"temperature": 0.0, **steps, **fill_options}
     known = F.pad(hidden, (1, 0), value=False).logical_not().to(lm.device)
     nats, correct = 0.0, 0
@@ -145,7 +145,7 @@ class _Scorer:
 
 
 def _hdlm_scorer(lm: LanguageModel) -> _Scorer:
-    if lm.config.family != "ar":
+    if lm.family.objective != "ar":
         raise HdlmError(
             f"the generative-perplexity reference must be an ar model; this one is "
             f"'{lm.config.family}'"

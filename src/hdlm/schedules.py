@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +40,21 @@ _VALID_TABLE = (
     "a valid table has shape [S+1, L] with S >= 1, values in [0, 1], row 0 all ones, "
     "the last row all zeros and every column non-increasing"
 )
+
+
+class PositionStates(NamedTuple):
+    """Where each position stands during a step t -> s of a hyperschedule (BoolTensors)."""
+
+    settled: torch.Tensor  # clean before the step, T[s-1, i] == 0: final, cacheable
+    active: torch.Tensor  # in flight, T[s-1, i] > 0 and T[s, i] < 1: computed and denoised
+    untouched: torch.Tensor  # still pure noise after the step, T[s, i] == 1: not computed
+    newly_settled: torch.Tensor  # active and clean after the step: committed to a KV cache
+
+
+def position_states(before: torch.Tensor, after: torch.Tensor) -> PositionStates:
+    """The states of every position for a step whose levels go from `before` to `after`."""
+    active = (before > 0) & (after < 1)
+    return PositionStates(before == 0, active, after == 1, active & (after == 0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,16 +124,14 @@ class Hyperschedule:
 
     def active(self, s: int) -> torch.Tensor:
         """BoolTensor [L]: positions in flight during step s, T[s-1, i] > 0 and T[s, i] < 1."""
-        before, after = self.levels(s)
-        return (before > 0) & (after < 1)
+        return position_states(*self.levels(s)).active
 
     def newly_settled(self, s: int) -> torch.Tensor:
         """BoolTensor [L]: positions that step s makes clean, T[s-1, i] > 0 and T[s, i] == 0.
 
         A KV-cached sampler commits their keys and values after step s.
         """
-        before, after = self.levels(s)
-        return (before > 0) & (after == 0)
+        return position_states(*self.levels(s)).newly_settled
 
     def active_span(self, s: int) -> tuple[int, int]:
         """(first, last + 1) of the active positions at step s; (0, 0) if none is active.

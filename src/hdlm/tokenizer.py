@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
-import os
 import re
 from collections.abc import Iterable
 from functools import cached_property
@@ -28,6 +27,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from hdlm.config import TokenizerConfig
 from hdlm.errors import DataError
+from hdlm.files import atomic_path, write_text_atomic
 
 EOS = "<|endoftext|>"
 MASK = "<|mask|>"
@@ -90,14 +90,12 @@ class Tokenizer:
         """Write `directory/tokenizer.json` atomically (and the roles to special_tokens_map.json
         when they are not the defaults) and return its path."""
         path = Path(directory).expanduser() / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tokenizer.json.{os.getpid()}.tmp")
-        self.hf.save(str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            self.hf.save(str(tmp))
         if not self.default_roles:
-            roles = path.with_name(f".{ROLES_FILE}.{os.getpid()}.tmp")
-            roles.write_text(json.dumps(self.special_tokens_map(), indent=2))
-            os.replace(roles, path.with_name(ROLES_FILE))
+            write_text_atomic(
+                path.with_name(ROLES_FILE), json.dumps(self.special_tokens_map(), indent=2)
+            )
         return path
 
     def special_tokens_map(self) -> dict[str, str]:

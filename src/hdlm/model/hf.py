@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from hdlm.config import ModelConfig, RunConfig, validate_model
+from hdlm.config import ModelConfig, RunConfig, complete, validate_model
 from hdlm.errors import CheckpointError
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.model.hf_arch import (
@@ -80,12 +80,13 @@ def architecture(model: ModelConfig) -> ModelConfig:
 
 
 def resolve_architecture(config: RunConfig) -> RunConfig:
-    """`config` with its model section filled from `model.from_hf` (when set) and checked: the
-    trainer calls this before it builds the model."""
-    if config.model.from_hf is not None:
-        config.model = architecture(config.model)
-        validate_model(config.model)
-    return config
+    """`config` with its model section filled from `model.from_hf` (when set) and checked (a new
+    config, not a mutation): the trainer calls this before it builds the model."""
+    if config.model.from_hf is None:
+        return config
+    model = architecture(config.model)
+    validate_model(model)
+    return dataclasses.replace(config, model=model)
 
 
 def hf_tokenizer(directory: Path) -> tuple[Tokenizer, set[int]]:
@@ -232,7 +233,7 @@ def import_run_config(path: str | Path) -> tuple[RunConfig, Imported]:
     config = RunConfig(name=Path(path).name, family="ar", model=imported.config)
     config.data.tokenizer.path = str(Path(path).expanduser())
     config.data.seq_len = min(config.data.seq_len, imported.config.max_len)
-    return config, imported
+    return complete(config), imported
 
 
 # ----------------------------------------------------------------------------- export

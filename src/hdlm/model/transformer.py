@@ -53,10 +53,6 @@ class KVCache:
         layers = range(config.n_layers)
         return cls([make() for _ in layers], [make() for _ in layers], config.max_len)
 
-    def truncate(self, length: int) -> None:
-        """Forget everything after `length` (entries are overwritten by the next commit)."""
-        self.length = length
-
     def store(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v [B, n_kv_heads, n, head_dim] at positions length..length + n of `layer`
         and return that layer's keys and values up to there (the caller checked the context)."""
@@ -295,6 +291,9 @@ class Transformer(nn.Module):
     * `cache` / `commit`: read a `KVCache`, and with `commit=True` append these positions to it.
     * `noise_level`: per-position t [B, L] when `config.time_conditioning` is on.
     """
+
+    # parameters a parent checkpoint may lack: they start at their zero initialisation
+    zero_init_prefixes: tuple[str, ...] = ("time_embed.",)
 
     def __init__(self, config: ModelConfig):
         super().__init__()

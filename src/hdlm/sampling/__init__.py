@@ -4,6 +4,8 @@
 * `ancestral`, `acs`, `remask`: the hyperschedule sampler (`sampling.hyperschedule`) with no
   correction, HDLM's Adaptive Correction Sampler, or ReMDM remasking; any schedule, any prompt.
 * `tweedie`, `euler`: τ-leaping for γ-hybrid checkpoints (`sampling.tau_leaping`), any schedule.
+
+Which family takes which sampler is the families table's (`hdlm.families`).
 * `a3`: A3 decoding in any order and group size (`sampling.a3`).
 
 `fill` is the common core: it completes any set of unknown positions, so prompts and infilling
@@ -16,25 +18,23 @@ import torch
 from torch import Tensor
 
 from hdlm.errors import HdlmError
+from hdlm.families import TAU_LEAPING_SAMPLERS, check_sampler
+from hdlm.sampling.a3 import decode, infill_template
 from hdlm.sampling.ar import sample_ar
 from hdlm.sampling.hyperschedule import Trace, sample_hyperschedule
 from hdlm.sampling.prompt import fixed_template, prompt_prefix
-from hdlm.sampling.tau_leaping import TAU_LEAPING, sample_tau_leaping
+from hdlm.sampling.tau_leaping import sample_tau_leaping
 from hdlm.schedules import Hyperschedule, from_spec
 
-SAMPLERS = ("ar", "ancestral", "acs", "remask", "a3", *TAU_LEAPING)
 DEFAULT_ETA = {"ancestral": 0.0, "acs": 0.015, "remask": 0.02}
 
 
 def sampling_schedule(lm, spec: str | None, steps: int, length: int) -> Hyperschedule:
     """The schedule to walk: `spec`, else the one the model was trained with (a flat one with
-    `steps` steps for flat-trained models, quenched AR for AR models)."""
+    `steps` steps for flat-trained models; quenched AR for AR models)."""
     if spec is None:
-        if lm.config.family == "ar":
-            spec = "quenched_ar"
-        else:
-            spec = lm.objective.options.schedule
-            spec = f"flat:{steps}" if spec.startswith("flat:") else spec
+        spec = lm.objective.layout.options.schedule
+        spec = f"flat:{steps}" if spec.startswith("flat:") else spec
     return from_spec(spec, length - 1)
 
 
@@ -55,9 +55,7 @@ def sample(
     if infill is not None:
         if prompt:
             raise HdlmError("give --prompt or --infill, not both (a prompt is text before a blank)")
-        if lm.config.family == "a3":
-            from hdlm.sampling.a3 import infill_template
-
+        if lm.family.is_a3:  # A3 chooses free blank lengths by likelihood
             tokens, known = infill_template(lm, infill, blank_max, group_size)
         else:
             tokens, known = fixed_template(lm, infill)
@@ -88,43 +86,29 @@ def fill(
 ) -> Tensor:
     """Fill the positions of `tokens` [n, L] where `known` [L] (bool, BOS included) is False.
 
-    `sampler` defaults to the family's own; `steps`/`schedule` set the hyperschedule walked by the
-    diffusion samplers, `eta` their correction strength, `order`/`group_size` A3's decoding.
+    `sampler` defaults to the family's own (`hdlm.families`); `steps`/`schedule` set the
+    hyperschedule walked by the diffusion samplers, `eta` their correction strength,
+    `order`/`group_size` A3's decoding. Options a sampler does not read are ignored here; the
+    CLI refuses them (`families.check_options`).
     """
-    sampler = sampler or lm.objective.default_sampler
-    if sampler not in SAMPLERS:
-        raise HdlmError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-    family = lm.config.family
-    if (sampler == "a3") != (family == "a3"):
-        raise HdlmError(
-            f"'{sampler}' cannot sample an '{family}' checkpoint; a3 checkpoints use --sampler a3"
-            if family == "a3"
-            else f"the a3 sampler needs an a3 checkpoint; this one is '{family}'"
-        )
+    sampler = sampler or lm.family.default_sampler
+    check_sampler(lm.family, sampler)
     generator = torch.Generator(lm.device).manual_seed(seed)
     pick = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     mask_id = lm.tokenizer.mask_id
     if sampler == "a3":
-        from hdlm.sampling.a3 import decode
-
-        net = lm.net
-        return decode(net, tokens, known, mask_id, generator, order, group_size, use_cache, **pick)
+        return decode(lm.net, tokens, known, mask_id, generator, order, group_size, use_cache,
+                      **pick)  # fmt: skip
     if sampler == "ar":
-        if family != "ar":
-            raise HdlmError(f"the ar sampler needs an ar checkpoint; this one is '{family}'")
         given = int(known.sum())
         if not known[:given].all():
             raise HdlmError("ar checkpoints continue a prompt; infill with an a3 or masked model")
-        prefix = tokens[:, :given]
-        return sample_ar(lm.net, prefix, len(known), generator, mask_id, use_cache, **pick)
-    options = getattr(lm.objective, "options", None)  # None for ar (a quenched-AR walk)
-    if options is not None and options.process == "uniform":
-        raise HdlmError("the masking samplers need a masking process (absorbing, eps-hybrid)")
+        return sample_ar(lm.net, tokens[:, :given], len(known), generator, mask_id, use_cache,
+                         **pick)  # fmt: skip
     walk = sampling_schedule(lm, schedule, steps, tokens.shape[1])
-    if sampler in TAU_LEAPING or (options is not None and options.process == "gamma-hybrid"):
-        if sampler not in TAU_LEAPING:
-            raise HdlmError("gamma-hybrid checkpoints sample with --sampler tweedie or euler")
+    if sampler in TAU_LEAPING_SAMPLERS:
         return sample_tau_leaping(lm, tokens, known, generator, walk, sampler, **pick)
+    # the masking samplers (families.HYPERSCHEDULE_SAMPLERS)
     correction = "none" if sampler == "ancestral" else sampler
     eta = DEFAULT_ETA[sampler] if eta is None else eta
     return sample_hyperschedule(
