@@ -106,6 +106,11 @@ def apply_rope(x: Tensor, cos: Tensor | None, sin: Tensor | None) -> Tensor:
     return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
 
 
+def expand_heads(x: Tensor, heads: int) -> Tensor:
+    """[B, H_kv, L, D] -> [B, heads, L, D], each key/value head repeated for its query heads."""
+    return x if x.shape[1] == heads else x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
 MATERIALISED_SCORES = 2**26  # B·H·Lq·Lk up to which bf16 attention on CPU uses plain matmuls
 
 
@@ -128,12 +133,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask, causal: bool, dropout:
     matmuls = q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0
     if not (matmuls and small and square):
         is_causal = causal and attn_mask is None
+        if grouped and q.device.type != "cpu" and attn_mask is not None:
+            # on GPUs only the flash kernel (no masks) and the math one (every score stored)
+            # take grouped heads: with a mask, expanded heads keep the memory-efficient kernel
+            k, v = expand_heads(k, heads), expand_heads(v, heads)
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=grouped
-        )
-    if grouped:
-        k = k.repeat_interleave(heads // k.shape[1], dim=1)
-        v = v.repeat_interleave(heads // v.shape[1], dim=1)
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout,
+            enable_gqa=k.shape[1] != heads,
+        )  # fmt: skip
+    k, v = expand_heads(k, heads), expand_heads(v, heads)
     if attn_mask is None and causal:
         attn_mask = torch.ones(length, k.shape[2], dtype=torch.bool, device=q.device).tril()
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
