@@ -43,6 +43,15 @@ class ModelConfig:
     bias: bool = False
     dropout: float = 0.0
     time_conditioning: bool = False  # add an embedding of each position's noise level
+    # DDiT (SEDD / MDLM / BD3-LM / HDLM codes, `hdlm.model.conditioning`): adaptive LayerNorm
+    # from a noise-level embedding in the blocks (and the final layer); it replaces the additive
+    # embedding. Without time_conditioning the embedder sees σ = 0 (a constant conditioning).
+    adaln: Literal["none", "blocks", "blocks+final"] = "none"
+    cond_dim: int = 128  # width of the adaLN conditioning vector
+    cond_sigma: str = "loglinear:0.001"  # σ(t) the adaLN embedder (and input_mix_gamma) sees
+    input_mix_gamma: float = 0.0  # HDLM-γ input: w E[x_i] + (1 - w) E[MASK], w = e^{-γ σ(t_i)}
+    mlp_bias: bool | None = None  # None: as `bias`
+    head_bias: bool = False
 
 
 @dataclass
@@ -306,6 +315,13 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"data.seq_len={d.seq_len} is longer than the model's context "
             f"model.max_len={m.max_len}; lower data.seq_len or raise model.max_len"
+        )
+    if m.adaln != "none":
+        SigmaSchedule.parse(m.cond_sigma)  # raises a ConfigError on a bad spec
+    if m.input_mix_gamma and (m.adaln == "none" or not 0 < m.input_mix_gamma < 1):
+        raise ConfigError(
+            f"model.input_mix_gamma={m.input_mix_gamma} needs model.adaln (its σ schedule) "
+            "and must lie in [0, 1)"
         )
     if d.seq_len < 2:
         raise ConfigError(f"data.seq_len={d.seq_len} must be at least 2 (BOS plus one token)")
