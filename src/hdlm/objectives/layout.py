@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hdlm import masks
-from hdlm.errors import ConfigError
+from hdlm.errors import ConfigError, HdlmError
 from hdlm.readout import clean_log_probs
 from hdlm.schedules import Hyperschedule, from_spec
 
@@ -69,6 +69,24 @@ class InputLayout:
                 options.update(attn_mask=self.schedule_mask(length, step[:, 0]))
         out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
         return out[:, self.read_index(length, tokens.device)]
+
+    def plain_logits(self, net, tokens: Tensor, t: Tensor) -> Tensor:
+        """The network's output for `tokens` [B, L] taken as one sequence (no BOS column added,
+        no row selection) at levels `t` [B, L] (ignored without conditioning): full or causal
+        attention as trained; `two-copy` models see a single copy under the block-causal mask
+        with blocks i // width from position 0 (BD3-LM's sampling forward: a clean prefix of
+        whole blocks and the noisy block). `LanguageModel.logits` calls this."""
+        attention = self.options.attention
+        if attention == "schedule":
+            raise HdlmError(
+                "lm.logits needs full, causal or two-copy attention; a model trained with "
+                "diffusion.attention=schedule sees a mask per step: use lm.nelbo or lm.sample"
+            )
+        options = {"causal": attention == "causal"}
+        if attention == "two-copy":
+            width, _ = self.block_width()
+            options["attn_mask"] = masks.block_causal(tokens.shape[1], width).to(tokens.device)
+        return net(tokens, noise_level=t if self.conditioned else None, **options)
 
     def log_probs(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
         """log p_θ(x0_i | x_t) for the positions after BOS, [B, L-1, V] (MASK excluded)."""
