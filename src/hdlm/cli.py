@@ -246,11 +246,17 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
+    from hdlm.model import official
     from hdlm.model.checkpoint import save_checkpoint
     from hdlm.model.hf import import_run_config
 
-    config, weights, tokenizer = import_run_config(args.path)
+    source = official.resolve_source(args.path)
+    if official.is_official(source):  # HDLM, MDLM, SEDD, BD3-LM releases
+        config, weights, tokenizer = official.import_official(source)
+    else:
+        config, weights, tokenizer = import_run_config(source)
     out = save_checkpoint(args.out, weights, config, tokenizer)
+    print(f"imported a {config.family} model ({config.model.n_layers} layers)")
     print(f"wrote {out} (hdlm sample {out}; train.init_from={out} with data.tokenizer.path={out})")
 
 
@@ -408,8 +414,14 @@ def _interop_parsers(commands) -> None:
         "GPT2LMHeadModel; other models as hdlm checkpoints (model_type hdlm) for hdlm.load"
     )
     p.set_defaults(func=cmd_export)
-    p = commands.add_parser("import", help="turn a local GPT-2 directory into an hdlm checkpoint")
-    p.add_argument("path", help="GPT2LMHeadModel directory: config.json, weights, tokenizer.json")
+    p = commands.add_parser(
+        "import", help="turn a released model (HDLM, MDLM, SEDD, BD3-LM, GPT-2) into a checkpoint"
+    )
+    p.add_argument(
+        "path",
+        help="a model directory or hf:OWNER/NAME: HDLM eps/gamma, MDLM, SEDD, BD3-LM "
+        "(docs/reproduce.md) or GPT2LMHeadModel (config.json, weights, tokenizer.json)",
+    )
     p.add_argument("out", help="checkpoint directory to write")
     p.set_defaults(func=cmd_import)
 

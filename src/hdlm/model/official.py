@@ -8,7 +8,7 @@ attention), `mlp_bias`, `head_bias`, untied head, and `model.adaln` for the nois
 | format       | family                 | conditioning (σ = σ(t) of hdlm's level t)              |
 |--------------|------------------------|---------------------------------------------------------|
 | hdlm-epsilon | eps-hybrid (ε)         | none                                                    |
-| hdlm-gamma   | gamma-hybrid (γ)       | adaLN in the blocks, σ loglinear:5e-3 per position, input mix |
+| hdlm-gamma   | gamma-hybrid (γ)       | adaLN blocks, σ loglinear:5e-3 per position, input mix |
 | mdlm         | mdlm                   | adaLN blocks + final; released: σ = 0 (constant)        |
 | sedd         | gamma-hybrid, γ = 0    | adaLN blocks + final, σ loglinear:1e-3                  |
 | bd3lm        | block-diffusion (w)    | adaLN blocks + final; released: σ = 0; two-copy layout  |
@@ -73,7 +73,7 @@ def read_config(directory: Path) -> dict:
             try:
                 data = parse((directory / name).read_text())
             except (ValueError, yaml.YAMLError) as e:
-                raise CheckpointError(f"{directory / name} cannot be parsed ({e}); re-download it")
+                raise CheckpointError(f"{directory / name} cannot be parsed ({e})") from e
             if not isinstance(data, dict):
                 raise CheckpointError(f"{directory / name} does not hold a mapping")
             return data
@@ -89,7 +89,7 @@ def read_weights(directory: Path) -> dict[str, Tensor]:
             path = directory / "pytorch_model.bin"
             return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # safetensors / pickle errors have no common base class
-        raise CheckpointError(f"{directory}: the weights cannot be read ({e}); re-download them")
+        raise CheckpointError(f"{directory}: the weights cannot be read ({e})") from e
     raise CheckpointError(f"{directory} has no model.safetensors or pytorch_model.bin")
 
 
@@ -218,8 +218,10 @@ def permute_qk(qkv: Tensor, heads: int) -> Tensor:
 
 def weight_names(n_layers: int, adaln: str) -> list[tuple[str, str]]:
     """(hdlm name, official name) of every parameter."""
-    names = [("embed.weight", "vocab_embed.embedding"), ("norm.weight", "output_layer.norm_final.weight"),
-             ("head.weight", "output_layer.linear.weight"), ("head.bias", "output_layer.linear.bias")]  # fmt: skip
+    names = [("embed.weight", "vocab_embed.embedding"),
+             ("norm.weight", "output_layer.norm_final.weight"),
+             ("head.weight", "output_layer.linear.weight"),
+             ("head.bias", "output_layer.linear.bias")]  # fmt: skip
     if adaln != "none":
         names += [(f"cond_embed.mlp.{i}.{k}", f"sigma_map.mlp.{i}.{k}")
                   for i in (0, 2) for k in ("weight", "bias")]  # fmt: skip
@@ -227,7 +229,8 @@ def weight_names(n_layers: int, adaln: str) -> list[tuple[str, str]]:
         names += [(f"final_modulation.linear.{k}", f"output_layer.adaLN_modulation.{k}")
                   for k in ("weight", "bias")]  # fmt: skip
     layer = [("norm1.weight", "norm1.weight"), ("norm2.weight", "norm2.weight"),
-             ("attn.qkv.weight", "attn_qkv.weight"), ("attn.out.weight", "attn_out.weight")]  # fmt: skip
+             ("attn.qkv.weight", "attn_qkv.weight"),
+             ("attn.out.weight", "attn_out.weight")]  # fmt: skip
     layer += [(f"mlp.{i}.{k}", f"mlp.{i}.{k}") for i in (0, 2) for k in ("weight", "bias")]
     if adaln != "none":
         layer += [(f"modulation.linear.{k}", f"adaLN_modulation.{k}") for k in ("weight", "bias")]
@@ -364,7 +367,7 @@ def hub_snapshot(repo_id: str) -> Path:
     try:
         from huggingface_hub import constants, snapshot_download
     except ModuleNotFoundError as e:
-        raise CheckpointError(f"hf: names need huggingface_hub: pip install 'hdlm[hf]' ({e})")
+        raise CheckpointError(f"hf: names need huggingface_hub ({e}); pip install it") from e
     patterns = ["*.json", "*.yaml", "*.safetensors", "pytorch_model.bin", "tokenizer*"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
