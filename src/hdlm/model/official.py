@@ -11,7 +11,7 @@ attention), `mlp_bias`, `head_bias`, untied head, and `model.adaln` for the nois
 | hdlm-gamma   | gamma-hybrid (γ)       | adaLN blocks, σ loglinear:5e-3 per position, input mix |
 | mdlm         | mdlm                   | adaLN blocks + final; released: σ = 0 (constant)        |
 | sedd         | gamma-hybrid, γ = 0    | adaLN blocks + final, σ loglinear:1e-3                  |
-| bd3lm        | block-diffusion (w)    | adaLN blocks + final; released: σ = 0; two-copy layout  |
+| bd3lm        | block-diffusion (w)    | adaLN blocks + final; released: σ = 0 (else -log(1-t))  |
 
 Every read-out is aligned (row i scores token i). The official codes rotate q/k by the
 half-split ("rotate_half") convention, hdlm by consecutive pairs; since attention scores are
@@ -40,6 +40,7 @@ from torch import Tensor
 
 from hdlm.config import DiffusionConfig, ModelConfig, RunConfig, complete
 from hdlm.errors import CheckpointError
+from hdlm.model.transformer import Transformer
 from hdlm.tokenizer import EOS, Tokenizer, TokenizerConfig, build_tokenizer
 
 FORMATS = ("hdlm-epsilon", "hdlm-gamma", "mdlm", "sedd", "bd3lm")
@@ -171,7 +172,9 @@ def kuleshov_model(config: dict, fmt: str) -> OfficialModel:
     vocab, d_model, heads, layers, length, cond = (int(_get(config, f)) for f in fields)
     timed = bool(config.get("time_conditioning", False))
     adaln = "blocks+final" if config.get("adaln", True) else "none"
-    options = {"adaln": adaln, "cond_dim": cond, "cond_sigma": SEDD_SIGMA}
+    # MDLM feeds σ of its log-linear schedule, BD3-LM σ = -log(1 - t) (when time-conditioned)
+    sigma = SEDD_SIGMA if fmt == "mdlm" else "loglinear:0"
+    options = {"adaln": adaln, "cond_dim": cond, "cond_sigma": sigma}
     diffusion = {"time": "continuous"} if timed else {}
     if fmt == "mdlm":
         net = ddit(vocab, d_model, heads, layers, length, time_conditioning=timed, **options)
@@ -328,10 +331,23 @@ def import_official(path: str | Path) -> tuple[RunConfig, dict[str, Tensor], Tok
     config.diffusion = replace(DiffusionConfig(), **spec.diffusion)
     config.data.seq_len = spec.length
     config.data.tokenizer.kind = "gpt2" if spec.text_tokens == GPT2_TEXT_TOKENS else "char"
+    config = complete(config)
+    check_weights(weights, config.model, directory)
+    return config, weights, tokenizer
+
+
+def check_weights(weights: dict[str, Tensor], model: ModelConfig, directory: Path) -> None:
+    """Every weight has the shape the network of `model` expects and is finite."""
+    with torch.device("meta"):  # shapes only, no memory
+        expected = Transformer(model).state_dict()
     for key, value in weights.items():
-        if value.dim() and not torch.isfinite(value).all():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{directory}: weight {key} has shape {tuple(value.shape)}, the config implies "
+                f"{tuple(expected[key].shape)}; the config does not describe these weights"
+            )
+        if not torch.isfinite(value).all():
             raise CheckpointError(f"{directory}: weight {key} holds NaN or inf; re-download it")
-    return complete(config), weights, tokenizer
 
 
 def official_log_score(
