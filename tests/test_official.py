@@ -4,7 +4,10 @@ with random weights, saved by the official code; reference outputs from the offi
 CPU fp32; see each meta.json)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -240,6 +243,17 @@ def test_hf_names_load_from_an_offline_cache(tmp_path, monkeypatch, capsys):
     line = error_of(["sample", "hf:kuleshov-group/not-cached"], capsys)
     assert "HF_HUB_OFFLINE=1" in line and str(tmp_path / "hub") in line
     assert "not a hub name" in error_of(["sample", "hf:no-owner"], capsys)
+
+
+def test_hf_home_and_offline_environment_from_the_command_line(tmp_path):
+    """The environment variables themselves (read when huggingface_hub is imported)."""
+    hub_cache(tmp_path, "hdlm-group/hdlm-tiny-gamma", FIXTURES / "hdlm_gamma")
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hdlm.cli", "sample", "hf:hdlm-group/hdlm-tiny-gamma",
+               "--length", "8", "--steps", "2", "-n", "1"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "=== sample 0 ===" in done.stdout
 
 
 def test_placeholder_tokenizer_round_trips():
