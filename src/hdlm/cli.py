@@ -255,9 +255,21 @@ def cmd_import(args: argparse.Namespace) -> None:
         config, weights, tokenizer = official.import_official(source)
     else:
         config, weights, tokenizer = import_run_config(source)
+    config = _import_overrides(config, args.overrides)
     out = save_checkpoint(args.out, weights, config, tokenizer)
     print(f"imported a {config.family} model ({config.model.n_layers} layers)")
     print(f"wrote {out} (hdlm sample {out}; train.init_from={out} with data.tokenizer.path={out})")
+
+
+def _import_overrides(config, overrides: list[str]):
+    """The imported run config with `--set` applied to its data / diffusion / train sections
+    (evaluation settings such as diffusion.eval_steps); the model section is the checkpoint's."""
+    from hdlm.config import RunConfig, apply_overrides, complete, from_dict, to_dict
+
+    for item in overrides:
+        if item.strip().startswith(("model.", "family")):
+            raise HdlmError(f"--set {item}: the model and family come from the checkpoint")
+    return complete(from_dict(RunConfig, apply_overrides(to_dict(config), overrides)))
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -423,6 +435,8 @@ def _interop_parsers(commands) -> None:
         "(docs/reproduce.md) or GPT2LMHeadModel (config.json, weights, tokenizer.json)",
     )
     p.add_argument("out", help="checkpoint directory to write")
+    _add_set(p)
+    p.epilog = "--set changes data, diffusion or train keys, e.g. --set diffusion.eval_steps=96"
     p.set_defaults(func=cmd_import)
 
 
