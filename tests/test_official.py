@@ -167,6 +167,12 @@ def test_import_then_eval_and_sample_from_the_cli(tmp_path, capsys, name, sample
     result = json.loads(text)
     assert result["family"] == FORMATS[name]
     assert 0 < result["nelbo_per_token"] < 20
+    if name == "mdlm":  # zero-shot: the whole corpus is the test split
+        whole = ["--set", "data.val_fraction=0", "--set", "data.test_fraction=1"]
+        everything = ["eval", out, "--data", corpus, "--no-progress", "--set", "data.seq_len=32"]
+        code, text, err = run([*everything, "--set", cache, *whole], capsys)
+        assert code == 0, err
+        assert json.loads(text)["blocks"] > 4 * result["blocks"]
     for sampler in samplers:
         args = ["sample", out, "--sampler", sampler, "--steps", 4, "--length", 12, "-n", 2]
         code, text, err = run(args, capsys)

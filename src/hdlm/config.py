@@ -325,8 +325,12 @@ def validate(config: RunConfig) -> None:
         )
     if d.seq_len < 2:
         raise ConfigError(f"data.seq_len={d.seq_len} must be at least 2 (BOS plus one token)")
-    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1:
-        raise ConfigError("data.val_fraction and data.test_fraction must lie in [0, 1)")
+    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction <= 1 - d.val_fraction:
+        raise ConfigError(
+            "data.val_fraction must lie in [0, 1) and data.test_fraction in [0, 1 - "
+            "val_fraction] (test_fraction=1: the whole corpus is the test split, for zero-shot "
+            "evaluation)"
+        )
     positive = {
         "train.steps": t.steps,
         "train.batch_size": t.batch_size,
