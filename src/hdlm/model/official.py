@@ -184,7 +184,8 @@ def kuleshov_model(config: dict, fmt: str) -> OfficialModel:
         raise CheckpointError(f"bd3lm: model_length {length} is not a multiple of {width}")
     # the two-copy layout [x_t ; x0] needs two contexts' worth of positions in one pass
     net = ddit(vocab, d_model, heads, layers, 2 * length, time_conditioning=timed, **options)
-    diffusion |= {"schedule": f"block:{width}:{width}"}
+    # BD3-LM's NELBO is continuous in time within each block (t ~ U(0, 1) per block, weight 1/t)
+    diffusion |= {"schedule": f"block:{width}:{width}", "time": "continuous"}
     return OfficialModel(fmt, "block-diffusion", net, vocab - 1, length, "backbone.", diffusion)
 
 
