@@ -106,8 +106,8 @@ def detect_format(config: dict) -> str:
     if kind is None and "tokens" in config and "graph" in config and "model" in config:
         return "sedd"
     raise CheckpointError(
-        f"unknown checkpoint format (model_type {kind!r}); hdlm imports {', '.join(FORMATS)} "
-        "and GPT-2 (model_type gpt2)"
+        f"unknown checkpoint format (model_type {kind!r}); hdlm imports only GPT-2 "
+        f"(model_type gpt2) and the released {', '.join(FORMATS)} checkpoints"
     )
 
 
@@ -307,13 +307,16 @@ def official_tokenizer(text_tokens: int) -> Tokenizer:
 
 
 def is_official(directory: Path) -> bool:
-    """Whether `directory` looks like a released (non-hdlm, non-GPT-2) checkpoint."""
+    """Whether `directory` looks like a released (non-hdlm, non-GPT-2) checkpoint: a model
+    config without an hdlm checkpoint's manifest or a run directory's `latest` file."""
+    if (directory / "manifest.json").is_file() or (directory / "latest").is_file():
+        return False
     if not (directory / "config.json").is_file() and not (directory / "config.yaml").is_file():
         return False
     try:
         config = read_config(directory)
     except CheckpointError:
-        return (directory / "config.json").is_file() and not (directory / "manifest.json").is_file()
+        return True  # unreadable: importing it says why
     return config.get("format") != "hdlm" and config.get("model_type") not in ("hdlm", "gpt2")
 
 
