@@ -7,7 +7,6 @@ import pytest
 import torch
 from helpers import TOKENIZER, language_model, random_tokens
 
-from hdlm import masks
 from hdlm.config import RunConfig, complete
 from hdlm.errors import ConfigError, HdlmError
 from hdlm.model import LanguageModel, Transformer
@@ -68,9 +67,12 @@ def test_logits_of_hdlm_models_are_the_network_output():
     torch.testing.assert_close(ar.logits(tokens), ar.net(tokens, causal=True))
     mdlm = language_model("mdlm")
     torch.testing.assert_close(mdlm.logits(tokens, 0.5), mdlm.net(tokens, causal=False))
-    block = language_model("block-diffusion", schedule="block:4:4")
-    expected = block.net(tokens, attn_mask=masks.block_causal(25, 4), causal=False)
-    torch.testing.assert_close(block.logits(tokens), expected)
+    for offset in (0, 1):  # blocks over the positions after BOS; offset 1: BOS in block 0
+        block = language_model("block-diffusion", schedule=f"block:4:4:{offset}")
+        ids = torch.tensor([(p - 1 + offset) // 4 for p in range(25)])  # BOS: p = 0
+        mask = ids[None, :] <= ids[:, None]
+        expected = block.net(tokens, attn_mask=mask, causal=False)
+        torch.testing.assert_close(block.logits(tokens), expected)
     with pytest.raises(HdlmError, match="attention=schedule"):
         language_model("slide").logits(tokens)
     with pytest.raises(HdlmError, match="a3 models"):

@@ -111,6 +111,20 @@ def test_bd3lm_training_layout_is_hdlm_two_copy_layout():
     assert max_diff(out, ref["logits_train"]) < TOLERANCE
 
 
+def test_bd3lm_nelbo_layout_is_the_official_training_layout():
+    """hdlm's two-copy layout of the imported model (schedule block:4:4:1, BOS inside block 0,
+    one BOS per copy) is BD3-LM's [x_t ; x0] layout: same outputs for every noised position."""
+    lm, ref = fixture("bd3lm")
+    assert lm.config.diffusion.schedule == "block:4:4:1"
+    x0, xt = ref["x0"], ref["xt"].clone()
+    xt[:, 0] = x0[:, 0]  # the official layout never noises BOS either
+    t, step = torch.full((2, 31), 0.5), torch.ones(2, 31, dtype=torch.long)
+    ours = lm.objective.layout.logits(lm.net, x0, xt[:, 1:], t, step)
+    mask, positions = masks.two_copy_block_diffusion(32, 4), masks.positions_for_two_copy(32)
+    theirs = lm.net(torch.cat((xt, x0), 1), attn_mask=mask, positions=positions, causal=False)
+    assert max_diff(ours, theirs[:, 1:32]) < 1e-6
+
+
 @pytest.mark.parametrize("name", ["mdlm", "bd3lm"])
 def test_time_conditioned_variant(tmp_path, name):
     """The same weights with time_conditioning=true: σ(t) reaches the adaLN embedder."""

@@ -185,7 +185,8 @@ def kuleshov_model(config: dict, fmt: str) -> OfficialModel:
     # the two-copy layout [x_t ; x0] needs two contexts' worth of positions in one pass
     net = ddit(vocab, d_model, heads, layers, 2 * length, time_conditioning=timed, **options)
     # BD3-LM's NELBO is continuous in time within each block (t ~ U(0, 1) per block, weight 1/t)
-    diffusion |= {"schedule": f"block:{width}:{width}", "time": "continuous"}
+    # block:w:w:1: BOS shares block 0 with the first w - 1 tokens, as in BD3-LM's layout
+    diffusion |= {"schedule": f"block:{width}:{width}:1", "time": "continuous"}
     return OfficialModel(fmt, "block-diffusion", net, vocab - 1, length, "backbone.", diffusion)
 
 
