@@ -451,7 +451,7 @@ def _study_and_plot_parsers(commands) -> None:
     p = commands.add_parser("plot", help="draw what a model or schedule does")
     plots = p.add_subparsers(dest="what", required=True)
     p = plots.add_parser("schedule", help="a hyperschedule as a heatmap (steps x positions)")
-    p.add_argument("spec", help="quenched_ar | flat:STEPS | block:W:K | slide:W:TAU | file:PATH")
+    p.add_argument("spec", help="quenched_ar | flat:STEPS | block:W:K[:O] | slide:W:T | file:PATH")
     p.add_argument("--length", type=positive_int, default=64, help="positions (default 64)")
     p.add_argument("--out", default="schedule.png", help=".png or .svg (default schedule.png)")
     p.set_defaults(func=cmd_plot_schedule)

@@ -92,7 +92,7 @@ class DiffusionConfig:
 
     `None` fields take the family's preset (`hdlm.families.FAMILIES`; `complete` fills them).
     The schedule spans the L - 1 positions after BOS: quenched_ar | flat:STEPS |
-    block:WIDTH:STEPS_PER_BLOCK | slide:WIDTH:TAU | file:PATH.
+    block:WIDTH:STEPS_PER_BLOCK[:OFFSET] | slide:WIDTH:TAU | file:PATH.
     """
 
     schedule: str | None = None
