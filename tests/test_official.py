@@ -298,3 +298,20 @@ def test_import_is_refused_for_non_absorbing_sedd(tmp_path):
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="absorbing"):
         official.import_official(directory)
+
+
+def test_gpt2_sized_checkpoints_get_gpt2_bpe_with_mask_last(tmp_path):
+    """50257 text tokens: GPT-2's BPE (offline), MASK = 50257, BOS = <|endoftext|> = 50256."""
+    directory = tmp_path / "sedd-gpt2"
+    shutil.copytree(FIXTURES / "sedd", directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(config | {"tokens": 50257}))
+    weights = load_file(directory / "model.safetensors")
+    for name in ("vocab_embed.embedding", "output_layer.linear.weight", "output_layer.linear.bias"):
+        rows = weights[name]
+        weights[name] = torch.cat((rows, rows[:1].expand(50258 - len(rows), *rows.shape[1:])))
+    save_file(weights, directory / "model.safetensors")
+    lm = hdlm.load(directory)
+    assert (lm.tokenizer.mask_id, lm.tokenizer.bos_id, lm.config.model.vocab_size) == (
+        50257, 50256, 50258)  # fmt: skip
+    assert lm.tokenizer.encode("Hello world") == [15496, 995]  # GPT-2's ids
