@@ -293,9 +293,10 @@ class Transformer(nn.Module):
             raise HdlmError("this model is noise-level conditioned: pass noise_level [B, L]")
         if not self.config.time_conditioning:
             noise_level = None
-        x = self.embed_at(tokens, positions)
         if self.config.input_mix_gamma > 0:  # HDLM-γ's noisy-input embedding
-            x = self.mixed_input(tokens, noise_level)
+            x = self.mixed_input(tokens, positions, noise_level)
+        else:
+            x = self.embed_at(tokens, positions)
         if self.time_embed is not None:
             x = x + self.time_embed(noise_level).to(x.dtype)
         cond = None
@@ -311,11 +312,12 @@ class Transformer(nn.Module):
             x = conditioning.modulate(x, *self.final_modulation(cond))
         return x if return_hidden else self.head(x)
 
-    def mixed_input(self, tokens: Tensor, noise_level: Tensor | None) -> Tensor:
-        """`conditioning.mix_input` at σ(t) per position (σ = 0, the plain embedding, without
-        noise levels); MASK is the last id."""
+    def mixed_input(self, tokens: Tensor, positions: Tensor, noise_level: Tensor | None) -> Tensor:
+        """`embed_at` with the token embeddings replaced by `conditioning.mix_input` at σ(t) per
+        position (σ = 0 without noise levels: the plain embedding); MASK is the last id."""
         if noise_level is None:
-            return self.embed(tokens)
+            return self.embed_at(tokens, positions)
         sigma = self.cond_embed.sigma(noise_level)
         gamma, mask_id = self.config.input_mix_gamma, self.config.vocab_size - 1
-        return conditioning.mix_input(self.embed, tokens, sigma, gamma, mask_id)
+        x = conditioning.mix_input(self.embed, tokens, sigma, gamma, mask_id)
+        return x if self.pos_embed is None else x + self.pos_embed(positions)
