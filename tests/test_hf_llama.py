@@ -47,9 +47,9 @@ ARCHS = {
     "llama": Arch({"model_type": "llama", **COMMON, "rope_theta": 500000.0, "rope_scaling": {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16}}, LLAMA_SPECIALS, LLAMA_ROLES),  # fmt: skip
-    # multi-query attention, every bias, tied embeddings
+    # multi-query attention, attention biases (q, k, v, output) but none in the MLP, tied
     "llama-mqa-bias": Arch({"model_type": "llama", **COMMON, "num_key_value_heads": 1,
-                            "attention_bias": True, "mlp_bias": True,
+                            "attention_bias": True, "mlp_bias": False,
                             "tie_word_embeddings": True}, LLAMA_SPECIALS, LLAMA_ROLES),  # fmt: skip
     # sliding window shorter than the positions; MASK appended, embedding rows grown
     "mistral": Arch({"model_type": "mistral", **COMMON, "sliding_window": 32},
@@ -290,7 +290,7 @@ def test_bad_directories_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
     fails("mlp.gate_proj.weight is [40, 32] but config.json implies [48, 32]")
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
-    fails("holds a 'mamba' model; hdlm imports model_type gpt2, llama, mistral, qwen2, qwen3")
+    fails("(model_type 'mamba'); hdlm imports model_type gpt2, llama, mistral, qwen2, qwen3")
     (tmp_path / "config.json").write_text(json.dumps({**config, "vocab_size": 10}))
     fails("tokenizer.json holds 14 ids but config.json has vocab_size=10")
     (tmp_path / "config.json").write_text(

@@ -228,14 +228,33 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
+    from hdlm.model import official
     from hdlm.model.checkpoint import save_checkpoint
     from hdlm.model.hf import import_run_config
 
-    config, imported = import_run_config(args.path)
-    for note in imported.notes:
-        print(f"hdlm import: {note}")
-    out = save_checkpoint(args.out, imported.weights, config, imported.tokenizer)
+    source = official.resolve_source(args.path)
+    if official.is_official(source):  # HDLM, MDLM, SEDD, BD3-LM releases
+        config, weights, tokenizer = official.import_official(source)
+    else:  # gpt2, llama, mistral, qwen2, qwen3 (hdlm.model.hf)
+        config, imported = import_run_config(source)
+        for note in imported.notes:
+            print(f"hdlm import: {note}")
+        weights, tokenizer = imported.weights, imported.tokenizer
+    config = _import_overrides(config, args.overrides)
+    out = save_checkpoint(args.out, weights, config, tokenizer)
+    print(f"imported a {config.family} model ({config.model.n_layers} layers)")
     print(f"wrote {out} (hdlm sample {out}; train.init_from={out} with data.tokenizer.path={out})")
+
+
+def _import_overrides(config, overrides: list[str]):
+    """The imported run config with `--set` applied to its data / diffusion / train sections
+    (evaluation settings such as diffusion.eval_steps); the model section is the checkpoint's."""
+    from hdlm.config import RunConfig, apply_overrides, complete, from_dict, to_dict
+
+    for item in overrides:
+        if item.strip().startswith(("model.", "family")):
+            raise HdlmError(f"--set {item}: the model and family come from the checkpoint")
+    return complete(from_dict(RunConfig, apply_overrides(to_dict(config), overrides)))
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -392,16 +411,20 @@ def _interop_parsers(commands) -> None:
         "architecture; other models as hdlm checkpoints (model_type hdlm) for hdlm.load"
     )
     p.set_defaults(func=cmd_export)
-
     p = commands.add_parser(
-        "import", help="turn a local Hugging Face model directory into an hdlm checkpoint"
+        "import",
+        help="turn a released model (HDLM, MDLM, SEDD, BD3-LM) or a Hugging Face model "
+        "(gpt2, llama, mistral, qwen2, qwen3) into a checkpoint",
     )
     p.add_argument(
         "path",
-        help="a gpt2, llama, mistral, qwen2 or qwen3 directory: config.json, model.safetensors "
-        "(or its shards), tokenizer.json",
+        help="a model directory or hf:OWNER/NAME: HDLM eps/gamma, MDLM, SEDD, BD3-LM "
+        "(docs/reproduce.md), or a gpt2 / llama / mistral / qwen2 / qwen3 directory "
+        "(config.json, model.safetensors or its shards, tokenizer.json)",
     )
     p.add_argument("out", help="checkpoint directory to write")
+    _add_set(p)
+    p.epilog = "--set changes data, diffusion or train keys, e.g. --set diffusion.eval_steps=96"
     p.set_defaults(func=cmd_import)
 
 
@@ -416,7 +439,7 @@ def _study_and_plot_parsers(commands) -> None:
     p = commands.add_parser("plot", help="draw what a model or schedule does")
     plots = p.add_subparsers(dest="what", required=True)
     p = plots.add_parser("schedule", help="a hyperschedule as a heatmap (steps x positions)")
-    p.add_argument("spec", help="quenched_ar | flat:STEPS | block:W:K | slide:W:TAU | file:PATH")
+    p.add_argument("spec", help="quenched_ar | flat:STEPS | block:W:K[:O] | slide:W:T | file:PATH")
     p.add_argument("--length", type=positive_int, default=64, help="positions (default 64)")
     p.add_argument("--out", default="schedule.png", help=".png or .svg (default schedule.png)")
     p.set_defaults(func=cmd_plot_schedule)

@@ -71,6 +71,15 @@ class ModelConfig:
     # a local Hugging Face model directory whose config.json sets every field above but max_len,
     # dropout and time_conditioning when training starts (hdlm.model.hf.resolve_architecture)
     from_hf: str | None = None
+    # DDiT (SEDD / MDLM / BD3-LM / HDLM codes, `hdlm.model.conditioning`): adaptive LayerNorm
+    # from a noise-level embedding in the blocks (and the final layer); it replaces the additive
+    # embedding. Without time_conditioning the embedder sees σ = 0 (a constant conditioning).
+    adaln: Literal["none", "blocks", "blocks+final"] = "none"
+    cond_dim: int = 128  # width of the adaLN conditioning vector
+    cond_sigma: str = "loglinear:0.001"  # σ(t) the adaLN embedder (and input_mix_gamma) sees
+    input_mix_gamma: float = 0.0  # HDLM-γ input: w E[x_i] + (1 - w) E[MASK], w = e^{-γ σ(t_i)}
+    mlp_bias: bool | None = None  # None: as `bias`
+    head_bias: bool = False
 
 
 @dataclass
@@ -111,7 +120,7 @@ class DiffusionConfig:
 
     `None` fields take the family's preset (`hdlm.families.FAMILIES`; `complete` fills them).
     The schedule spans the L - 1 positions after BOS: quenched_ar | flat:STEPS |
-    block:WIDTH:STEPS_PER_BLOCK | slide:WIDTH:TAU | file:PATH.
+    block:WIDTH:STEPS_PER_BLOCK[:OFFSET] | slide:WIDTH:TAU | file:PATH.
     """
 
     schedule: str | None = None
@@ -335,10 +344,21 @@ def validate(config: RunConfig) -> None:
             f"data.seq_len={d.seq_len} is longer than the model's context "
             f"model.max_len={m.max_len}; lower data.seq_len or raise model.max_len"
         )
+    if m.adaln != "none":
+        SigmaSchedule.parse(m.cond_sigma)  # raises a ConfigError on a bad spec
+    if m.input_mix_gamma and (m.adaln == "none" or not 0 < m.input_mix_gamma < 1):
+        raise ConfigError(
+            f"model.input_mix_gamma={m.input_mix_gamma} needs model.adaln (its σ schedule) "
+            "and must lie in [0, 1)"
+        )
     if d.seq_len < 2:
         raise ConfigError(f"data.seq_len={d.seq_len} must be at least 2 (BOS plus one token)")
-    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1:
-        raise ConfigError("data.val_fraction and data.test_fraction must lie in [0, 1)")
+    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction <= 1 - d.val_fraction:
+        raise ConfigError(
+            "data.val_fraction must lie in [0, 1) and data.test_fraction in [0, 1 - "
+            "val_fraction] (test_fraction=1: the whole corpus is the test split, for zero-shot "
+            "evaluation)"
+        )
     positive = {
         "train.steps": t.steps,
         "train.batch_size": t.batch_size,

@@ -326,7 +326,8 @@ def prepare_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepare
     corpus = re.sub(r"[^\w.-]+", "_", cfg.corpus).strip("_")[-48:]
     if tokenizer is None:
         tokenizer = _corpus_tokenizer(cfg, splits["train"], cache_dir, corpus)
-    fractions = {"train": 1.0, "validation": cfg.val_fraction, "test": cfg.test_fraction}
+    train = max(0.0, round(1.0 - cfg.val_fraction - cfg.test_fraction, 9))  # 0: eval only
+    fractions = {"train": train, "validation": cfg.val_fraction, "test": cfg.test_fraction}
     streams, blocks = {}, {}
     for split, split_docs in splits.items():
         key = f"{corpus}-{split}-{_digest(tokenizer.fingerprint, *split_docs)}"

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from hdlm import distributed
 from hdlm.config import RunConfig, to_dict
 from hdlm.data import Batches, Prefetcher, PreparedData, prepare_data
-from hdlm.errors import ConfigError
+from hdlm.errors import ConfigError, DataError
 from hdlm.evaluate import nelbo_sums
 from hdlm.files import write_text_atomic
 from hdlm.hardware import autocast, compile_network, pick_device, pick_precision
@@ -151,6 +151,8 @@ def setup(config: RunConfig, device: torch.device, resume: bool) -> Run:
             ema.copy_from(lm.net)
     if tc.compile:
         compile_network(lm.net, say)
+    if len(data.blocks["train"]) == 0:  # data.test_fraction=1 describes an evaluation corpus
+        raise DataError("the train split is empty; lower data.val_fraction + data.test_fraction")
     batches = Batches(data.blocks["train"], tc.batch_size, config.seed)
     next_batch = Prefetcher(batches.batch, start_step * tc.grad_accum, pin=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

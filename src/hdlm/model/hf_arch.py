@@ -108,16 +108,10 @@ def llama_model_config(hf: dict, where: str) -> ModelConfig:
     d, heads = hf["hidden_size"], hf["num_attention_heads"]
     kv = hf.get("num_key_value_heads") or heads
     size = hf.get("head_dim") or d // heads
-    attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
-    if kind == "qwen2":
-        bias, qkv_bias = False, True
-    elif attention_bias == mlp_bias:
-        bias, qkv_bias = bool(attention_bias), None
-    else:
-        raise CheckpointError(
-            f"{where}: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported "
-            "(hdlm's `bias` covers both)"
-        )
+    bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+    qkv_bias = None
+    if kind == "qwen2":  # biases on q, k, v only
+        bias, qkv_bias, mlp_bias = False, True, False
     theta, scaling = rope_settings(hf, where)
     eps = hf.get("rms_norm_eps", 1e-6)
     return ModelConfig(
@@ -125,6 +119,7 @@ def llama_model_config(hf: dict, where: str) -> ModelConfig:
         n_heads=heads, d_model=d, d_ff=hf["intermediate_size"], mlp="swiglu", norm="rmsnorm",
         position="rope", rope_theta=theta, rope_scaling=scaling,
         tie_weights=bool(hf.get("tie_word_embeddings", False)), bias=bias, qkv_bias=qkv_bias,
+        mlp_bias=mlp_bias if mlp_bias != bias else None,
         n_kv_heads=kv if kv != heads else 0,
         head_dim=size if d % heads or size != d // heads else 0,
         norm_eps=eps if eps != 1e-6 else None, qk_norm=kind == "qwen3",
@@ -156,23 +151,32 @@ def model_config(hf: dict, where: str) -> ModelConfig:
     return gpt2_model_config(hf, where) if kind == "gpt2" else llama_model_config(hf, where)
 
 
+def _biases(m: ModelConfig) -> tuple[bool, bool, bool]:
+    """(q/k/v, output projection, MLP) biases of a backbone."""
+    qkv = m.bias if m.qkv_bias is None else m.qkv_bias
+    return qkv, m.bias, m.bias if m.mlp_bias is None else m.mlp_bias
+
+
 def export_kind(m: ModelConfig) -> str | None:
     """The architecture an (ar, unconditioned) backbone is exactly, or None: gpt2; qwen3 (q/k
-    norm, no biases); qwen2 (biases on q, k, v only); llama (no biases or all of them)."""
-    qkv_bias = m.bias if m.qkv_bias is None else m.qkv_bias
+    norm; q, k, v and output biases alike, none in the MLP); qwen2 (biases on q, k, v only);
+    llama (q, k, v and output biases alike, MLP biases either way)."""
+    qkv, out, mlp = _biases(m)
+    if m.adaln != "none" or m.head_bias or m.input_mix_gamma:
+        return None
     default_heads = not m.n_kv_heads or m.n_kv_heads == m.n_heads
     if m.position == "learned":
         full_width = head_dim(m) * m.n_heads == m.d_model
-        gpt2 = (m.norm == "layernorm" and m.bias and qkv_bias and m.mlp == "gelu"
+        gpt2 = (m.norm == "layernorm" and qkv and out and mlp and m.mlp == "gelu"
                 and not m.qk_norm and default_heads and full_width)  # fmt: skip
         return "gpt2" if gpt2 else None
     if m.norm != "rmsnorm" or m.mlp != "swiglu":
         return None
     if m.qk_norm:
-        return "qwen3" if not (m.bias or qkv_bias) else None
-    if qkv_bias and not m.bias:
+        return "qwen3" if qkv == out and not mlp else None
+    if qkv and not (out or mlp):
         return "qwen2"
-    return "llama" if qkv_bias == m.bias else None
+    return "llama" if qkv == out else None
 
 
 def hf_config(kind: str, m: ModelConfig, bos_id: int, eos_id: int, dtype: str) -> dict:
@@ -194,7 +198,8 @@ def hf_config(kind: str, m: ModelConfig, bos_id: int, eos_id: int, dtype: str) -
     if m.rope_scaling is not None:
         config["rope_scaling"] = {"rope_type": "llama3", **vars(m.rope_scaling)}
     if kind in ("llama", "qwen3"):
-        config.update(attention_bias=m.bias, mlp_bias=m.bias)
+        _, out, mlp = _biases(m)
+        config.update(attention_bias=out, mlp_bias=mlp)
     return config
 
 
@@ -234,7 +239,7 @@ def llama_pieces(m: ModelConfig) -> dict[str, list[Piece]]:
     Qwen2 and Qwen3)."""
     q, kv = m.n_heads * head_dim(m), kv_heads(m) * head_dim(m)
     hidden = m.d_ff or int(m.mlp_ratio * m.d_model)
-    qkv_bias = m.bias if m.qkv_bias is None else m.qkv_bias
+    qkv_bias, out_bias, mlp_bias = _biases(m)
     pieces = {"embed.weight": [Piece("model.embed_tokens.weight", leading=True)],
               "norm.weight": [Piece("model.norm.weight")]}  # fmt: skip
     if not m.tie_weights:
@@ -247,8 +252,9 @@ def llama_pieces(m: ModelConfig) -> dict[str, list[Piece]]:
         for kind in ("weight", "bias") if qkv_bias else ("weight",):
             projections = ["q_proj", "k_proj", "v_proj"]
             pieces[ours + f"attn.qkv.{kind}"] = _split(attn, projections, [q, kv, kv], kind, heads)
-        for kind in ("weight", "bias") if m.bias else ("weight",):
+        for kind in ("weight", "bias") if out_bias else ("weight",):
             pieces[ours + f"attn.out.{kind}"] = [Piece(f"{attn}o_proj.{kind}")]
+        for kind in ("weight", "bias") if mlp_bias else ("weight",):
             gate_up = _split(theirs + "mlp.", ["gate_proj", "up_proj"], [hidden] * 2, kind, [0, 0])
             pieces[ours + f"mlp.0.{kind}"] = gate_up
             pieces[ours + f"mlp.2.{kind}"] = [Piece(f"{theirs}mlp.down_proj.{kind}")]

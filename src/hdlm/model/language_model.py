@@ -10,8 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from hdlm.config import A3Config, RunConfig, apply_overrides, complete, from_dict, to_dict
-from hdlm.errors import CheckpointError, ConfigError
+from hdlm.errors import CheckpointError, ConfigError, HdlmError
 from hdlm.families import Family, family
+from hdlm.model import official
 from hdlm.model.a3 import A3Transformer
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.model.transformer import Transformer
@@ -48,6 +49,23 @@ class LanguageModel(nn.Module):
         hidden = None if hidden is None else hidden.to(self.device)
         return self.objective.nelbo(self.net, tokens.to(self.device), hidden=hidden)
 
+    @torch.no_grad()
+    def logits(self, tokens: Tensor, t: Tensor | float | None = None) -> Tensor:
+        """The network's clean-token logits [B, L, V] for (noisy) `tokens` [B, L] at noise
+        levels `t` ([B, L], [B] or a number; ignored by models without noise conditioning), in
+        the model's read-out (aligned: row i scores token i; shifted: row i scores token i + 1).
+        The tokens are one sequence as given: no BOS is added (`InputLayout.plain_logits`)."""
+        if self.family.is_a3:
+            raise HdlmError("lm.logits is for the diffusion and ar families; a3 models sample "
+                            "with two streams: use lm.nelbo or lm.sample")  # fmt: skip
+        tokens = tokens.to(self.device)
+        if self.config.model.time_conditioning and t is None:
+            raise HdlmError("this model is noise-level conditioned: pass t to lm.logits")
+        if t is not None:
+            t = torch.as_tensor(t, dtype=torch.float32, device=self.device)
+            t = (t[:, None] if t.dim() == 1 else t).expand(tokens.shape)
+        return self.objective.layout.plain_logits(self.net, tokens, t)
+
     def set_a3_evaluation(self, overrides: list[str]) -> None:
         """Apply `a3.eval_*=VALUE` overrides (order, group size, seed of the exact likelihood) to
         this A3 model; its objective is rebuilt."""
@@ -78,8 +96,15 @@ class LanguageModel(nn.Module):
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
-    """Load a checkpoint directory, or the newest checkpoint of a run directory."""
-    _, config, weights, tokenizer = read_checkpoint(path)
+    """Load a checkpoint directory, or the newest checkpoint of a run directory; `hf:OWNER/NAME`
+    and directories of released checkpoints (HDLM, MDLM, SEDD, BD3-LM: `hdlm.model.official`)
+    are imported on the fly."""
+    if str(path).startswith(official.HUB_PREFIX):
+        path = official.hub_snapshot(str(path).removeprefix(official.HUB_PREFIX))
+    if Path(path).is_dir() and official.is_official(Path(path)):
+        config, weights, tokenizer = official.import_official(path)
+    else:
+        _, config, weights, tokenizer = read_checkpoint(path)
     if config.model.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(
             f"{path}: the model has {config.model.vocab_size} token ids but its tokenizer "

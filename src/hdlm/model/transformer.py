@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from hdlm.config import ModelConfig, RopeScaling
 from hdlm.errors import HdlmError
+from hdlm.model import conditioning
 
 
 def head_dim(config: ModelConfig) -> int:
@@ -238,14 +239,15 @@ def mlp_layer(config: ModelConfig) -> nn.Sequential:
     """[in-projection, activation, out-projection] with d_ff (or mlp_ratio * d_model) hidden
     units: GELU(tanh) (GPT-2), or SwiGLU with one fused [gate ; up] in-projection."""
     hidden = config.d_ff or int(config.mlp_ratio * config.d_model)
+    bias = config.bias if config.mlp_bias is None else config.mlp_bias
     if config.mlp == "swiglu":
         inner, activation = 2 * hidden, SwiGLU()
     else:
         inner, activation = hidden, nn.GELU(approximate="tanh")
     return nn.Sequential(
-        nn.Linear(config.d_model, inner, bias=config.bias),
+        nn.Linear(config.d_model, inner, bias=bias),
         activation,
-        nn.Linear(hidden, config.d_model, bias=config.bias),
+        nn.Linear(hidden, config.d_model, bias=bias),
     )
 
 
@@ -256,12 +258,26 @@ class Block(nn.Module):
         self.attn = Attention(config)
         self.mlp = mlp_layer(config)
         self.drop = nn.Dropout(config.dropout)
+        if config.adaln != "none":  # DDiT: shift/scale/gate of both sublayers from c
+            self.modulation = conditioning.Modulation(config.cond_dim, config.d_model, 6)
 
-    def forward(self, x, cos, sin, attn_mask, causal, cache, layer, kv_rows=None):
-        """Pre-norm residual block; `kv_rows` as in `Attention.forward`."""
+    def forward(self, x, cos, sin, attn_mask, causal, cache, layer, kv_rows=None, cond=None):
+        """Pre-norm residual block (adaLN-modulated with `cond`); `kv_rows` as in
+        `Attention.forward`."""
+        if cond is not None:
+            return self.modulated(x, cos, sin, attn_mask, causal, cache, layer, kv_rows, cond)
         y = self.attn(self.norm1(x), cos, sin, attn_mask, causal, cache, layer, kv_rows)
         x = x + self.drop(y)
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    def modulated(self, x, cos, sin, attn_mask, causal, cache, layer, kv_rows, cond):
+        """adaLN block: x += gate_a attn(modulate(norm1 x)); x += gate_m mlp(modulate(norm2 x))."""
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(cond)
+        h = conditioning.modulate(self.norm1(x), shift_a, scale_a)
+        y = self.attn(h, cos, sin, attn_mask, causal, cache, layer, kv_rows)
+        x = x + gate_a * self.drop(y)
+        h = conditioning.modulate(self.norm2(x), shift_m, scale_m)
+        return x + gate_m * self.drop(self.mlp(h))
 
 
 class NoiseLevelEmbedding(nn.Module):
@@ -282,10 +298,7 @@ class NoiseLevelEmbedding(nn.Module):
         nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self, t: Tensor) -> Tensor:
-        half = self.n_features // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-        angles = 1000.0 * t.float()[..., None] * freqs
-        return self.mlp(torch.cat((angles.cos(), angles.sin()), dim=-1))
+        return self.mlp(conditioning.sinusoid(1000.0 * t.float(), self.n_features))
 
 
 class Transformer(nn.Module):
@@ -311,11 +324,17 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         learned = config.position == "learned"
         self.pos_embed = nn.Embedding(config.max_len, config.d_model) if learned else None
-        self.time_embed = NoiseLevelEmbedding(config.d_model) if config.time_conditioning else None
+        additive = config.time_conditioning and config.adaln == "none"
+        self.time_embed = NoiseLevelEmbedding(config.d_model) if additive else None
+        self.cond_embed = self.final_modulation = None
+        if config.adaln != "none":
+            self.cond_embed = conditioning.SigmaEmbedding(config.cond_dim, config.cond_sigma)
+        if config.adaln == "blocks+final":
+            self.final_modulation = conditioning.Modulation(config.cond_dim, config.d_model, 2)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = norm_layer(config)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=config.head_bias)
         if config.tie_weights:
             self.head.weight = self.embed.weight
         cos, sin = rope_tables(
@@ -329,6 +348,9 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
         if self.time_embed is not None:
             self.time_embed.zero_output()
+        for module in self.modules():  # DiT: adaLN starts at zero (after the generic init)
+            if isinstance(module, conditioning.Modulation):
+                module.zero()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -389,15 +411,35 @@ class Transformer(nn.Module):
                 ).tril(offset)
             causal = False
         cos, sin = self.rotation(positions)
-        x = self.embed_at(tokens, positions)
+        if self.config.time_conditioning and noise_level is None:
+            raise HdlmError("this model is noise-level conditioned: pass noise_level [B, L]")
+        if not self.config.time_conditioning:
+            noise_level = None
+        if self.config.input_mix_gamma > 0:  # HDLM-γ's noisy-input embedding
+            x = self.mixed_input(tokens, positions, noise_level)
+        else:
+            x = self.embed_at(tokens, positions)
         if self.time_embed is not None:
-            if noise_level is None:
-                raise HdlmError("this model is noise-level conditioned: pass noise_level [B, L]")
             x = x + self.time_embed(noise_level).to(x.dtype)
+        cond = None
+        if self.cond_embed is not None:
+            cond = conditioning.with_batch_axes(self.cond_embed(noise_level), x)
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, attn_mask, causal, cache, layer)
+            x = block(x, cos, sin, attn_mask, causal, cache, layer, cond=cond)
         if cache is not None and commit:
             cache.length = offset + length
         x = self.norm(x)
+        if self.final_modulation is not None:
+            x = conditioning.modulate(x, *self.final_modulation(cond))
         return x if return_hidden else self.head(x)
+
+    def mixed_input(self, tokens: Tensor, positions: Tensor, noise_level: Tensor | None) -> Tensor:
+        """`embed_at` with the token embeddings replaced by `conditioning.mix_input` at σ(t) per
+        position (σ = 0 without noise levels: the plain embedding); MASK is the last id."""
+        if noise_level is None:
+            return self.embed_at(tokens, positions)
+        sigma = self.cond_embed.sigma(noise_level)
+        gamma, mask_id = self.config.input_mix_gamma, self.config.vocab_size - 1
+        x = conditioning.mix_input(self.embed, tokens, sigma, gamma, mask_id)
+        return x if self.pos_embed is None else x + self.pos_embed(positions)

@@ -46,7 +46,8 @@ class DiffusionObjective(Objective):
         schedule = self.layout.schedule(tokens.shape[1] - 1)
         if self.options.attention == "two-copy":
             width, steps = self.layout.block_width()
-            block_of = torch.arange(schedule.length, device=tokens.device) // width
+            offset = self.layout.block_offset
+            block_of = (torch.arange(schedule.length, device=tokens.device) + offset) // width
             position = draws[:, block_of] * steps
             return block_of * steps + position.floor().long() + 1, position.frac(), steps
         position = (draws * schedule.num_steps)[:, None].expand(-1, schedule.length)
@@ -143,7 +144,7 @@ class DiffusionObjective(Objective):
     def draw_shape(self, tokens: Tensor) -> tuple[int, ...]:
         if self.options.attention == "two-copy":
             width, _ = self.layout.block_width()
-            return (len(tokens), -(-(tokens.shape[1] - 1) // width))
+            return (len(tokens), -(-(tokens.shape[1] - 1 + self.layout.block_offset) // width))
         return (len(tokens),)
 
     def diffusion_terms(self, net, tokens: Tensor, generator) -> Tensor:

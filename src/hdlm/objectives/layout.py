@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hdlm import masks
-from hdlm.errors import ConfigError
+from hdlm.errors import ConfigError, HdlmError
 from hdlm.readout import clean_log_probs
 from hdlm.schedules import Hyperschedule, from_spec
 
@@ -68,6 +68,12 @@ class InputLayout:
             raise ConfigError("diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule")
         return int(numbers[0]), int(numbers[1])
 
+    @property
+    def block_offset(self) -> int:
+        """The OFFSET of a block:WIDTH:STEPS:OFFSET schedule (0 when not given)."""
+        numbers = self.options.schedule.split(":")[1:]
+        return int(numbers[2]) if len(numbers) > 2 else 0
+
     def logits(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
         """The network's output rows that predict the positions after BOS, [B, L-1, V], for the
         noisy tokens `x_t` [B, L-1] at levels `t` and schedule steps `step` [B, L-1]."""
@@ -75,10 +81,12 @@ class InputLayout:
         zeros = torch.zeros_like(t[:, :1])
         options = {"causal": self.options.attention == "causal"}
         if self.options.attention == "two-copy":
-            inputs = torch.cat((bos, x_t, tokens[:, 1:]), dim=1)
+            # with a block offset BOS lies inside block 0, so each copy has its own (BD3-LM)
+            clean = tokens if self.block_offset else tokens[:, 1:]
+            inputs = torch.cat((bos, x_t, clean), dim=1)
             options.update(attn_mask=self.two_copy_mask(length, tokens.device))
             options.update(positions=self.two_copy_positions(length, tokens.device))
-            noise_level = torch.cat((zeros, t, torch.zeros_like(t)), dim=1)
+            noise_level = torch.cat((zeros, t, torch.zeros_like(clean, dtype=t.dtype)), dim=1)
         else:
             inputs, noise_level = torch.cat((bos, x_t), dim=1), torch.cat((zeros, t), dim=1)
             if self.options.attention == "schedule":
@@ -87,6 +95,26 @@ class InputLayout:
                 options.update(attn_mask=self.annealed_mask(length, tokens.device))
         out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
         return out[:, self.read_index(length, tokens.device)]
+
+    def plain_logits(self, net, tokens: Tensor, t: Tensor) -> Tensor:
+        """The network's output for `tokens` [B, L] taken as one sequence (no BOS column added,
+        no row selection) at levels `t` [B, L] (ignored without conditioning): full or causal
+        attention as trained; `two-copy` models see a single copy under the block-causal mask
+        with blocks i // width from position 0 (BD3-LM's sampling forward: a clean prefix of
+        whole blocks and the noisy block). `LanguageModel.logits` calls this."""
+        attention = self.options.attention
+        if attention == "schedule":
+            raise HdlmError(
+                "lm.logits needs full, causal or two-copy attention; a model trained with "
+                "diffusion.attention=schedule sees a mask per step: use lm.nelbo or lm.sample"
+            )
+        options = {"causal": attention == "causal"}
+        if attention == "two-copy":
+            # position p >= 1 is schedule position p - 1: block (p - 1 + offset) // width
+            width, _ = self.block_width()
+            mask = masks.block_causal(tokens.shape[1], width, self.block_offset - 1)
+            options["attn_mask"] = mask.to(tokens.device)
+        return net(tokens, noise_level=t if self.conditioned else None, **options)
 
     def log_probs(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
         """log p_θ(x0_i | x_t) for the positions after BOS, [B, L-1, V] (MASK excluded)."""
@@ -103,8 +131,9 @@ class InputLayout:
         previous = own - 1
         if self.options.attention == "two-copy":
             width, _ = self.block_width()
-            block_start = (previous % width == 0) & (previous > 0)
-            previous = torch.where(block_start, previous + length - 1, previous)
+            block_start = ((previous + self.block_offset) % width == 0) & (previous > 0)
+            clean = length if self.block_offset else length - 1  # where the clean copy starts
+            previous = torch.where(block_start, previous + clean, previous)
         return previous.to(device)
 
     def schedule_mask(self, length: int, step: Tensor) -> Tensor:
@@ -118,8 +147,11 @@ class InputLayout:
 
     @functools.lru_cache(maxsize=4)  # noqa: B019
     def two_copy_mask(self, length: int, device) -> Tensor:
-        """[2L-1, 2L-1]: BOS, then `masks.two_copy_block_diffusion` over the L-1 positions."""
+        """[2L-1, 2L-1]: BOS, then `masks.two_copy_block_diffusion` over the L-1 positions.
+        With a block offset, [2L, 2L]: the two copies of all L positions, BOS in block 0."""
         width, _ = self.block_width()
+        if self.block_offset:  # position p (BOS: 0) lies in block (p - 1 + offset) // width
+            return masks.two_copy_block_diffusion(length, width, self.block_offset - 1).to(device)
         inner = masks.two_copy_block_diffusion(length - 1, width)
         mask = F.pad(inner, (1, 0, 1, 0), value=False)
         mask[:, 0] = True
@@ -127,6 +159,9 @@ class InputLayout:
 
     @functools.lru_cache(maxsize=4)  # noqa: B019
     def two_copy_positions(self, length: int, device) -> Tensor:
-        """[2L-1]: BOS at 0, then `masks.positions_for_two_copy` shifted past it."""
+        """[2L-1]: BOS at 0, then `masks.positions_for_two_copy` shifted past it ([2L]:
+        `masks.positions_for_two_copy(L)` with a block offset)."""
+        if self.block_offset:
+            return masks.positions_for_two_copy(length).to(device)
         inner = masks.positions_for_two_copy(length - 1) + 1
         return F.pad(inner, (1, 0), value=0).to(device)
