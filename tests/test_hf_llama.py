@@ -124,6 +124,8 @@ def test_imported_logits_equal_transformers_with_and_without_the_cache(parent, t
         pieces += [lm.net(tokens[:, i : i + 1], cache=cache, commit=True) for i in range(7, 24)]
     cached = torch.cat(pieces, dim=1)[..., columns]
     torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+    on_the_fly = hdlm.load(directory)  # a transformers directory is imported when loaded
+    assert torch.equal(on_the_fly.net(tokens), lm.net(tokens))
     mask = lm.tokenizer.roles["mask"]
     if name.startswith("llama"):
         assert mask == "<|reserved_special_token_0|>" and lm.config.model.vocab_size == size

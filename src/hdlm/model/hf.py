@@ -34,6 +34,7 @@ from hdlm.config import ModelConfig, RunConfig, complete, validate_model
 from hdlm.errors import CheckpointError
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.model.hf_arch import (
+    SUPPORTED,
     Piece,
     export_kind,
     half_to_pairs,
@@ -68,6 +69,17 @@ def read_hf_config(directory: Path) -> dict:
         return json.loads((directory / "config.json").read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{directory / 'config.json'} is not valid JSON ({e})") from e
+
+
+def is_transformers_model(directory: Path) -> bool:
+    """Whether `directory` is a transformers model this module imports (a config.json of a
+    supported model_type), not an hdlm checkpoint or run directory."""
+    if (directory / "manifest.json").is_file() or (directory / "latest").is_file():
+        return False
+    try:
+        return read_hf_config(directory).get("model_type") in SUPPORTED
+    except CheckpointError:
+        return False
 
 
 def architecture(model: ModelConfig) -> ModelConfig:

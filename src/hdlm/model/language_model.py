@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from hdlm.config import A3Config, RunConfig, apply_overrides, complete, from_dict, to_dict
 from hdlm.errors import CheckpointError, ConfigError, HdlmError
 from hdlm.families import Family, family
-from hdlm.model import official
+from hdlm.model import hf, official
 from hdlm.model.a3 import A3Transformer
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.model.transformer import Transformer
@@ -96,13 +96,17 @@ class LanguageModel(nn.Module):
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
-    """Load a checkpoint directory, or the newest checkpoint of a run directory; `hf:OWNER/NAME`
-    and directories of released checkpoints (HDLM, MDLM, SEDD, BD3-LM: `hdlm.model.official`)
-    are imported on the fly."""
+    """Load a checkpoint directory, or the newest checkpoint of a run directory; `hf:OWNER/NAME`,
+    directories of released checkpoints (HDLM, MDLM, SEDD, BD3-LM: `hdlm.model.official`) and
+    transformers models (gpt2, llama, mistral, qwen2, qwen3: `hdlm.model.hf`) are imported on
+    the fly."""
     if str(path).startswith(official.HUB_PREFIX):
         path = official.hub_snapshot(str(path).removeprefix(official.HUB_PREFIX))
     if Path(path).is_dir() and official.is_official(Path(path)):
         config, weights, tokenizer = official.import_official(path)
+    elif Path(path).is_dir() and hf.is_transformers_model(Path(path)):
+        config, imported = hf.import_run_config(path)
+        weights, tokenizer = imported.weights, imported.tokenizer
     else:
         _, config, weights, tokenizer = read_checkpoint(path)
     if config.model.vocab_size != tokenizer.vocab_size:
