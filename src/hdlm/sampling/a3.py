@@ -149,10 +149,44 @@ def _cached_step(net, tokens, groups, pending, candidates, cache, mask_id) -> Te
 
 
 @torch.no_grad()
+def blank_length_scores(
+    lm, texts: list[list[int]], lengths: list[int], blank: int, blank_max: int, group_size: int = 1
+) -> Tensor:
+    """log p(text after blank `blank` | everything before it, n unknown positions between) for
+    n = 1..`blank_max`, [blank_max] (exact A3 marginals, one batched forward pass).
+
+    The scored text is `texts[blank + 1]` (up to the next blank); the earlier blanks have
+    `lengths`. Only scored positions enter the sum: blanks and padding have log-probability -inf
+    (MASK is never a clean token), so they are selected out, never multiplied by 0 (-inf * 0 is
+    NaN, and argmax over NaN scores returned length 1 whatever the model said).
+    """
+    tokenizer, mask_id, device = lm.tokenizer, lm.tokenizer.mask_id, lm.device
+    after = len(texts[blank + 1])
+    rows = [layout(tokenizer.bos_id, mask_id, texts[: blank + 2], [*lengths[:blank], k])
+            for k in range(1, blank_max + 1)]  # fmt: skip
+    longest = max(len(row_tokens) for row_tokens, _ in rows)
+    batch = torch.full((len(rows), longest), mask_id)
+    groups = torch.full((len(rows), longest), unknown_group(longest))
+    scored = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for r, (row_tokens, row_known) in enumerate(rows):
+        size = len(row_tokens)
+        is_scored = torch.arange(size) >= size - after
+        context = row_known & ~is_scored
+        row_groups = given_groups(context, group_size).clamp(max=unknown_group(longest))
+        first = -(-(int(context.sum()) - 1) // group_size) + 1  # after the context's groups
+        row_groups[is_scored] = first + torch.arange(after) // group_size
+        batch[r, :size], groups[r, :size], scored[r, :size] = row_tokens, row_groups, is_scored
+    per_token = a3.token_log_likelihood(lm.net, batch.to(device), groups.to(device), mask_id)
+    return torch.where(scored[:, 1:].to(device), per_token, 0.0).sum(1)
+
+
+@torch.no_grad()
 def infill_template(
     lm, text: str, blank_max: int = 8, group_size: int = 1
 ) -> tuple[Tensor, Tensor]:
-    """(tokens [L], known [L]) of an infilling template, free blank lengths chosen by the model."""
+    """(tokens [L], known [L]) of an infilling template, free blank lengths chosen by the model
+    (`blank_length_scores`, the most likely length; a free blank with no text after it gets
+    `blank_max`)."""
     tokenizer, mask_id, device = lm.tokenizer, lm.tokenizer.mask_id, lm.device
     pieces = parse_infill(text)
     texts = [tokenizer.encode(p) if p else [] for p in pieces[0::2]]
@@ -161,26 +195,9 @@ def infill_template(
         raise HdlmError(f"--blank-max {blank_max} must be at least 1")
     lengths = [size if size is not None else blank_max for size in blanks]
     for b, size in enumerate(blanks):
-        if size is not None or not texts[b + 1]:
-            continue
-        after = len(texts[b + 1])  # the scored text: right after blank b, up to the next blank
-        rows = [layout(tokenizer.bos_id, mask_id, texts[: b + 2], [*lengths[:b], k])
-                for k in range(1, blank_max + 1)]  # fmt: skip
-        longest = max(len(row_tokens) for row_tokens, _ in rows)
-        batch = torch.full((len(rows), longest), mask_id)
-        groups = torch.full((len(rows), longest), unknown_group(longest))
-        scored = torch.zeros((len(rows), longest), dtype=torch.bool)
-        for r, (row_tokens, row_known) in enumerate(rows):
-            size = len(row_tokens)
-            is_scored = torch.arange(size) >= size - after
-            context = row_known & ~is_scored
-            row_groups = given_groups(context, group_size).clamp(max=unknown_group(longest))
-            first = -(-(int(context.sum()) - 1) // group_size) + 1  # after the context's groups
-            row_groups[is_scored] = first + torch.arange(after) // group_size
-            batch[r, :size], groups[r, :size], scored[r, :size] = row_tokens, row_groups, is_scored
-        per_token = a3.token_log_likelihood(lm.net, batch.to(device), groups.to(device), mask_id)
-        scores = (per_token * scored[:, 1:].to(device)).sum(1)
-        lengths[b] = 1 + int(scores.argmax())
+        if size is None and texts[b + 1]:
+            scores = blank_length_scores(lm, texts, lengths, b, blank_max, group_size)
+            lengths[b] = 1 + int(scores.argmax())
     tokens, known = layout(tokenizer.bos_id, mask_id, texts, lengths)
     check_length(lm, len(tokens), "the infilled text (lower --blank-max?)")
     return tokens.to(device), known.to(device)
