@@ -49,36 +49,75 @@ def _load(args: argparse.Namespace):
 
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """How `hdlm sample` and `hdlm eval` draw tokens; returns the A3 group for more options."""
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    """How `hdlm sample` and `hdlm eval` draw tokens; returns the A3 group for more options.
+
+    Sampler-specific options default to None (not given): `hdlm.sampling.options` says which
+    sampler uses which, and refuses the ones the loaded model's sampler does not use."""
+    p.add_argument(
+        "--temperature", type=float, default=None, help="0 = greedy (default 1; infill: 0)"
+    )
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--sampler", default=None, help="ar | ancestral | acs | remask (default: the family's own)"
+        "--sampler",
+        default=None,
+        help="ar | ancestral | acs | remask | tweedie | euler | a3 (default: the family's own)",
     )
     p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    p.add_argument("--steps", type=int, default=128, help="steps of a flat schedule")
+    p.add_argument("--steps", type=int, default=None, help="steps of a flat schedule (128)")
     p.add_argument("--eta", type=float, default=None, help="acs re-draw / remask strength")
-    p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
+    p.add_argument(
+        "--no-cache", action="store_true", default=None, help="recompute everything each step"
+    )
     a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
-    a3.add_argument("--order", default="left-to-right", help="left-to-right | random | confidence")
-    a3.add_argument("--group-size", type=int, default=1, help="tokens committed per step")
+    a3.add_argument(
+        "--order",
+        default=None,
+        help="left-to-right (default) | random | confidence | entropy (the last two: commit "
+        "the positions whose sampled distribution is surest)",
+    )
+    a3.add_argument(
+        "--group-size", type=int, default=None, help="tokens committed per step (default 1)"
+    )
+    a3.add_argument(
+        "--groups",
+        default=None,
+        help="explicit order instead of --order: groups of positions (BOS = 0) in decoding "
+        "order, e.g. '1-3,4-7,8+10,9' (',' between groups, '+' within, A-B ranges), or @FILE",
+    )
+    a3.add_argument(
+        "--no-eos-stop",
+        action="store_true",
+        default=None,
+        help="keep decoding after EOS (default: a row ends at its first generated EOS)",
+    )
     return a3
 
 
 def _sampler_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines."""
-    names = ["sampler", "temperature", "top_k", "top_p", "steps", "schedule", "eta", "order"]
+    """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines and
+    the user gave (the others keep the sampler's defaults)."""
+    from hdlm.sampling.a3_groups import parse_groups
+
+    names = ["sampler", "temperature", "top_k", "top_p", "steps", "schedule", "eta", "order",
+             "group_size"]  # fmt: skip
     options = {name: getattr(args, name) for name in names}
-    return options | {"group_size": args.group_size, "use_cache": not args.no_cache}
+    options |= {
+        "use_cache": False if args.no_cache else None,
+        "groups": parse_groups(args.groups) if args.groups is not None else None,
+        "eos_stop": False if args.no_eos_stop else None,
+    }
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from hdlm.sampling.hyperschedule import Trace
+    from hdlm.sampling.trace import Trace
 
     lm = _load(args)
     trace = Trace() if args.trace else None
+    if args.trace:
+        _check_trace_path(args.trace)
     tokens = lm.sample(
         args.num_samples,
         args.length,
@@ -95,6 +134,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
         from hdlm.sampling.trace import write_trace
 
         print(f"wrote {write_trace(trace, lm.tokenizer, args.trace)}")
+
+
+def _check_trace_path(path: str) -> None:
+    """Refuse a --trace file we cannot write before sampling, not after."""
+    from hdlm.sampling.trace import SUFFIXES
+
+    if Path(path).suffix not in SUFFIXES:
+        raise HdlmError(f"--trace {path}: use a {', '.join(SUFFIXES)} file")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -116,6 +163,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise HdlmError(
                 f"unknown metric '{metric}'; choose from ppl, infill, {', '.join(SAMPLE_METRICS)}"
             )
+    sampling = _sampler_options(args)
+    if sampling and not {"infill", *SAMPLE_METRICS} & set(metrics):
+        from hdlm.sampling.options import flag
+
+        raise HdlmError(
+            f"{flag(next(iter(sampling)))} changes how samples are drawn, but --metrics "
+            f"{args.metrics} draws none (infill, {', '.join(SAMPLE_METRICS)} do)"
+        )
     lm = _load(args)
     if lm.config.family == "a3":  # `--set a3.eval_order=random` etc. change the evaluation
         from hdlm.a3 import apply_eval_overrides
@@ -141,7 +196,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
         held_out = blocks[: args.max_blocks]
         tokens, hidden = middle_span(held_out, args.infill_length, args.infill_span)
-        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size)
+        result["infill"] = infill_metrics(
+            lm, tokens, hidden, args.batch_size, seed=args.seed, **sampling
+        )
     sampled = [m for m in metrics if m in SAMPLE_METRICS]
     if sampled:
         length = args.length or data_config.seq_len
@@ -154,7 +211,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                 )
             references = lm.decode(blocks[: args.samples, :length])
         reference = load_reference(args.reference, args.device) if args.reference else None
-        options = _sampler_options(args) | {"batch_size": args.batch_size, "seed": args.seed}
+        options = sampling | {"batch_size": args.batch_size, "seed": args.seed}
         result.update(
             sample_metrics(lm, args.samples, length, references, reference, sampled, **options)
         )
@@ -260,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="text with blanks to fill: ___ = free length (1..--blank-max), ___[N] = N tokens",
     )
-    a3.add_argument("--blank-max", type=int, default=8, help="longest free-length blank")
+    a3.add_argument(
+        "--blank-max", type=int, default=None, help="longest free-length blank (default 8)"
+    )
     p.set_defaults(func=cmd_sample)
 
     p = commands.add_parser(
