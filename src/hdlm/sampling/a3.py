@@ -185,7 +185,7 @@ def decode(
     state = Decoding(net, tokens, known, mask_id, group_size, use_cache, stop_id)
     remaining = int((~known).sum())
     steps = len(plan) if plan is not None else -(-remaining // group_size)
-    candidates = state.columns[~known].expand(len(tokens), -1)  # dynamic orders: still to rank
+    candidates = state.columns[~known].expand(len(tokens), -1)  # dynamic orders: yet to rank
     priority = _priority(order, tokens.shape, state.columns, generator)
     for step in range(steps):
         if stop_id is not None and step > 0 and not state.open.any():
@@ -208,6 +208,7 @@ def decode(
 
 
 def _check(order: str | None, group_size: int, groups) -> None:
+    """One-line errors for an unknown order, an order with a grouping, a group size below 1."""
     if order is not None and order not in ORDERS:
         raise HdlmError(f"unknown A3 order '{order}'; choose one of {', '.join(ORDERS)}")
     if order is not None and groups is not None:
