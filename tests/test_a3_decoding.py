@@ -172,15 +172,25 @@ def test_left_to_right_with_eos_stop_is_ar_sampling_cut_at_the_first_eos():
     assert len(trace.tokens) == first - 2
 
 
-def test_eos_closes_the_tail_in_any_order_but_not_a_blank_before_given_text():
+def test_eos_closes_the_tail_in_any_order_but_not_a_blank_before_given_text(monkeypatch):
+    from hdlm.sampling.a3 import Decoding
+
+    original = Decoding.commit
+
+    def once(self, chosen, new):  # no open position is committed twice in one step
+        for row, is_open in zip(chosen, self.open.gather(1, chosen), strict=True):
+            assert len(set(row[is_open].tolist())) == int(is_open.sum())
+        return original(self, chosen, new)
+
+    monkeypatch.setattr(Decoding, "commit", once)
     net = sharp_net(1)
     favour(net, EOS, 2.5)
     tokens = random_tokens(6, LENGTH)
     known = torch.zeros(LENGTH, dtype=torch.bool)
     known[[0, 1, 2, 9]] = True  # a blank 3..8 before given text, then the open tail 10..23
-    for order in ("random", "confidence"):
+    for order, size in (("random", 2), ("confidence", 2), ("entropy", 5)):
         trace = Trace()
-        out = draw(net, tokens, known, order=order, group_size=2, stop_id=EOS, trace=trace)
+        out = draw(net, tokens, known, order=order, group_size=size, stop_id=EOS, trace=trace)
         committed = torch.stack(trace.revealed).sum(0)  # [n, L-1], how often each was committed
         assert committed.max() == 1
         assert not (out == MASK).any() and committed[:, 2:8].all()  # the blank is always filled
