@@ -54,7 +54,10 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     Sampler-specific options default to None (not given): `hdlm.sampling.options` says which
     sampler uses which, and refuses the ones the loaded model's sampler does not use."""
     p.add_argument(
-        "--temperature", type=float, default=None, help="0 = greedy (default 1; infill: 0)"
+        "--temperature",
+        type=float,
+        default=None,
+        help="0 = greedy (default 1; 0 for eval --metrics infill)",
     )
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -309,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num-samples", type=int, default=2)
     p.add_argument("--length", type=int, default=None, help="tokens per sample incl. the prompt")
     p.add_argument(
-        "--trace", default=None, help="draw the denoising trajectory to a .html, .png or .svg"
+        "--trace",
+        default=None,
+        help="draw what each step did (denoising, or the group A3 committed) to .html/.png/.svg",
     )
     a3 = _add_sampler_options(p)
     a3.add_argument(
