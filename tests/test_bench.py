@@ -34,3 +34,8 @@ def test_sampling_cases_run():
                 "size": SIZE, "n": 2, "device": "cpu", "precision": "fp32",
                 "threads": torch.get_num_threads(), "shape": shape}  # fmt: skip
         assert bench.sample_case(case)["tokens_per_s"] > 0
+    for order, k in bench.A3_VARIANTS:  # the A3 decoding rows
+        case = {"sampler": "a3", "schedule": None, "cache": True, "length": 40, "size": SIZE,
+                "n": 2, "device": "cpu", "precision": "fp32", "threads": torch.get_num_threads(),
+                "options": {"order": order, "group_size": k, **bench.A3_BENCH_OPTIONS}}  # fmt: skip
+        assert bench.sample_case(case)["tokens_per_s"] > 0

@@ -6,17 +6,20 @@ from helpers import language_model
 
 from hdlm.cli import main
 from hdlm.config import RunConfig, complete
-from hdlm.errors import ConfigError
-from hdlm.families import FAMILIES, SAMPLER_OPTIONS, check_options, family
+from hdlm.errors import ConfigError, HdlmError
+from hdlm.families import FAMILIES, check_sampler, family
 from hdlm.model import LanguageModel, Transformer
 from hdlm.model.a3 import A3Transformer
 from hdlm.objectives import OBJECTIVES
+from hdlm.sampling import settings
+from hdlm.sampling.options import OPTIONS
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_row_builds_its_objective_network_and_samplers(name):
     row = family(name)
-    assert row.objective in OBJECTIVES and set(row.samplers) <= set(SAMPLER_OPTIONS)
+    samplers = {s for samplers, _ in OPTIONS.values() for s in samplers}
+    assert row.objective in OBJECTIVES and set(row.samplers) <= samplers | {"tweedie", "euler"}
     lm = language_model(name, **({"schedule": "slide:4:3"} if name == "hyperschedule" else {}))
     assert isinstance(lm, LanguageModel) and lm.family is row
     assert isinstance(lm.objective, OBJECTIVES[row.objective])
@@ -45,15 +48,16 @@ def test_unknown_family_suggests_the_closest():
 
 
 def test_options_a_sampler_does_not_read_are_refused():
-    check_options(family("mdlm"), "acs", {"eta": 0.3, "steps": 8})
-    with pytest.raises(ConfigError, match="--eta does not apply to the ancestral sampler"):
-        check_options(family("mdlm"), None, {"eta": 0.3})
-    with pytest.raises(ConfigError, match="--order does not apply to the ancestral sampler"):
-        check_options(family("eps-hybrid"), None, {"order": "random"})
-    with pytest.raises(ConfigError, match="--steps does not apply to the a3 sampler of this 'a3'"):
-        check_options(family("a3"), None, {"steps": 8})
+    mdlm, a3 = language_model("mdlm"), language_model("a3")
+    assert settings(mdlm, "acs", eta=0.3, steps=8)["eta"] == 0.3
+    with pytest.raises(HdlmError, match="--eta does not apply to mdlm models"):
+        settings(mdlm, eta=0.3)
+    with pytest.raises(HdlmError, match="--order does not apply to mdlm models"):
+        settings(mdlm, order="random")
+    with pytest.raises(HdlmError, match="--steps does not apply to a3 models"):
+        settings(a3, steps=8)
     with pytest.raises(ConfigError, match="cannot draw from a 'gamma-hybrid' model"):
-        check_options(family("gamma-hybrid"), "acs", {})
+        check_sampler(family("gamma-hybrid"), "acs")
 
 
 @pytest.fixture
@@ -66,7 +70,7 @@ def a3_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--eta", "0.1"], "--eta does not apply to the a3 sampler of this 'a3' model"),
+        (["--eta", "0.1"], "--eta does not apply to a3 models"),
         (["--schedule", "flat:8"], "--schedule does not apply"),
         (["--steps", "8"], "--steps does not apply"),
         (["--sampler", "acs"], "the acs sampler cannot draw from a 'a3' model"),
@@ -95,7 +99,7 @@ def exit_code(argv: list[str]) -> int:
 def test_a_diffusion_model_refuses_a3_options(tmp_path, capsys):
     language_model("mdlm").save(tmp_path / "m")
     assert main(["sample", str(tmp_path / "m"), "--group-size", "2"]) == 2
-    assert "--group-size does not apply to the ancestral sampler" in capsys.readouterr().err
+    assert "--group-size does not apply to mdlm models" in capsys.readouterr().err
 
 
 def test_an_unwritable_output_file_is_one_line(tmp_path, capsys):

@@ -45,6 +45,11 @@ def llama_shape(size: dict) -> dict:
             "n_kv_heads": max(1, size["n_heads"] // 4)}  # fmt: skip
 
 
+# A3 decoding rows of `bench sample`: (order, tokens per step); every row decodes the full length
+A3_VARIANTS = (("left-to-right", 1), ("left-to-right", 4), ("confidence", 1), ("confidence", 4))
+A3_BENCH_OPTIONS = {"eos_stop": False}  # random weights: decode every position
+
+
 def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
     """A randomly initialised model of `family` (speed does not depend on the weights)."""
     from hdlm.model import LanguageModel
@@ -115,16 +120,19 @@ def train_case(case: dict) -> dict:
 def sample_case(case: dict) -> dict:
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
-    family = "ar" if case["sampler"] == "ar" else "block-diffusion"
-    lm = language_model(family, {**case["size"], **case["shape"]}, case["length"], device).eval()
+    family = {"ar": "ar", "a3": "a3"}.get(case["sampler"], "block-diffusion")
+    shape = case.get("shape", {})
+    lm = language_model(family, {**case["size"], **shape}, case["length"], device).eval()
     options = {"sampler": case["sampler"], "use_cache": case["cache"], "seed": 0}
+    options |= case.get("options", {})
     lengths = iter((32, case["length"]))  # warm up on a short sample, then time the real one
 
     def work():
         length = next(lengths)
-        spec = case["schedule"] and case["schedule"].replace("{steps}", str(length // 4))
+        if case["schedule"]:
+            options["schedule"] = case["schedule"].replace("{steps}", str(length // 4))
         with autocast(device, case["precision"]):
-            lm.sample(case["n"], length, schedule=spec, **options)
+            lm.sample(case["n"], length, **options)
 
     seconds = timed(device, work)
     return {
@@ -213,7 +221,18 @@ def bench_sample(size, lengths, n, rounds, device, precision, progress) -> dict:
              "precision": precision, "threads": torch.get_num_threads(), "shape": shape}
             for name, sampler, schedule, cache, shape in variants
         ]  # fmt: skip
-    return {"rows": interleaved(sample_case, cases, rounds, progress)}
+        cases += [
+            {"label": f"a3 {order} ({k} tok/step, cache) L={length}", "sampler": "a3",
+             "schedule": None, "cache": True, "length": length, "size": size, "n": n,
+             "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+             "options": {"order": order, "group_size": k, **A3_BENCH_OPTIONS}}
+            for order, k in A3_VARIANTS
+        ]  # fmt: skip
+    rows = interleaved(sample_case, cases, rounds, progress)
+    for row in rows:  # speed relative to the AR row of the same length
+        ar = next(r for r in rows if r["sampler"] == "ar" and r["length"] == row["length"])
+        row["vs_ar"] = row["tokens_per_s"] / ar["tokens_per_s"]
+    return {"rows": rows}
 
 
 def write_results(kind: str, result: dict, out: Path) -> str:
@@ -231,9 +250,10 @@ def write_results(kind: str, result: dict, out: Path) -> str:
             f"{result['peak_flops'] / 1e9:,.0f} GFLOP/s; time: {result['clock']}\n"
         )
     else:
-        header = "| sampler | tokens/s | peak MiB |\n|---|---|---|\n"
+        header = "| sampler | tokens/s | vs ar | peak MiB |\n|---|---|---|---|\n"
         lines = [
-            f"| {r['label']} | {r['tokens_per_s']:,.1f} | {r['peak_mib']:,.0f} |"
+            f"| {r['label']} | {r['tokens_per_s']:,.1f} | {r.get('vs_ar', float('nan')):.2f} | "
+            f"{r['peak_mib']:,.0f} |"
             for r in result["rows"]
         ]
         footer = ""

@@ -1,7 +1,7 @@
 """The `hdlm` command line: train | sample | eval | bench | study | export | import | plot.
 
 Every option is checked here, at the edge, the same way for every command: numbers by range
-(`argparse` types below), sampling options against the loaded family (`families.check_options`),
+(`argparse` types below), sampling options against the loaded model's sampler (`sampling.options`),
 devices against the machine. Every user mistake surfaces as one line `hdlm: error: ...` and exit
 code 2; `python -m hdlm` is the same command.
 """
@@ -82,39 +82,46 @@ def _load(args: argparse.Namespace):
     return hdlm.load(args.checkpoint, device=pick_device(args.device, "--device"))
 
 
-SAMPLING_DEFAULTS = {"steps": 128, "order": "left-to-right", "group_size": 1, "blank_max": 8}
+def _sampler_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines and
+    the user gave (the others keep the sampler's defaults)."""
+    from hdlm.sampling.a3_groups import parse_groups
 
-
-def _sampler_options(args: argparse.Namespace, lm) -> dict:
-    """The keyword arguments of `LanguageModel.sample` from the sampling options, after
-    refusing those the model's sampler does not read (`families.check_options`)."""
-    from hdlm.families import check_options
-
-    optional = ["steps", "schedule", "eta", "order", "group_size", "blank_max", "trace"]
-    given = {name: getattr(args, name, None) for name in optional}
-    given = {name: value for name, value in given.items() if value is not None}
-    if args.no_cache:
-        given["use_cache"] = False
-    check_options(lm.family, args.sampler, given)
-    options = {name: getattr(args, name) for name in ["sampler", "temperature", "top_k", "top_p"]}
-    options.update(SAMPLING_DEFAULTS | {k: v for k, v in given.items() if k != "trace"})
-    return options | {"use_cache": not args.no_cache}
+    names = ["sampler", "temperature", "top_k", "top_p", "steps", "schedule", "eta", "order",
+             "group_size"]  # fmt: skip
+    options = {name: getattr(args, name) for name in names}
+    options |= {
+        "use_cache": False if args.no_cache else None,
+        "groups": parse_groups(args.groups) if args.groups is not None else None,
+        "eos_stop": False if args.no_eos_stop else None,
+    }
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from hdlm.sampling.hyperschedule import Trace
+    from hdlm.sampling.trace import Trace
 
     lm = _load(args)
-    options = _sampler_options(args, lm)
     trace = Trace() if args.trace else None
+    if args.trace:
+        _check_trace_path(args.trace)
     tokens = lm.sample(args.num_samples, args.length, prompt=args.prompt, seed=args.seed,
-                       infill=args.infill, trace=trace, **options)  # fmt: skip
+                       infill=args.infill, blank_max=args.blank_max, trace=trace,
+                       **_sampler_options(args))  # fmt: skip
     for i, text in enumerate(lm.decode(tokens)):
         print(f"=== sample {i} ===\n{text}")
     if args.trace:
         from hdlm.sampling.trace import write_trace
 
         print(f"wrote {write_trace(trace, lm.tokenizer, args.trace)}")
+
+
+def _check_trace_path(path: str) -> None:
+    """Refuse a --trace file we cannot write before sampling, not after."""
+    from hdlm.sampling.trace import SUFFIXES
+
+    if Path(path).suffix not in SUFFIXES:
+        raise HdlmError(f"--trace {path}: use a {', '.join(SUFFIXES)} file")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -126,6 +133,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise HdlmError(
                 f"unknown metric '{metric}'; choose from ppl, infill, {', '.join(SAMPLE_METRICS)}"
             )
+    sampling = _sampler_options(args)
+    if sampling and not {"infill", *SAMPLE_METRICS} & set(metrics):
+        from hdlm.sampling.options import flag
+
+        raise HdlmError(
+            f"{flag(next(iter(sampling)))} changes how samples are drawn, but --metrics "
+            f"{args.metrics} draws none (infill, {', '.join(SAMPLE_METRICS)} do)"
+        )
     lm = _load(args)
     a3_overrides = [o for o in args.overrides if o.startswith("a3.")]
     if a3_overrides:  # `--set a3.eval_order=random` etc. change an A3 model's evaluation
@@ -165,7 +180,8 @@ def _evaluate(args: argparse.Namespace, lm, metrics: list[str], data_overrides: 
     if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
         tokens, hidden = middle_span(blocks[: args.max_blocks], args.infill_length,
                                      args.infill_span)  # fmt: skip
-        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size, progress)
+        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size, progress,
+                                          seed=args.seed, **_sampler_options(args))  # fmt: skip
     sampled = [m for m in metrics if m in SAMPLE_METRICS]
     if sampled:
         result.update(_sample_quality(args, lm, sampled, blocks, data_config.seq_len))
@@ -186,7 +202,7 @@ def _sample_quality(args: argparse.Namespace, lm, sampled: list[str], blocks, se
             )
         references = lm.decode(blocks[: args.samples, :length])
     reference = load_reference(args.reference, args.device) if args.reference else None
-    options = _sampler_options(args, lm) | {"batch_size": args.batch_size, "seed": args.seed}
+    options = _sampler_options(args) | {"batch_size": args.batch_size, "seed": args.seed}
     return sample_metrics(lm, args.samples, length, references, reference, sampled,
                           progress=not args.no_progress, **options)  # fmt: skip
 
@@ -293,8 +309,10 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """How `hdlm sample` and `hdlm eval` draw tokens; returns the A3 group for more options.
-    Options a sampler may not read default to None, so that a given one can be refused."""
-    p.add_argument("--temperature", type=nonnegative_float, default=1.0, help="0 = greedy")
+    Sampler-specific options default to None (not given): `hdlm.sampling.options` says which
+    sampler reads which, and refuses one the loaded model's sampler does not read."""
+    p.add_argument("--temperature", type=nonnegative_float, default=None,
+                   help="0 = greedy (default 1; 0 for eval --metrics infill)")  # fmt: skip
     p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--top-p", type=nucleus, default=None)
     p.add_argument("--seed", type=nonnegative_int, default=0)
@@ -302,16 +320,25 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    help="ar | ancestral | acs | remask | tweedie | euler | a3 (default: the "
                    "family's own)")  # fmt: skip
     p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    p.add_argument(
-        "--steps", type=positive_int, default=None, help="steps of a flat schedule (128)"
-    )
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="steps of a flat schedule (128)")  # fmt: skip
     p.add_argument("--eta", type=probability, default=None, help="acs re-draw / remask strength")
-    p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
+    p.add_argument("--no-cache", action="store_true", default=None,
+                   help="recompute everything each step")  # fmt: skip
     a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
-    a3.add_argument("--order", default=None, choices=["left-to-right", "random", "confidence"],
-                    help="the order positions are committed in (left-to-right)")  # fmt: skip
+    a3.add_argument("--order", default=None,
+                    choices=["left-to-right", "random", "confidence", "entropy"],
+                    help="left-to-right (default) | random | confidence | entropy (the last two: "
+                    "commit the positions whose sampled distribution is surest)")  # fmt: skip
     a3.add_argument("--group-size", type=positive_int, default=None,
                     help="tokens committed per step (default 1)")  # fmt: skip
+    a3.add_argument("--groups", default=None,
+                    help="explicit order instead of --order: groups of positions (BOS = 0) in "
+                    "decoding order, e.g. '1-3,4-7,8+10,9' (',' between groups, '+' within, A-B "
+                    "ranges), or @FILE")  # fmt: skip
+    a3.add_argument("--no-eos-stop", action="store_true", default=None,
+                    help="keep decoding after EOS (default: a row ends at its first generated "
+                    "EOS)")  # fmt: skip
     return a3
 
 
@@ -337,7 +364,8 @@ def _sample_parser(commands) -> None:
     p.add_argument("--length", type=positive_int, default=None,
                    help="tokens per sample incl. the prompt")  # fmt: skip
     p.add_argument("--trace", default=None,
-                   help="draw the denoising trajectory to a .html, .png or .svg")  # fmt: skip
+                   help="draw what each step did (denoising, or the group A3 committed) to "
+                   ".html/.png/.svg")  # fmt: skip
     a3 = _add_sampler_options(p)
     a3.add_argument("--infill", default=None,
                     help="text with blanks to fill: ___ = free length (1..--blank-max, A3), "

@@ -104,14 +104,22 @@ def infill_metrics(
 
     * span NLL per token: -log p(x_hidden | rest) / |hidden|, exact for A3, the conditional
       NELBO (an upper bound) for masked diffusion (`LanguageModel.nelbo(tokens, hidden)`);
-    * accuracy: share of hidden tokens a greedy fill (`sampling.fill`, temperature 0 unless
-      `fill_options` say otherwise) gets exactly right; diffusion samplers walk as many steps as
-      there are hidden tokens (one per step on average), A3 decodes one token per step anyway.
-    """
-    from hdlm.sampling import fill
+    * accuracy: share of hidden tokens a fill (`sampling.fill` with `fill_options`; greedy,
+      temperature 0, unless they say otherwise) gets exactly right; diffusion samplers walking
+      their flat schedule take as many steps as there are hidden tokens (one per step on average)
+      unless `steps` or `schedule` is given; A3 decodes left to right, one token per step,
+      unless `order` / `group_size` / `groups` say otherwise.
 
-    steps = {} if lm.family.is_a3 else {"steps": int(hidden.sum())}  # A3 has none
-    fill_options = {"temperature": 0.0, **steps, **fill_options}
+    `fill` reports every setting the fill used, defaults resolved (`sampling.settings`).
+    """
+    from hdlm.sampling import fill, settings
+
+    fill_options = {"temperature": 0.0, **fill_options}
+    used = settings(lm, **fill_options)
+    own_flat = used.get("schedule", "").startswith("flat:") and "schedule" not in fill_options
+    if own_flat and "steps" not in fill_options:
+        fill_options["steps"] = int(hidden.sum())
+        used = settings(lm, **fill_options)
     known = F.pad(hidden, (1, 0), value=False).logical_not().to(lm.device)
     nats, correct = 0.0, 0
     for start in tqdm(range(0, len(tokens), batch_size), desc="infill", disable=not progress):
@@ -127,7 +135,7 @@ def infill_metrics(
         "accuracy": correct / scored,
         "spans": len(tokens),
         "span_tokens": int(hidden.sum()),
-        "fill": {k: v for k, v in fill_options.items() if v is not None},
+        "fill": used,
     }
 
 
@@ -394,6 +402,8 @@ def sample_metrics(
     `lm`'s tokenizer when given. Returns a JSON-able dict with the options, the sampling time and
     tokens per second, the metrics and three example texts.
     """
+    from hdlm.sampling import settings
+
     unknown = [m for m in metrics if m not in SAMPLE_METRICS]
     if unknown:
         raise HdlmError(f"unknown metric '{unknown[0]}'; choose from {', '.join(SAMPLE_METRICS)}")
@@ -419,6 +429,7 @@ def sample_metrics(
         "length": tokens.shape[1],
         "seed": seed,
         "sampler_options": sampler_options,
+        "settings": settings(lm, seed=seed, **sampler_options),
         "sampling_seconds": seconds,
         "tokens_per_second": tokens[:, 1:].numel() / seconds,
     }

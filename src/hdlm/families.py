@@ -6,7 +6,7 @@ runs, the samplers that can draw from it (the first is its default), and the pre
 these values). `ar` carries a preset too: quenched AR + masking + causal attention + shifted
 read-out *is* an AR model (design.md §2), which is how the hyperschedule sampler walks AR
 checkpoints. Everything else asks this table: config validation, `LanguageModel`, the samplers,
-the CLI's option checks, the study, the trainer.
+the study, the trainer. (Which sampler reads which option is `hdlm.sampling.options`'.)
 
 This module is data only (it imports nothing of hdlm but its errors), so that `hdlm.config` can
 use it without reaching above itself.
@@ -88,18 +88,6 @@ FAMILIES: dict[str, Family] = {
     )
 }  # fmt: skip
 
-# The sampling options each sampler reads (API keyword = CLI option with dashes); options
-# every sampler reads (temperature, top_k, top_p, seed) are not listed.
-SAMPLER_OPTIONS: dict[str, frozenset[str]] = {
-    "ar": frozenset({"use_cache"}),
-    **dict.fromkeys(
-        HYPERSCHEDULE_SAMPLERS, frozenset({"steps", "schedule", "use_cache", "trace", "eta"})
-    ),
-    **dict.fromkeys(TAU_LEAPING_SAMPLERS, frozenset({"steps", "schedule"})),
-    "a3": frozenset({"order", "group_size", "use_cache", "blank_max"}),
-}
-SAMPLER_OPTIONS["ancestral"] -= {"eta"}
-
 
 def family(name: str) -> Family:
     """The row of family `name`; an unknown name is a config error with a suggestion."""
@@ -120,18 +108,3 @@ def check_sampler(row: Family, sampler: str) -> None:
             f"the {sampler} sampler cannot draw from a '{row.name}' model; "
             f"use --sampler {' or '.join(row.samplers)}"
         )
-
-
-def check_options(row: Family, sampler: str | None, given: dict[str, object]) -> None:
-    """Refuse sampling options (`given`: those a user set) that `sampler` (default: the
-    family's own) does not read, naming the option and the family."""
-    sampler = sampler or row.default_sampler
-    check_sampler(row, sampler)
-    used = SAMPLER_OPTIONS[sampler]
-    every = set().union(*SAMPLER_OPTIONS.values())
-    for name in given:
-        if name in every and name not in used:
-            raise ConfigError(
-                f"--{name.replace('_', '-')} does not apply to the {sampler} sampler of this "
-                f"'{row.name}' model; drop it"
-            )

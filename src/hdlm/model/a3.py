@@ -55,8 +55,9 @@ class A3Transformer(Transformer):
 
         `content_*` are [B, Nc], `query_*` [B, Nq] (positions are RoPE positions; a query for
         target i sits at i - 1). `attn_mask` is bool [B, Nc + Nq, C + Nc] (True = may attend),
-        over the C cached content rows first, then the new content rows. With `commit=True` the
-        new content rows are appended to `cache`.
+        over the C cached content rows first, then the new content rows, or any shape that
+        broadcasts to it ([B, 1, C + Nc]: the same keys for every row); None: every row sees
+        every key. With `commit=True` the new content rows are appended to `cache`.
         """
         offset = self.check_context(cache, content_tokens.shape[1])
         n_content = content_tokens.shape[1]
@@ -67,7 +68,7 @@ class A3Transformer(Transformer):
         queries = self.embed_at(query_tokens, query_positions) + self.query_gap(query_gaps)
         x = torch.cat((self.embed_at(content_tokens, content_positions), queries), dim=1)
         x = self.drop(x)
-        mask = attn_mask[:, None]
+        mask = attn_mask[:, None] if attn_mask is not None else None  # None: all visible
         for layer, block in enumerate(self.blocks):  # through each block's forward (FSDP hooks)
             x = block(x, cos, sin, mask, False, cache, layer, kv_rows=n_content)
         if cache is not None and commit:

@@ -22,8 +22,6 @@ same tokens, the same random draws, logits equal to float tolerance — only slo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,17 +31,8 @@ from hdlm.model.transformer import KVCache
 from hdlm.processes import CORRECTIONS
 from hdlm.readout import clean_log_probs
 from hdlm.sampling.tokens import pick_tokens
+from hdlm.sampling.trace import Trace
 from hdlm.schedules import Hyperschedule, position_states
-
-
-@dataclass
-class Trace:
-    """What happened at every step (for plots): tokens after the step and per-position events."""
-
-    tokens: list[Tensor] = field(default_factory=list)  # [n, L] after each step
-    revealed: list[Tensor] = field(default_factory=list)  # [n, L-1] masked -> token
-    corrected: list[Tensor] = field(default_factory=list)  # [n, L-1] token -> another token
-    remasked: list[Tensor] = field(default_factory=list)  # [n, L-1] token -> MASK
 
 
 def check_schedule_length(schedule: Hyperschedule, length: int) -> None:
@@ -202,8 +191,9 @@ def sample_hyperschedule(
 
 
 def record(trace: Trace, tokens: Tensor, active: Tensor, events: dict[str, Tensor]) -> None:
-    trace.tokens.append(tokens.clone())
+    """Add a step to `trace`: `events` [n, A] happened at the `active` [L-1] positions."""
+    full = {}
     for name, happened in events.items():
-        full = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
-        full[:, active.cpu()] = happened.cpu()
-        getattr(trace, name).append(full)
+        full[name] = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
+        full[name][:, active.cpu()] = happened.cpu()
+    trace.add(tokens, **full)
