@@ -1,4 +1,5 @@
-"""The `hdlm` command line: train | sample | eval | bench | study | export | import | plot.
+"""The `hdlm` command line: train | sample | eval | harness | bench | study | export | import |
+plot.
 
 Every user mistake surfaces as one line `hdlm: error: ...` and exit code 2.
 """
@@ -50,7 +51,9 @@ def _load(args: argparse.Namespace):
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """How `hdlm sample` and `hdlm eval` draw tokens; returns the A3 group for more options."""
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="0 = greedy (default 1; story-infill 0)"
+    )
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +61,7 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "--sampler", default=None, help="ar | ancestral | acs | remask (default: the family's own)"
     )
     p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    p.add_argument("--steps", type=int, default=128, help="steps of a flat schedule")
+    p.add_argument("--steps", type=int, default=None, help="steps of a flat schedule (default 128)")
     p.add_argument("--eta", type=float, default=None, help="acs re-draw / remask strength")
     p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
     a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
@@ -67,10 +70,14 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return a3
 
 
-def _sampler_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines."""
-    names = ["sampler", "temperature", "top_k", "top_p", "steps", "schedule", "eta", "order"]
+def _sampler_options(args: argparse.Namespace, temperature: float = 1.0) -> dict:
+    """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines
+    (`temperature` when --temperature is not given; no `steps` when --steps is not given)."""
+    names = ["sampler", "top_k", "top_p", "steps", "schedule", "eta", "order"]
     options = {name: getattr(args, name) for name in names}
+    if options["steps"] is None:
+        del options["steps"]
+    options["temperature"] = temperature if args.temperature is None else args.temperature
     return options | {"group_size": args.group_size, "use_cache": not args.no_cache}
 
 
@@ -97,9 +104,72 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(f"wrote {write_trace(trace, lm.tokenizer, args.trace)}")
 
 
+EVAL_METRICS = ("ppl", "infill", "story-infill")  # and `evaluate.SAMPLE_METRICS`
+
+
+def _eval_metrics(spec: str) -> list[str]:
+    from hdlm.evaluate import SAMPLE_METRICS
+
+    metrics = [m.strip() for m in spec.split(",") if m.strip()]
+    for metric in metrics:
+        if metric not in (*EVAL_METRICS, *SAMPLE_METRICS):
+            raise HdlmError(
+                f"unknown metric '{metric}'; choose from {', '.join(EVAL_METRICS)}, "
+                f"{', '.join(SAMPLE_METRICS)}"
+            )
+    if "story-infill" in metrics and {"ppl", "infill", "mauve"} & set(metrics):
+        raise HdlmError(
+            "story-infill reads --data as a stories file; run ppl, infill and mauve separately"
+        )
+    return metrics
+
+
+def _is_training_corpus(spec: str, lm) -> bool:
+    """Whether `--data` names the corpus the model was trained on (same name or same path)."""
+    trained = lm.config.data.corpus
+    if spec == trained:
+        return True
+    mine, theirs = Path(spec).expanduser(), Path(trained).expanduser()
+    return mine.exists() and theirs.exists() and mine.resolve() == theirs.resolve()
+
+
+def _held_out_data(args: argparse.Namespace, lm, data_config, zero_shot: bool):
+    """(blocks [n, seq_len], documents or None, what the JSON says about the data): all of
+    `--data` when it is not the training corpus (zero-shot), else its `--split` by hash."""
+    from hdlm.data import prepare_data
+    from hdlm.errors import DataError
+
+    if zero_shot:
+        from hdlm.zero_shot import read_documents, stream_blocks, token_stream
+
+        docs = read_documents(data_config, args.split)
+        stream = token_stream(docs, lm.tokenizer)
+        blocks = stream_blocks(stream, data_config.seq_len, lm.tokenizer.bos_id)
+        return blocks, docs, {"corpus": data_config.corpus, "split": args.split or "all"}
+    split = args.split or "test"
+    data = prepare_data(data_config, lm.tokenizer)
+    blocks = data.blocks.get(split, [])
+    if len(blocks) == 0:
+        raise DataError(f"split '{split}' is empty; choose one of {', '.join(data.blocks)}")
+    info = {"corpus": data_config.corpus, "split": split, "entropy_floor": data.entropy_floor}
+    return blocks, None, info
+
+
+def _story_infill(args: argparse.Namespace, lm, data_config) -> dict:
+    from hdlm.story import load_stories, story_infill_metrics
+
+    if not args.data:
+        raise HdlmError("story-infill needs --data STORIES.jsonl (sentence1..sentence5 or text)")
+    stories, skipped = load_stories(args.data, data_config.text_field, args.split, args.max_stories)
+    options = _sampler_options(args, temperature=0.0)  # no --steps: one per blank token
+    metrics = story_infill_metrics(
+        lm, stories, args.story_length, args.batch_size, args.blank_max, args.seed, **options
+    )
+    return {"data": args.data, "skipped_records": skipped, **metrics}
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from hdlm.config import apply_overrides, from_dict, to_dict
-    from hdlm.data import prepare_data
     from hdlm.errors import DataError
     from hdlm.evaluate import (
         SAMPLE_METRICS,
@@ -110,12 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         sample_metrics,
     )
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    for metric in metrics:
-        if metric not in ("ppl", "infill", *SAMPLE_METRICS):
-            raise HdlmError(
-                f"unknown metric '{metric}'; choose from ppl, infill, {', '.join(SAMPLE_METRICS)}"
-            )
+    metrics = _eval_metrics(args.metrics)
     lm = _load(args)
     if lm.config.family == "a3":  # `--set a3.eval_order=random` etc. change the evaluation
         from hdlm.a3 import apply_eval_overrides
@@ -127,17 +192,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
         type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides)
     )
     result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
+    zero_shot = bool(args.data) and not args.hash_split and not _is_training_corpus(args.data, lm)
+    if "story-infill" in metrics:
+        result["story_infill"] = _story_infill(args, lm, data_config)
     if {"ppl", "mauve", "infill"} & set(metrics):
-        data = prepare_data(data_config, lm.tokenizer)
-        blocks = data.blocks.get(args.split, [])
-        if len(blocks) == 0:
-            raise DataError(
-                f"split '{args.split}' is empty; choose one of {', '.join(data.blocks)}"
-            )
-        result.update(corpus=data_config.corpus, split=args.split)
-    if "ppl" in metrics:
-        result.update(perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks))
-        result.update(entropy_floor=data.entropy_floor)
+        blocks, docs, info = _held_out_data(args, lm, data_config, zero_shot)
+        result.update(info, zero_shot=zero_shot)
+    if "ppl" in metrics and zero_shot:
+        from hdlm.zero_shot import zero_shot_perplexity
+
+        result.update(zero_shot_perplexity(
+            lm, docs, data_config.seq_len, args.stride, args.mc_samples, args.batch_size
+        ))  # fmt: skip
+    elif "ppl" in metrics:
+        if args.stride:
+            raise HdlmError("--stride is a zero-shot protocol; score a file or dataset with it")
+        result.update(
+            perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks,
+                       mc_samples=args.mc_samples)
+        )  # fmt: skip
     if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
         held_out = blocks[: args.max_blocks]
         tokens, hidden = middle_span(held_out, args.infill_length, args.infill_span)
@@ -158,9 +231,38 @@ def cmd_eval(args: argparse.Namespace) -> None:
         result.update(
             sample_metrics(lm, args.samples, length, references, reference, sampled, **options)
         )
+    _print_json(result, args.json)
+
+
+def _print_json(result: dict, path: str | None) -> None:
     print(json.dumps(result, indent=2))
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2))
+
+
+def cmd_harness(args: argparse.Namespace) -> None:
+    from hdlm.harness import HdlmLM, results_table, run_harness
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise HdlmError("--tasks needs at least one lm-evaluation-harness task name")
+    if args.limit is not None and args.limit <= 0:
+        raise HdlmError(f"--limit {args.limit} must be positive (a count, or a fraction < 1)")
+    model = HdlmLM(
+        args.checkpoint, device=args.device, batch_size=args.batch_size,
+        mc_samples=args.mc_samples, stride=args.stride, score_order=args.score_order,
+        score_group_size=args.score_group_size, decode_order=args.order, seed=args.seed,
+        progress=not args.no_progress, sampler=args.sampler, steps=args.steps,
+        schedule=args.schedule, eta=args.eta, group_size=args.group_size,
+    )  # fmt: skip
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    results = run_harness(
+        model, tasks, args.include_path, limit, args.num_fewshot, args.bootstrap_iters, args.seed
+    )
+    print(results_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -271,8 +373,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--set overrides the checkpoint's data section, e.g. --set data.seq_len=256, and for "
         "a3 checkpoints the evaluation order, e.g. --set a3.eval_order=random"
     )
-    p.add_argument("--data", default=None, help="corpus (default: the one it was trained on)")
-    p.add_argument("--split", default="test", help="train, validation or test (default test)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="corpus (default: the one it was trained on). Any other file, folder or dataset "
+        "is scored whole (zero-shot, docs/metrics.md); a file is text whatever its suffix",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        help="the training corpus' hash split: train, validation or test (default test); "
+        "for a Hugging Face dataset its own split (default test)",
+    )
+    p.add_argument(
+        "--hash-split", action="store_true", help="score --data's hash --split, not all of it"
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=int,
+        default=None,
+        help="Monte Carlo draws of the noise level per block for diffusion bounds (default "
+        "diffusion.eval_steps; HDLM's official protocol: 96)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="zero-shot sliding window: score chunks of this many tokens, each after the "
+        "block's other tokens (ar, a3, mdlm, eps-hybrid; default: fixed blocks)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-blocks", type=int, default=None, help="evaluate at most this many blocks")
     p.add_argument("--json", default=None, help="also write the result to this file")
@@ -280,11 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         default="ppl",
         help="comma-separated: ppl (held-out NELBO), infill (held-out middle spans: span NLL, "
-        "greedy accuracy), and on samples gen-ppl, mauve (against held-out blocks of --split), "
-        "entropy, distinct (default ppl)",
+        "greedy accuracy), story-infill (sentence 3 of five-sentence stories in --data: "
+        "ROUGE-1/2/L, token accuracy), and on samples gen-ppl, mauve (against held-out blocks "
+        "of --split), entropy, distinct (default ppl)",
     )
     p.add_argument("--infill-length", type=int, default=64, help="infill: block tokens used")
     p.add_argument("--infill-span", type=int, default=8, help="infill: hidden middle tokens")
+    p.add_argument(
+        "--story-length",
+        default="given",
+        choices=["given", "free"],
+        help="story-infill: sentence 3's token count given, or free (a3 picks it)",
+    )
+    p.add_argument("--max-stories", type=int, default=None, help="story-infill: at most N")
+    p.add_argument(
+        "--blank-max", type=int, default=None, help="story-infill free: longest sentence 3"
+    )
     p.add_argument("--samples", type=int, default=64, help="samples to draw (default 64)")
     p.add_argument("--length", type=int, default=None, help="tokens per sample incl. BOS")
     p.add_argument(
@@ -293,6 +433,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_options(p)
     _add_set(p)
     p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser(
+        "harness", help="lm-evaluation-harness tasks on a checkpoint (docs/metrics.md)"
+    )
+    add_checkpoint(p)
+    p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. piqa,hellaswag")
+    p.add_argument("--include-path", default=None, help="folder of local task YAML files")
+    p.add_argument("--limit", type=float, default=None, help="examples per task (< 1: a fraction)")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--mc-samples", type=int, default=None, help="diffusion bounds: draws/window")
+    p.add_argument("--stride", type=int, default=None, help="sliding window for long texts")
+    p.add_argument("--score-order", default=None, help="a3 scoring: left-to-right | random")
+    p.add_argument("--score-group-size", type=int, default=None, help="a3 scoring group size")
+    p.add_argument("--bootstrap-iters", type=int, default=100_000, help="stderr resamples, 0: none")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("generation (generate_until tasks; greedy unless a task samples)")
+    g.add_argument("--sampler", default=None, help="default: the family's own")
+    g.add_argument("--steps", type=int, default=None, help="flat steps (default: new tokens)")
+    g.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
+    g.add_argument("--eta", type=float, default=None, help="acs / remask strength")
+    g.add_argument("--order", default="left-to-right", help="a3 decoding order")
+    g.add_argument("--group-size", type=int, default=None, help="a3 tokens per decoding step")
+    g.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_harness)
 
     p = commands.add_parser("bench", help="throughput and memory of every family, side by side")
     p.add_argument("kind", choices=["train", "sample"])

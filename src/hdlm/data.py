@@ -96,7 +96,7 @@ def _dataset_documents(cfg: DataConfig) -> list[str]:
     path = Path(cfg.corpus).expanduser()
     if path.exists():
         return _local_documents(path, cfg)
-    if _looks_like_path(cfg.corpus):
+    if looks_like_path(cfg.corpus):
         raise DataError(
             f"corpus path {cfg.corpus} not found; give an existing file or folder "
             "(.txt/.md/.json/.jsonl), or data.corpus=pydocs or synthetic"
@@ -117,11 +117,14 @@ def _dataset_documents(cfg: DataConfig) -> list[str]:
 
 
 def _local_documents(path: Path, cfg: DataConfig) -> list[str]:
-    """Each .txt/.md file is one document, each .json/.jsonl record one (in data.text_field)."""
+    """Each .txt/.md file is one document, each .json/.jsonl record one (in data.text_field).
+    A file named explicitly is one text document whatever its suffix (WikiText's
+    `wiki.test.raw`) unless it is .json/.jsonl."""
     import datasets
 
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    text_files = [str(f) for f in files if f.name.endswith(TEXT_SUFFIXES)]
+    named = path.is_file() and not path.name.endswith(JSON_SUFFIXES)
+    text_files = [str(f) for f in files if named or f.name.endswith(TEXT_SUFFIXES)]
     json_files = [str(f) for f in files if f.name.endswith(JSON_SUFFIXES)]
     if not text_files + json_files:
         raise DataError(f"corpus path {cfg.corpus} holds no .txt/.md/.json/.jsonl file; add some")
@@ -134,7 +137,7 @@ def _local_documents(path: Path, cfg: DataConfig) -> list[str]:
     return docs
 
 
-def _looks_like_path(corpus: str) -> bool:
+def looks_like_path(corpus: str) -> bool:
     """Hub names are `name` or `owner/name`; a leading / . ~, more slashes or a suffix: a path."""
     return (
         corpus.startswith(("/", ".", "~"))

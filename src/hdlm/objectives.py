@@ -92,10 +92,22 @@ class AutoregressiveObjective:
     def loss(self, net: Transformer, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
         return self.token_nll(net, tokens).mean()
 
-    def nelbo(self, net: Transformer, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
-        if hidden is not None:
-            raise HdlmError("an ar model conditions only on a prefix; infill with a3 or mdlm")
-        return self.token_nll(net, tokens).sum(-1)
+    def nelbo(
+        self, net: Transformer, tokens: Tensor, hidden: Tensor | None = None, samples=None
+    ) -> Tensor:
+        """Exact -log p(x) [B]; with `hidden` [B, L-1] a suffix of each row (a continuation),
+        exact -log p(x_hidden | the prefix) = -Σ_{i hidden} log p_θ(x_i | x_<i). Any other
+        hidden set would need the tokens after it as context, which a causal model never sees.
+        `samples` is ignored: nothing here is estimated."""
+        nll = self.token_nll(net, tokens)
+        if hidden is None:
+            return nll.sum(-1)
+        if not (hidden[:, 1:] >= hidden[:, :-1]).all():
+            raise HdlmError(
+                "an ar model scores a continuation (hidden positions at the end of the row) "
+                "exactly, not a span with text after it; infill with a3 or mdlm"
+            )
+        return torch.where(hidden, nll, 0.0).sum(-1)
 
     @staticmethod
     def scored_tokens(tokens: Tensor) -> int:
@@ -353,16 +365,21 @@ class DiffusionObjective:
         tokens: Tensor,
         generator: torch.Generator | None = None,
         hidden: Tensor | None = None,
+        samples: int | None = None,
     ) -> Tensor:
         """Per-sequence NELBO [B] in nats: every step summed when there are at most
-        `eval_steps`, else `eval_steps` stratified draws (a fixed seed keeps it reproducible).
-        With `hidden` [B, L-1] (bool) it bounds -log p(x_hidden | the other positions): only the
-        hidden positions are noised (infilling; `time: count` models)."""
+        `samples` (default `eval_steps`), else `samples` stratified (low-discrepancy) draws of
+        the step or t per sequence, draw k in [k/n, (k+1)/n) (a fixed seed keeps it
+        reproducible). With `hidden` [B, L-1] (bool) it bounds -log p(x_hidden | the other
+        positions): only the hidden positions are noised (infilling; `time: count` models)."""
         generator = generator or torch.Generator(tokens.device).manual_seed(0)
+        budget = self.options.eval_steps if samples is None else samples
+        if budget < 1:
+            raise HdlmError(f"the number of Monte Carlo samples ({budget}) must be at least 1")
         shape = self.draw_shape(tokens)
         _, _, steps = self.step_index(tokens, torch.zeros(shape, device=tokens.device))
-        exact = self.options.time == "discrete" and steps <= self.options.eval_steps
-        n = steps if exact else self.options.eval_steps
+        exact = self.options.time == "discrete" and steps <= budget
+        n = steps if exact else budget
         total = torch.zeros(len(tokens), device=tokens.device)
         for k in range(n):
             if exact:  # the midpoint of step k + 1
@@ -470,9 +487,10 @@ class A3Objective:
         )  # fmt: skip
         return -a3.token_log_likelihood(net, tokens, groups, self.mask_id).mean()
 
-    def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
+    def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None, samples=None) -> Tensor:
         """Exact -log p(x) [B]; with `hidden` [B, L-1] (bool), exact -log p(x_hidden | the rest):
-        the other positions first (left to right), then the hidden ones in `eval_order`."""
+        the other positions first (left to right), then the hidden ones in `eval_order`.
+        `samples` is ignored: nothing here is estimated."""
         from hdlm import a3
 
         groups = a3.eval_groups(self.options, tokens, hidden)
@@ -506,10 +524,12 @@ class ScoreEntropyObjective(DiffusionObjective):
         prior = self.prior(tokens).mean() / self.scored_tokens(tokens)
         return super().loss(net, tokens, generator) + prior
 
-    def nelbo(self, net, tokens: Tensor, generator=None, hidden: Tensor | None = None) -> Tensor:
+    def nelbo(
+        self, net, tokens: Tensor, generator=None, hidden: Tensor | None = None, samples=None
+    ) -> Tensor:
         if hidden is not None:
             raise HdlmError("no infilling NELBO for gamma-hybrid yet; use a3, mdlm or eps-hybrid")
-        return super().nelbo(net, tokens, generator) + self.prior(tokens)
+        return super().nelbo(net, tokens, generator, samples=samples) + self.prior(tokens)
 
 
 FAMILIES["gamma-hybrid"] = ScoreEntropyObjective
