@@ -180,6 +180,18 @@ def cut(tokenizer, ids: Sequence[int], until: Sequence[str]) -> str:
     return text[: min(stops)] if stops else text
 
 
+def task_manager(tasks: Sequence[str], include_path: str | None = None):
+    """lm-eval's task index: of `include_path` alone when it holds every task (indexing the
+    built-in tasks takes seconds), else of the built-in tasks and `include_path`."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(local.match_tasks([name]) for name in tasks):
+            return local
+    return TaskManager(include_path=include_path)
+
+
 def run_harness(
     model: HdlmLM,
     tasks: Sequence[str],
@@ -192,9 +204,8 @@ def run_harness(
     """Run lm-evaluation-harness `tasks` on `model`; the JSON-able part of its results plus
     what hdlm did (`hdlm` key)."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path)
+    manager = task_manager(tasks, include_path)
     unknown = [name for name in tasks if not manager.match_tasks([name])]
     if unknown:
         raise HdlmError(

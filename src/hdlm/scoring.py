@@ -84,7 +84,7 @@ def windows(
     `width`) cover the continuation once; each sees up to `width` - `stride` earlier tokens."""
     if width < 1:
         raise HdlmError(f"the scoring window must hold at least one token, not {width}")
-    stride = min(stride or len(continuation) or 1, width)
+    stride = min(len(continuation) or 1, width) if stride is None else min(stride, width)
     if stride < 1:
         raise HdlmError(f"the stride must be at least 1 token, not {stride}")
     text = [*context, *continuation]

@@ -89,7 +89,7 @@ def stream_blocks(stream: list[int], seq_len: int, bos_id: int) -> torch.Tensor:
 def protocol(lm, seq_len: int, stride: int | None, mc_samples: int | None) -> dict:
     """What `zero_shot_perplexity` does, as reported in its JSON."""
     width = seq_len - 1
-    stride = stride or width
+    stride = width if stride is None else stride
     if not 1 <= stride <= width:
         raise HdlmError(f"--stride {stride} must be between 1 and the block length - 1 ({width})")
     if stride < width and not conditional_support(lm):
@@ -98,7 +98,10 @@ def protocol(lm, seq_len: int, stride: int | None, mc_samples: int | None) -> di
             "scores fixed blocks only (drop --stride)"
         )
     diffusion = lm.config.family not in ("ar", "a3")
-    samples = (mc_samples or lm.config.diffusion.eval_steps) if diffusion else None
+    samples = lm.config.diffusion.eval_steps if mc_samples is None else mc_samples
+    if diffusion and samples < 1:
+        raise HdlmError(f"--mc-samples {samples}: the number of Monte Carlo samples must be >= 1")
+    samples = samples if diffusion else None
     return {
         "name": "blocks" if stride == width else "sliding",
         "window": seq_len,
