@@ -110,7 +110,8 @@ def test_the_command_line(tmp_path, capsys):
     tasks = str(write_tasks(tmp_path / "tasks"))
     out = tmp_path / "results.json"
     args = ["harness", checkpoint, "--tasks", "toy_mc,toy_gen", "--include-path", tasks,
-            "--limit", "2", "--bootstrap-iters", "0", "--no-progress", "--json", str(out)]  # fmt: skip
+            "--limit", "2", "--bootstrap-iters", "0", "--no-progress",
+            "--json", str(out)]  # fmt: skip
     code, text, err = run(args, capsys)
     assert code == 0, err
     assert "| toy_mc | acc |" in text
