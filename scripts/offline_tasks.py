@@ -12,14 +12,15 @@ is deterministic given --seed. Writes into --out:
 * `tasks/pydocs_lastword.{yaml,jsonl}`: LAMBADA-style — a paragraph's last word given the rest
   (`loglikelihood`: perplexity, acc = greedy), and `pydocs_lastword_gen` (`generate_until`, the
   first word generated, exact match);
-* `tasks/pydocs_ppl.{yaml,jsonl}`: the held-out documents (`loglikelihood_rolling`: word and byte
-  perplexity, bits per byte);
+* `tasks/pydocs_ppl.{yaml,jsonl}`: 200 held-out prose paragraphs (`loglikelihood_rolling`: word
+  and byte perplexity, bits per byte);
 * `stories.jsonl`: five consecutive prose sentences (`sentence1` ... `sentence5`; consecutive
   prose paragraphs of a document count as one run), for
   `hdlm eval --metrics story-infill`;
-* `pydocs-test/`: one .txt file per held-out document, and `gpl-3.raw` (the GNU GPL v3 text from
-  Debian's common-licenses, when present: out-of-domain English), for zero-shot `hdlm eval
-  --data`.
+* `pydocs-heldout/`: one .txt file per held-out document (~0.9 MB); `pydocs-sample.txt`: the
+  first held-out documents, about 60,000 characters; `gpl-3.raw`: the GNU GPL v3 text from
+  Debian's common-licenses, when present (out-of-domain English, a suffix that is not .txt):
+  for zero-shot `hdlm eval --data`.
 
 Run the tasks with `hdlm harness RUN --include-path OUT/tasks --tasks pydocs_next,...`.
 """
@@ -39,6 +40,8 @@ from hdlm.data import load_documents, split_documents
 from hdlm.story import split_sentences
 
 STORY_CHARS = 450
+PPL_PARAGRAPHS = 200
+ZERO_SHOT_CHARS = 60_000
 GPL = Path("/usr/share/common-licenses/GPL-3")
 _HEADING = re.compile(r"^([=\-~^*#\"'`+.])\1{2,}\s*$")
 _MARKUP_START = ("..", ">>>", "...", "* ", "- ", "| ", "+", ":", "#")
@@ -216,21 +219,29 @@ def main() -> None:
     docs = [sentence_runs(p) for p in paragraphs]
     long_runs = [sentence_runs(p, across=True) for p in paragraphs]  # stories
     rng = random.Random(args.seed)
+    paragraphs = [" ".join(run) for runs in docs for run in runs if len(run) >= 2]
     data = {
         "pydocs_next": next_sentence_items(docs, rng),
         "pydocs_lastword": last_word_items(docs),
-        "pydocs_ppl": [{"text": doc} for doc in test],
+        "pydocs_ppl": [{"text": p} for p in paragraphs[:PPL_PARAGRAPHS]],
     }
     data["pydocs_lastword_gen"] = data["pydocs_lastword"]
     for name, rows in data.items():
         write_jsonl(tasks / f"{name}.jsonl", rows)
         (tasks / f"{name}.yaml").write_text(TASKS[name].format(data=tasks / f"{name}.jsonl"))
     write_jsonl(out / "stories.jsonl", stories(long_runs))
-    folder = out / "pydocs-test"
+    folder = out / "pydocs-heldout"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     for i, doc in enumerate(test):
         (folder / f"{i:03d}.txt").write_text(doc)
+    sample, size = [], 0  # whole held-out documents, about ZERO_SHOT_CHARS characters
+    for doc in test:
+        if size >= ZERO_SHOT_CHARS:
+            break
+        sample.append(doc)
+        size += len(doc)
+    (out / "pydocs-sample.txt").write_text("\n\n".join(sample) + "\n")
     if GPL.is_file():
         shutil.copyfile(GPL, out / "gpl-3.raw")
     counts = {name: len(rows) for name, rows in data.items()}

@@ -320,6 +320,70 @@ def cmd_plot_schedule(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
+    """`hdlm eval` options of zero-shot perplexity and diffusion bounds (`hdlm.zero_shot`)."""
+    p.add_argument(
+        "--hash-split", action="store_true", help="score --data's hash --split, not all of it"
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=int,
+        default=None,
+        help="Monte Carlo draws of the noise level per block for diffusion bounds (default "
+        "diffusion.eval_steps; HDLM's official protocol: 96)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="zero-shot sliding window: score chunks of this many tokens, each after the "
+        "block's other tokens (ar, a3, mdlm, eps-hybrid; default: fixed blocks)",
+    )
+
+
+def _add_story_options(p: argparse.ArgumentParser) -> None:
+    """`hdlm eval --metrics story-infill` options (`hdlm.story`)."""
+    p.add_argument(
+        "--story-length",
+        default="given",
+        choices=["given", "free"],
+        help="story-infill: sentence 3's token count given, or free (a3 picks it)",
+    )
+    p.add_argument("--max-stories", type=int, default=None, help="story-infill: at most N")
+    p.add_argument(
+        "--blank-max", type=int, default=None, help="story-infill free: longest sentence 3"
+    )
+
+
+def _add_harness_parser(commands, add_checkpoint) -> None:
+    """`hdlm harness`: lm-evaluation-harness tasks through `hdlm.harness.HdlmLM`."""
+    p = commands.add_parser(
+        "harness", help="lm-evaluation-harness tasks on a checkpoint (docs/metrics.md)"
+    )
+    add_checkpoint(p)
+    p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. piqa,hellaswag")
+    p.add_argument("--include-path", default=None, help="folder of local task YAML files")
+    p.add_argument("--limit", type=float, default=None, help="examples per task (< 1: a fraction)")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--mc-samples", type=int, default=None, help="diffusion bounds: draws/window")
+    p.add_argument("--stride", type=int, default=None, help="sliding window for long texts")
+    p.add_argument("--score-order", default=None, help="a3 scoring: left-to-right | random")
+    p.add_argument("--score-group-size", type=int, default=None, help="a3 scoring group size")
+    p.add_argument("--bootstrap-iters", type=int, default=100_000, help="stderr resamples, 0: none")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("generation (generate_until tasks; greedy unless a task samples)")
+    g.add_argument("--sampler", default=None, help="default: the family's own")
+    g.add_argument("--steps", type=int, default=None, help="flat steps (default: new tokens)")
+    g.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
+    g.add_argument("--eta", type=float, default=None, help="acs / remask strength")
+    g.add_argument("--order", default="left-to-right", help="a3 decoding order")
+    g.add_argument("--group-size", type=int, default=None, help="a3 tokens per decoding step")
+    g.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_harness)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hdlm",
@@ -385,23 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the training corpus' hash split: train, validation or test (default test); "
         "for a Hugging Face dataset its own split (default test)",
     )
-    p.add_argument(
-        "--hash-split", action="store_true", help="score --data's hash --split, not all of it"
-    )
-    p.add_argument(
-        "--mc-samples",
-        type=int,
-        default=None,
-        help="Monte Carlo draws of the noise level per block for diffusion bounds (default "
-        "diffusion.eval_steps; HDLM's official protocol: 96)",
-    )
-    p.add_argument(
-        "--stride",
-        type=int,
-        default=None,
-        help="zero-shot sliding window: score chunks of this many tokens, each after the "
-        "block's other tokens (ar, a3, mdlm, eps-hybrid; default: fixed blocks)",
-    )
+    _add_zero_shot_options(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-blocks", type=int, default=None, help="evaluate at most this many blocks")
     p.add_argument("--json", default=None, help="also write the result to this file")
@@ -415,16 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--infill-length", type=int, default=64, help="infill: block tokens used")
     p.add_argument("--infill-span", type=int, default=8, help="infill: hidden middle tokens")
-    p.add_argument(
-        "--story-length",
-        default="given",
-        choices=["given", "free"],
-        help="story-infill: sentence 3's token count given, or free (a3 picks it)",
-    )
-    p.add_argument("--max-stories", type=int, default=None, help="story-infill: at most N")
-    p.add_argument(
-        "--blank-max", type=int, default=None, help="story-infill free: longest sentence 3"
-    )
+    _add_story_options(p)
     p.add_argument("--samples", type=int, default=64, help="samples to draw (default 64)")
     p.add_argument("--length", type=int, default=None, help="tokens per sample incl. BOS")
     p.add_argument(
@@ -434,31 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_eval)
 
-    p = commands.add_parser(
-        "harness", help="lm-evaluation-harness tasks on a checkpoint (docs/metrics.md)"
-    )
-    add_checkpoint(p)
-    p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. piqa,hellaswag")
-    p.add_argument("--include-path", default=None, help="folder of local task YAML files")
-    p.add_argument("--limit", type=float, default=None, help="examples per task (< 1: a fraction)")
-    p.add_argument("--num-fewshot", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--mc-samples", type=int, default=None, help="diffusion bounds: draws/window")
-    p.add_argument("--stride", type=int, default=None, help="sliding window for long texts")
-    p.add_argument("--score-order", default=None, help="a3 scoring: left-to-right | random")
-    p.add_argument("--score-group-size", type=int, default=None, help="a3 scoring group size")
-    p.add_argument("--bootstrap-iters", type=int, default=100_000, help="stderr resamples, 0: none")
-    p.add_argument("--json", default=None, help="also write the results to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g = p.add_argument_group("generation (generate_until tasks; greedy unless a task samples)")
-    g.add_argument("--sampler", default=None, help="default: the family's own")
-    g.add_argument("--steps", type=int, default=None, help="flat steps (default: new tokens)")
-    g.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    g.add_argument("--eta", type=float, default=None, help="acs / remask strength")
-    g.add_argument("--order", default="left-to-right", help="a3 decoding order")
-    g.add_argument("--group-size", type=int, default=None, help="a3 tokens per decoding step")
-    g.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_harness)
+    _add_harness_parser(commands, add_checkpoint)
 
     p = commands.add_parser("bench", help="throughput and memory of every family, side by side")
     p.add_argument("kind", choices=["train", "sample"])

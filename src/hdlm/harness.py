@@ -7,6 +7,8 @@ as model `hdlm`) and `run_harness`, behind `hdlm harness RUN --tasks ...` (docs/
   eps-hybrid. Contexts longer than the model's block leave their oldest tokens out.
 * `loglikelihood_rolling` (perplexity tasks): each document after BOS in blocks of the model's
   block length (the zero-shot `blocks` protocol; `stride` for a sliding window) — every family.
+  (`stride` applies here only: a `loglikelihood` continuation gets all the context that fits,
+  and one longer than the block is scored in blocks.)
 * `generate_until`: any sampler (`sampler`, `steps`, `schedule`, `eta`, `decode_order`,
   `group_size`), greedy unless the task asks for sampling; generation stops at EOS and is cut
   at the first stop sequence. The prompt keeps at least half the block (its oldest tokens
@@ -100,7 +102,7 @@ class HdlmLM(LM):
         return self.lm.config.data.seq_len
 
     def _score(self, requests, desc: str, stride: int | None = None) -> list:
-        options = self.scoring | ({"stride": stride} if stride else {})
+        options = self.scoring | {"stride": stride}
         return score_requests(
             self.lm, requests, self.batch_size, progress=self.progress, desc=desc, **options
         )
