@@ -91,8 +91,6 @@ def _strip_rst_markup(text: str) -> str:
 
 def _dataset_documents(cfg: DataConfig) -> list[str]:
     """A local .txt/.md/.json/.jsonl file or folder, else a Hugging Face dataset name."""
-    import datasets  # slow to import: only when needed
-
     path = Path(cfg.corpus).expanduser()
     if path.exists():
         return _local_documents(path, cfg)
@@ -101,19 +99,28 @@ def _dataset_documents(cfg: DataConfig) -> list[str]:
             f"corpus path {cfg.corpus} not found; give an existing file or folder "
             "(.txt/.md/.json/.jsonl), or data.corpus=pydocs or synthetic"
         )
+    docs = []
+    for split in hub_dataset(cfg).values():  # the dataset's own split order
+        remaining = None if cfg.max_documents is None else cfg.max_documents - len(docs)
+        docs += text_column(split, cfg)[:remaining]  # the column is lazy: reads `remaining` rows
+    return docs
+
+
+def hub_dataset(cfg: DataConfig, split: str | None = None):
+    """`datasets.load_dataset(cfg.corpus, cfg.hf_subset, split=split)`: all splits (a
+    DatasetDict) or the one named; a DataError that names the problem when it fails."""
+    import datasets
+
     try:
-        dataset = datasets.load_dataset(cfg.corpus, cfg.hf_subset)
+        return datasets.load_dataset(cfg.corpus, cfg.hf_subset, split=split)
     except Exception as e:
         reason = next(iter(str(e).splitlines()), type(e).__name__)
+        which = f"split '{split}' of corpus" if split else "corpus"
         raise DataError(
-            f"could not load corpus '{cfg.corpus}' from the Hugging Face hub ({reason}); "
-            "check the name and connection, or use data.corpus=pydocs, synthetic or a local path"
+            f"could not load {which} '{cfg.corpus}' from the Hugging Face hub ({reason}); check "
+            "the name, data.hf_subset, --split and the connection, or use data.corpus=pydocs, "
+            "synthetic or a local path"
         ) from e
-    docs = []
-    for split in dataset.values():  # the dataset's own split order
-        remaining = None if cfg.max_documents is None else cfg.max_documents - len(docs)
-        docs += _text_column(split, cfg)[:remaining]  # the column is lazy: reads `remaining` rows
-    return docs
 
 
 def _local_documents(path: Path, cfg: DataConfig) -> list[str]:
@@ -133,7 +140,7 @@ def _local_documents(path: Path, cfg: DataConfig) -> list[str]:
         text = datasets.load_dataset("text", data_files=text_files, sample_by="document")
         docs += text["train"]["text"]
     if json_files:
-        docs += _text_column(datasets.load_dataset("json", data_files=json_files)["train"], cfg)
+        docs += text_column(datasets.load_dataset("json", data_files=json_files)["train"], cfg)
     return docs
 
 
@@ -146,7 +153,7 @@ def looks_like_path(corpus: str) -> bool:
     )
 
 
-def _text_column(dataset, cfg: DataConfig) -> Sequence[str]:
+def text_column(dataset, cfg: DataConfig) -> Sequence[str]:
     if cfg.text_field not in dataset.column_names:
         raise DataError(
             f"corpus '{cfg.corpus}' has no column data.text_field='{cfg.text_field}'; "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hdlm.config import DataConfig
-from hdlm.data import load_documents, looks_like_path, pack_blocks
+from hdlm.data import hub_dataset, load_documents, looks_like_path, pack_blocks, text_column
 from hdlm.errors import DataError, HdlmError
 from hdlm.scoring import conditional_support, score_requests
 
@@ -48,30 +48,11 @@ def read_documents(cfg: DataConfig, split: str | None = None) -> list[str]:
             )
         docs = load_documents(cfg)
     else:
-        docs = [d for d in _hf_split(cfg, split or "test") if d][: cfg.max_documents]
+        docs = [d for d in text_column(hub_dataset(cfg, split or "test"), cfg) if d]
+        docs = docs[: cfg.max_documents]
     if not docs:
         raise DataError(f"'{cfg.corpus}' holds no non-empty document to score")
     return docs
-
-
-def _hf_split(cfg: DataConfig, split: str) -> list[str]:
-    """The text column of one split of a Hugging Face dataset."""
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(cfg.corpus, cfg.hf_subset, split=split)
-    except Exception as e:
-        reason = next(iter(str(e).splitlines()), type(e).__name__)
-        raise DataError(
-            f"could not load split '{split}' of '{cfg.corpus}' ({reason}); check the name, "
-            "--split and data.hf_subset, or pass a local file or folder"
-        ) from e
-    if cfg.text_field not in dataset.column_names:
-        raise DataError(
-            f"'{cfg.corpus}' has no column data.text_field='{cfg.text_field}'; set it to one "
-            f"of: {', '.join(dataset.column_names)}"
-        )
-    return list(dataset[cfg.text_field])
 
 
 def token_stream(documents: list[str], tokenizer) -> list[int]:
