@@ -9,6 +9,8 @@ is deterministic given --seed. Writes into --out:
 * `tasks/pydocs_next.{yaml,jsonl}`: multiple choice — two sentences of a paragraph, then the
   true next sentence against three sentences drawn from other test documents (lm-evaluation-
   harness `multiple_choice`: acc, acc_norm);
+* `tasks/pydocs_order.{yaml,jsonl}`: multiple choice — the same context, the true third sentence
+  against three shuffles of its words (word order alone);
 * `tasks/pydocs_lastword.{yaml,jsonl}`: LAMBADA-style — a paragraph's last word given the rest
   (`loglikelihood`: perplexity, acc = greedy), and `pydocs_lastword_gen` (`generate_until`, the
   first word generated, exact match);
@@ -100,6 +102,27 @@ def next_sentence_items(docs: list[list[list[str]]], rng: random.Random) -> list
     return items
 
 
+def word_order_items(docs: list[list[list[str]]], rng: random.Random) -> list[dict]:
+    """Context: two sentences; choices: the true third one and three shuffles of its words
+    (the same bytes, so acc and acc_norm agree: a test of word order alone)."""
+    items = []
+    for runs in docs:
+        for run in (run for run in runs if len(run) >= 3):
+            words = run[2].split()
+            shuffles = {" ".join(rng.sample(words, len(words))) for _ in range(10)} - {run[2]}
+            if len(shuffles) < 3:
+                continue
+            choices = [run[2], *sorted(shuffles)[:3]]
+            order = list(range(4))
+            rng.shuffle(order)
+            items.append({
+                "context": " ".join(run[:2]),
+                "choices": [" " + choices[i] for i in order],
+                "label": order.index(0),
+            })  # fmt: skip
+    return items
+
+
 def last_word_items(docs: list[list[list[str]]]) -> list[dict]:
     """A paragraph of at least two sentences without its last word (which must be alphabetic)."""
     items = []
@@ -127,6 +150,21 @@ def stories(docs: list[list[list[str]]]) -> list[dict]:
 
 TASKS = {
     "pydocs_next": """task: pydocs_next
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+output_type: multiple_choice
+test_split: test
+doc_to_text: "{{{{context}}}}"
+doc_to_target: label
+doc_to_choice: choices
+target_delimiter: ""
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""",
+    "pydocs_order": """task: pydocs_order
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -222,6 +260,7 @@ def main() -> None:
     paragraphs = [" ".join(run) for runs in docs for run in runs if len(run) >= 2]
     data = {
         "pydocs_next": next_sentence_items(docs, rng),
+        "pydocs_order": word_order_items(docs, rng),
         "pydocs_lastword": last_word_items(docs),
         "pydocs_ppl": [{"text": p} for p in paragraphs[:PPL_PARAGRAPHS]],
     }
