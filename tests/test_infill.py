@@ -139,9 +139,11 @@ def test_conditional_nelbo_with_nothing_given_is_the_nelbo():
 def test_infilling_nelbo_needs_a_model_that_has_one():
     tokens = torch.zeros(1, 25, dtype=torch.long)
     hidden = torch.ones(1, 24, dtype=torch.bool)
-    for family, error in [("ar", "prefix"), ("gamma-hybrid", "gamma-hybrid")]:
+    middle = hidden.clone()
+    middle[:, -3:] = False  # text after the hidden span: an ar model never sees it
+    for family, mask, error in [("ar", middle, "continuation"), ("gamma-hybrid", hidden, "gamma")]:
         with pytest.raises(HdlmError, match=error):
-            language_model(family).nelbo(tokens, hidden)
+            language_model(family).nelbo(tokens, mask)
     block = language_model("hyperschedule", schedule="block:6:3", attention="schedule")
     with pytest.raises(HdlmError, match="time=count"):
         block.nelbo(tokens, hidden)

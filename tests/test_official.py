@@ -181,8 +181,11 @@ def test_import_then_eval_and_sample_from_the_cli(tmp_path, capsys, name, sample
     result = json.loads(text)
     assert result["family"] == FORMATS[name]
     assert 0 < result["nelbo_per_token"] < 20
-    if name == "mdlm":  # zero-shot: the whole corpus is the test split
-        whole = ["--set", "data.val_fraction=0", "--set", "data.test_fraction=1"]
+    if name == "mdlm":  # the whole corpus as the hash split's test split, against 4 blocks
+        code, text, err = run([*args, "--hash-split"], capsys)
+        assert code == 0, err
+        result = json.loads(text)
+        whole = ["--hash-split", "--set", "data.val_fraction=0", "--set", "data.test_fraction=1"]
         everything = ["eval", out, "--data", corpus, "--no-progress", "--set", "data.seq_len=32"]
         code, text, err = run([*everything, "--set", cache, *whole], capsys)
         assert code == 0, err

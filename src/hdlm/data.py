@@ -92,37 +92,47 @@ def _strip_rst_markup(text: str) -> str:
 
 def _dataset_documents(cfg: DataConfig) -> list[str]:
     """A local .txt/.md/.json/.jsonl file or folder, else a Hugging Face dataset name."""
-    import datasets  # slow to import: only when needed
-
     path = Path(cfg.corpus).expanduser()
     if path.exists():
         return _local_documents(path, cfg)
-    if _looks_like_path(cfg.corpus):
+    if looks_like_path(cfg.corpus):
         raise DataError(
             f"corpus path {cfg.corpus} not found; give an existing file or folder "
             "(.txt/.md/.json/.jsonl), or data.corpus=pydocs or synthetic"
         )
-    try:
-        dataset = datasets.load_dataset(cfg.corpus, cfg.hf_subset)
-    except Exception as e:
-        reason = next(iter(str(e).splitlines()), type(e).__name__)
-        raise DataError(
-            f"could not load corpus '{cfg.corpus}' from the Hugging Face hub ({reason}); "
-            "check the name and connection, or use data.corpus=pydocs, synthetic or a local path"
-        ) from e
     docs = []
-    for split in dataset.values():  # the dataset's own split order
+    for split in hub_dataset(cfg).values():  # the dataset's own split order
         remaining = None if cfg.max_documents is None else cfg.max_documents - len(docs)
-        docs += _text_column(split, cfg)[:remaining]  # the column is lazy: reads `remaining` rows
+        docs += text_column(split, cfg)[:remaining]  # the column is lazy: reads `remaining` rows
     return docs
 
 
+def hub_dataset(cfg: DataConfig, split: str | None = None):
+    """`datasets.load_dataset(cfg.corpus, cfg.hf_subset, split=split)`: all splits (a
+    DatasetDict) or the one named; a DataError that names the problem when it fails."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(cfg.corpus, cfg.hf_subset, split=split)
+    except Exception as e:
+        reason = next(iter(str(e).splitlines()), type(e).__name__)
+        which = f"split '{split}' of corpus" if split else "corpus"
+        raise DataError(
+            f"could not load {which} '{cfg.corpus}' from the Hugging Face hub ({reason}); check "
+            "the name, data.hf_subset, --split and the connection, or use data.corpus=pydocs, "
+            "synthetic or a local path"
+        ) from e
+
+
 def _local_documents(path: Path, cfg: DataConfig) -> list[str]:
-    """Each .txt/.md file is one document, each .json/.jsonl record one (in data.text_field)."""
+    """Each .txt/.md file is one document, each .json/.jsonl record one (in data.text_field).
+    A file named explicitly is one text document whatever its suffix (WikiText's
+    `wiki.test.raw`) unless it is .json/.jsonl."""
     import datasets
 
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    text_files = [str(f) for f in files if f.name.endswith(TEXT_SUFFIXES)]
+    named = path.is_file() and not path.name.endswith(JSON_SUFFIXES)
+    text_files = [str(f) for f in files if named or f.name.endswith(TEXT_SUFFIXES)]
     json_files = [str(f) for f in files if f.name.endswith(JSON_SUFFIXES)]
     if not text_files + json_files:
         raise DataError(f"corpus path {cfg.corpus} holds no .txt/.md/.json/.jsonl file; add some")
@@ -131,11 +141,11 @@ def _local_documents(path: Path, cfg: DataConfig) -> list[str]:
         text = datasets.load_dataset("text", data_files=text_files, sample_by="document")
         docs += text["train"]["text"]
     if json_files:
-        docs += _text_column(datasets.load_dataset("json", data_files=json_files)["train"], cfg)
+        docs += text_column(datasets.load_dataset("json", data_files=json_files)["train"], cfg)
     return docs
 
 
-def _looks_like_path(corpus: str) -> bool:
+def looks_like_path(corpus: str) -> bool:
     """Hub names are `name` or `owner/name`; a leading / . ~, more slashes or a suffix: a path."""
     return (
         corpus.startswith(("/", ".", "~"))
@@ -144,7 +154,7 @@ def _looks_like_path(corpus: str) -> bool:
     )
 
 
-def _text_column(dataset, cfg: DataConfig) -> Sequence[str]:
+def text_column(dataset, cfg: DataConfig) -> Sequence[str]:
     if cfg.text_field not in dataset.column_names:
         raise DataError(
             f"corpus '{cfg.corpus}' has no column data.text_field='{cfg.text_field}'; "

@@ -45,17 +45,22 @@ def perplexity(
     precision: str = "fp32",
     max_blocks: int | None = None,
     progress: bool = True,
+    mc_samples: int | None = None,
 ) -> dict:
-    """NELBO per token and perplexity over `blocks` [N, L] (each starting with BOS)."""
+    """NELBO per token and perplexity over `blocks` [N, L] (each starting with BOS);
+    `mc_samples`: Monte Carlo draws per block of a diffusion bound (default
+    `diffusion.eval_steps`, reported as `mc_samples`)."""
     blocks = blocks[:max_blocks] if max_blocks else blocks
-    total_nats, total_tokens = nelbo_sums(lm, blocks, batch_size, precision, progress)
+    total_nats, total_tokens = nelbo_sums(lm, blocks, batch_size, precision, progress, mc_samples)
     nats = total_nats / total_tokens
+    exact = lm.config.family in ("ar", "a3")
     return {
         "nelbo_per_token": nats,
         "bits_per_token": nats / math.log(2),
         "perplexity": math.exp(nats),
         "tokens": total_tokens,
         "blocks": len(blocks),
+        "mc_samples": None if exact else mc_samples or lm.config.diffusion.eval_steps,
     }
 
 
@@ -66,13 +71,14 @@ def nelbo_sums(
     batch_size: int,
     precision: str = "fp32",
     progress: bool = False,
+    mc_samples: int | None = None,
 ) -> tuple[float, int]:
     """(Σ NELBO in nats, Σ scored tokens) over `blocks`: sums, so that shards add up."""
     total_nats, total_tokens = 0.0, 0
     for start in tqdm(range(0, len(blocks), batch_size), desc="eval", disable=not progress):
         batch = blocks[start : start + batch_size].to(lm.device)
         with autocast(lm.device, precision):
-            total_nats += lm.nelbo(batch).double().sum().item()
+            total_nats += lm.nelbo(batch, samples=mc_samples).double().sum().item()
         total_tokens += len(batch) * lm.objective.scored_tokens(batch)
     return total_nats, total_tokens
 
@@ -112,14 +118,10 @@ def infill_metrics(
 
     `fill` reports every setting the fill used, defaults resolved (`sampling.settings`).
     """
-    from hdlm.sampling import fill, settings
+    from hdlm.sampling import fill, one_step_per_token, settings
 
-    fill_options = {"temperature": 0.0, **fill_options}
+    fill_options = one_step_per_token(lm, {"temperature": 0.0, **fill_options}, int(hidden.sum()))
     used = settings(lm, **fill_options)
-    own_flat = used.get("schedule", "").startswith("flat:") and "schedule" not in fill_options
-    if own_flat and "steps" not in fill_options:
-        fill_options["steps"] = int(hidden.sum())
-        used = settings(lm, **fill_options)
     known = F.pad(hidden, (1, 0), value=False).logical_not().to(lm.device)
     nats, correct = 0.0, 0
     for start in tqdm(range(0, len(tokens), batch_size), desc="infill", disable=not progress):

@@ -40,6 +40,16 @@ class Family:
     def is_a3(self) -> bool:
         return self.network == "a3"
 
+    @property
+    def causal(self) -> bool:
+        """Whether the model sees only the tokens before a position (an AR model)."""
+        return self.objective == "ar"
+
+    @property
+    def exact(self) -> bool:
+        """Whether its likelihood is exact (AR, A3) rather than a diffusion bound."""
+        return self.objective in ("ar", "a3")
+
 
 def _masking(schedule: str | None, time: str, attention: str) -> dict[str, str]:
     preset = {"process": "absorbing", "time": time, "attention": attention, "readout": "aligned"}

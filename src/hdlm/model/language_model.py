@@ -42,12 +42,25 @@ class LanguageModel(nn.Module):
         return self.net.embed.weight.device
 
     @torch.no_grad()
-    def nelbo(self, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
+    def nelbo(
+        self, tokens: Tensor, hidden: Tensor | None = None, samples: int | None = None
+    ) -> Tensor:
         """Per-sequence NELBO in nats of blocks [B, L] starting with BOS (exact NLL for AR and
         A3). With `hidden` [B, L-1] (bool, the positions after BOS) it bounds
-        -log p(x_hidden | the other tokens): infilling (a3, and mdlm / eps-hybrid)."""
+        -log p(x_hidden | the other tokens): infilling (a3, and mdlm / eps-hybrid), or a
+        continuation (hidden at the end of each row; also exact for ar). `samples`: Monte Carlo
+        draws of the noise level per sequence for diffusion bounds (default
+        `diffusion.eval_steps`); exact families ignore it."""
         hidden = None if hidden is None else hidden.to(self.device)
-        return self.objective.nelbo(self.net, tokens.to(self.device), hidden=hidden)
+        tokens = tokens.to(self.device)
+        return self.objective.nelbo(self.net, tokens, hidden=hidden, samples=samples)
+
+    def score_choices(self, context: str, choices: list[str], **options) -> list:
+        """log p(choice | context) of each choice, raw and length-normalised
+        (`hdlm.scoring.score_choices`: exact for ar and a3, a bound for diffusion)."""
+        from hdlm.scoring import score_choices
+
+        return score_choices(self, context, choices, **options)
 
     @torch.no_grad()
     def logits(self, tokens: Tensor, t: Tensor | float | None = None) -> Tensor:

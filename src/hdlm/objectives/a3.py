@@ -36,9 +36,10 @@ class A3Objective(Objective):
         )  # fmt: skip
         return -a3.token_log_likelihood(net, tokens, groups, self.mask_id).mean()
 
-    def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
+    def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None, samples=None) -> Tensor:
         """Exact -log p(x) [B]; with `hidden` [B, L-1] (bool), exact -log p(x_hidden | the rest):
-        the other positions first (left to right), then the hidden ones in `eval_order`."""
+        the other positions first (left to right), then the hidden ones in `eval_order`.
+        `samples` is ignored: nothing here is estimated."""
         groups = a3.eval_groups(self.options, tokens, hidden)
         per_token = a3.token_log_likelihood(net, tokens, groups, self.mask_id)
         return -(per_token if hidden is None else torch.where(hidden, per_token, 0.0)).sum(-1)

@@ -36,7 +36,19 @@ class AutoregressiveObjective(Objective):
     def loss(self, net: Transformer, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
         return self.token_nll(net, tokens).mean()
 
-    def nelbo(self, net: Transformer, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
-        if hidden is not None:
-            raise HdlmError("an ar model conditions only on a prefix; infill with a3 or mdlm")
-        return self.token_nll(net, tokens).sum(-1)
+    def nelbo(
+        self, net: Transformer, tokens: Tensor, hidden: Tensor | None = None, samples=None
+    ) -> Tensor:
+        """Exact -log p(x) [B]; with `hidden` [B, L-1] a suffix of each row (a continuation),
+        exact -log p(x_hidden | the prefix) = -Σ_{i hidden} log p_θ(x_i | x_<i). Any other
+        hidden set would need the tokens after it as context, which a causal model never sees.
+        `samples` is ignored: nothing here is estimated."""
+        nll = self.token_nll(net, tokens)
+        if hidden is None:
+            return nll.sum(-1)
+        if not (hidden[:, 1:] >= hidden[:, :-1]).all():
+            raise HdlmError(
+                "an ar model scores a continuation (hidden positions at the end of the row) "
+                "exactly, not a span with text after it; infill with a3 or mdlm"
+            )
+        return torch.where(hidden, nll, 0.0).sum(-1)

@@ -31,5 +31,5 @@ class Objective:
     def loss(self, net, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
 
-    def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
+    def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None, samples=None) -> Tensor:
         raise NotImplementedError

@@ -194,16 +194,21 @@ class DiffusionObjective(Objective):
         tokens: Tensor,
         generator: torch.Generator | None = None,
         hidden: Tensor | None = None,
+        samples: int | None = None,
     ) -> Tensor:
         """Per-sequence NELBO [B] in nats: every step summed when there are at most
-        `eval_steps`, else `eval_steps` stratified draws (a fixed seed keeps it reproducible).
-        With `hidden` [B, L-1] (bool) it bounds -log p(x_hidden | the other positions): only the
-        hidden positions are noised (infilling; `time: count` models)."""
+        `samples` (default `eval_steps`), else `samples` stratified (low-discrepancy) draws of
+        the step or t per sequence, draw k in [k/n, (k+1)/n) (a fixed seed keeps it
+        reproducible). With `hidden` [B, L-1] (bool) it bounds -log p(x_hidden | the other
+        positions): only the hidden positions are noised (infilling; `time: count` models)."""
         generator = generator or torch.Generator(tokens.device).manual_seed(0)
+        budget = self.options.eval_steps if samples is None else samples
+        if budget < 1:
+            raise HdlmError(f"the number of Monte Carlo samples ({budget}) must be at least 1")
         shape = self.draw_shape(tokens)
         _, _, steps = self.step_index(tokens, torch.zeros(shape, device=tokens.device))
-        exact = self.options.time == "discrete" and steps <= self.options.eval_steps
-        n = steps if exact else self.options.eval_steps
+        exact = self.options.time == "discrete" and steps <= budget
+        n = steps if exact else budget
         total = torch.zeros(len(tokens), device=tokens.device)
         for k in range(n):
             if exact:  # the midpoint of step k + 1
@@ -233,7 +238,9 @@ class ScoreEntropyObjective(DiffusionObjective):
         prior = self.prior(tokens).mean() / self.scored_tokens(tokens)
         return super().loss(net, tokens, generator) + prior
 
-    def nelbo(self, net, tokens: Tensor, generator=None, hidden: Tensor | None = None) -> Tensor:
+    def nelbo(
+        self, net, tokens: Tensor, generator=None, hidden: Tensor | None = None, samples=None
+    ) -> Tensor:
         if hidden is not None:
             raise HdlmError("no infilling NELBO for gamma-hybrid yet; use a3, mdlm or eps-hybrid")
-        return super().nelbo(net, tokens, generator) + self.prior(tokens)
+        return super().nelbo(net, tokens, generator, samples=samples) + self.prior(tokens)

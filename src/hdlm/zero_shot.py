@@ -1,0 +1,134 @@
+"""Zero-shot perplexity: score all of a file, a folder or a dataset split that the model was not
+trained on, under an explicit protocol (docs/metrics.md).
+
+The documents are joined into one stream doc0 EOS doc1 EOS ... (as training packs them) and
+every token of it is scored once, in windows of the model's block length L = `data.seq_len`:
+
+* `blocks` (the papers' protocol: MDLM, HDLM): consecutive blocks of L - 1 tokens, each after a
+  BOS, no overlap, the last (shorter) block scored too — every family;
+* `sliding` (`stride` S < L - 1): chunks of S tokens, each after BOS and the L - 1 - S tokens
+  before it — families with a conditional likelihood (ar and a3 exactly, mdlm / eps-hybrid as a
+  bound; `scoring.conditional_support`).
+
+Diffusion families report an upper bound on the perplexity, from `mc_samples` stratified draws
+of the noise level per window (default `diffusion.eval_steps`; HDLM's official evaluation uses
+96 low-discrepancy draws per chunk: `--mc-samples 96`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hdlm.config import DataConfig
+from hdlm.data import hub_dataset, load_documents, looks_like_path, pack_blocks, text_column
+from hdlm.errors import DataError, HdlmError
+from hdlm.scoring import conditional_support, score_requests
+
+BUILT_IN = ("pydocs", "synthetic")
+
+
+def is_local_or_built_in(corpus: str) -> bool:
+    """Whether `corpus` is read by `data.load_documents` as it is (no dataset splits)."""
+    return corpus in BUILT_IN or Path(corpus).expanduser().exists() or looks_like_path(corpus)
+
+
+def read_documents(cfg: DataConfig, split: str | None = None) -> list[str]:
+    """The documents of `cfg.corpus`, all of them: a file (read whole as one text document
+    whatever its suffix; .json/.jsonl: one record per document, text in `data.text_field`), a
+    folder, a built-in corpus, or the split `split` (default test) of a Hugging Face dataset."""
+    if is_local_or_built_in(cfg.corpus):
+        if split is not None:
+            raise DataError(
+                f"--split {split}: '{cfg.corpus}' is scored whole (splits belong to Hugging Face "
+                "datasets); drop --split, or add --hash-split for the hash-assigned splits"
+            )
+        docs = load_documents(cfg)
+    else:
+        docs = [d for d in text_column(hub_dataset(cfg, split or "test"), cfg) if d]
+        docs = docs[: cfg.max_documents]
+    if not docs:
+        raise DataError(f"'{cfg.corpus}' holds no non-empty document to score")
+    return docs
+
+
+def token_stream(documents: list[str], tokenizer) -> list[int]:
+    """doc0 EOS doc1 EOS ...: the ids every protocol scores."""
+    eos = tokenizer.eos_id
+    return [i for ids in tokenizer.encode_batch(documents) for i in (*ids, eos)]
+
+
+def stream_blocks(stream: list[int], seq_len: int, bos_id: int) -> torch.Tensor:
+    """Full blocks [n, seq_len] of the stream (BOS + seq_len - 1 tokens; the tail dropped), for
+    the metrics that need blocks of one length (MAUVE references, infilling)."""
+    return pack_blocks(np.asarray(stream, dtype=np.int64), seq_len, bos_id)
+
+
+def protocol(lm, seq_len: int, stride: int | None, mc_samples: int | None) -> dict:
+    """What `zero_shot_perplexity` does, as reported in its JSON."""
+    width = seq_len - 1
+    stride = width if stride is None else stride
+    if not 1 <= stride <= width:
+        raise HdlmError(f"--stride {stride} must be between 1 and the block length - 1 ({width})")
+    if stride < width and not conditional_support(lm):
+        raise HdlmError(
+            f"a sliding window needs a conditional likelihood; family '{lm.config.family}' "
+            "scores fixed blocks only (drop --stride)"
+        )
+    diffusion = not lm.family.exact
+    samples = lm.config.diffusion.eval_steps if mc_samples is None else mc_samples
+    if diffusion and samples < 1:
+        raise HdlmError(f"--mc-samples {samples}: the number of Monte Carlo samples must be >= 1")
+    samples = samples if diffusion else None
+    return {
+        "name": "blocks" if stride == width else "sliding",
+        "window": seq_len,
+        "stride": stride,
+        "context_tokens": width - stride,
+        "bos_per_window": True,
+        "documents_joined_by": "EOS",
+        "mc_samples": samples,
+        "noise_draws": "stratified, draw k in [k/n, (k+1)/n)" if diffusion else None,
+    }
+
+
+def zero_shot_perplexity(
+    lm,
+    documents: list[str],
+    seq_len: int | None = None,
+    stride: int | None = None,
+    mc_samples: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Perplexity of all of `documents` under `lm` (module docstring: protocols).
+
+    perplexity = exp(-Σ_windows log p(chunk | window context) / tokens), exact for ar / a3,
+    an upper bound (-log p replaced by the NELBO) for diffusion families."""
+    seq_len = seq_len or lm.config.data.seq_len
+    if not 2 <= seq_len <= lm.config.model.max_len:
+        raise HdlmError(
+            f"data.seq_len={seq_len} must lie between 2 and the model's context "
+            f"({lm.config.model.max_len})"
+        )
+    settings = protocol(lm, seq_len, stride, mc_samples)
+    stream = token_stream(documents, lm.tokenizer)
+    [score] = score_requests(
+        lm, [([], stream)], batch_size, settings["mc_samples"], settings["stride"],
+        progress=progress, desc="zero-shot", window=seq_len,
+    )  # fmt: skip
+    nats = -score.logprob / len(stream)
+    exact = lm.family.exact
+    return {
+        "protocol": settings,
+        "documents": len(documents),
+        "tokens": len(stream),
+        "windows": -(-len(stream) // settings["stride"]),
+        "nelbo_per_token": nats,
+        "bits_per_token": nats / math.log(2),
+        "perplexity": math.exp(nats),
+        "kind": "exact" if exact else "upper bound",
+    }

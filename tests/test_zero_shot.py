@@ -1,0 +1,116 @@
+"""Zero-shot perplexity on whole files, folders and dataset splits (`hdlm.zero_shot`, `hdlm eval
+--data`): every token scored once, the blocks protocol equals the NELBO of its blocks, the JSON
+states the protocol."""
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import TOKENIZER, language_model
+from test_cli import error_line, run
+
+from hdlm.config import DataConfig
+from hdlm.zero_shot import read_documents, token_stream, zero_shot_perplexity
+
+TEXT = "the quick brown fox jumps over the lazy dog " * 7 + "and that is all"
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    """Saved random tiny models: {family: path}."""
+    out = {}
+    for family, options in [
+        ("ar", {}),
+        ("mdlm", {}),
+        ("block-diffusion", {"schedule": "block:8:4"}),
+    ]:
+        out[family] = language_model(family, **options).save(tmp_path / family)
+    return out
+
+
+def test_a_single_text_file_is_scored_whole_whatever_its_suffix(tmp_path, checkpoints, capsys):
+    path = tmp_path / "wiki.test.raw"
+    path.write_text(TEXT)
+    code, out, err = run(["eval", str(checkpoints["ar"]), "--data", str(path)], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    every = len(TOKENIZER.encode(TEXT)) + 1  # the text and the EOS that ends the document
+    assert result["tokens"] == every and result["documents"] == 1 and result["zero_shot"]
+    assert result["protocol"]["name"] == "blocks" and result["protocol"]["context_tokens"] == 0
+    assert result["windows"] == math.ceil(every / 24) and result["kind"] == "exact"
+    assert result["perplexity"] == pytest.approx(math.exp(result["nelbo_per_token"]))
+
+
+def test_the_blocks_protocol_is_the_nelbo_of_bos_blocks_of_the_stream():
+    lm = language_model("ar")
+    stream = token_stream([TEXT, "second document"], lm.tokenizer)
+    result = zero_shot_perplexity(lm, [TEXT, "second document"], progress=False)
+    bos, width = lm.tokenizer.bos_id, lm.config.data.seq_len - 1
+    blocks = [[bos, *stream[i : i + width]] for i in range(0, len(stream), width)]
+    nats = sum(lm.nelbo(torch.tensor([block])).item() for block in blocks)
+    assert result["tokens"] == len(stream) and result["windows"] == len(blocks)
+    assert result["nelbo_per_token"] == pytest.approx(nats / len(stream), rel=1e-5)
+    # a sliding window scores the same tokens with more context
+    sliding = zero_shot_perplexity(lm, [TEXT, "second document"], stride=4, progress=False)
+    assert sliding["tokens"] == len(stream) and sliding["protocol"]["name"] == "sliding"
+    assert sliding["protocol"]["context_tokens"] == width - 4
+    assert sliding["windows"] == math.ceil(len(stream) / 4)
+
+
+def test_diffusion_bounds_state_their_monte_carlo_budget(tmp_path, checkpoints, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text(TEXT)
+    args = ["eval", str(checkpoints["mdlm"]), "--data", str(path), "--mc-samples", "96"]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["protocol"]["mc_samples"] == 96 and result["kind"] == "upper bound"
+    assert "stratified" in result["protocol"]["noise_draws"]
+    code, out, err = run(["eval", str(checkpoints["mdlm"]), "--data", str(path)], capsys)
+    assert json.loads(out)["protocol"]["mc_samples"] == 32  # diffusion.eval_steps by default
+    # every family scores fixed blocks; a sliding window needs a conditional likelihood
+    block = str(checkpoints["block-diffusion"])
+    code, out, err = run(["eval", block, "--data", str(path)], capsys)
+    assert code == 0 and json.loads(out)["tokens"] == len(TOKENIZER.encode(TEXT)) + 1
+    code, _, err = run(["eval", block, "--data", str(path), "--stride", "4"], capsys)
+    assert code == 2 and "sliding window" in error_line(err)
+
+
+def test_zero_shot_mistakes_are_one_line_errors(tmp_path, checkpoints, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text(TEXT)
+    ar = str(checkpoints["ar"])
+    for extra, message in [
+        (["--split", "validation"], "scored whole"),
+        (["--stride", "0"], "--stride: 0 must lie in [1, ∞)"),
+        (["--stride", "99"], "--stride 99"),
+        (["--mc-samples", "0"], "--mc-samples: 0 must lie in [1, ∞)"),
+    ]:
+        family = "mdlm" if extra[0] == "--mc-samples" else "ar"
+        target = str(checkpoints[family]) if family != "ar" else ar
+        code, _, err = run(["eval", target, "--data", str(path), *extra], capsys)
+        assert code == 2 and message in error_line(err), (extra, err)
+    code, _, err = run(["eval", ar, "--data", str(tmp_path / "missing.txt")], capsys)
+    assert code == 2 and "not found" in error_line(err)
+
+
+def test_a_folder_reads_its_text_files_and_a_dataset_its_named_split(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "b.md").write_text("beta")
+    (tmp_path / "c.raw").write_text("not read: only a file named explicitly is read whatever")
+    assert sorted(read_documents(DataConfig(corpus=str(tmp_path)))) == ["alpha", "beta"]
+
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        return datasets.Dataset.from_dict({"text": [f"{split} one", "", f"{split} two"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    cfg = DataConfig(corpus="someone/wikitext", hf_subset="raw")
+    assert read_documents(cfg, "validation") == ["validation one", "validation two"]
+    assert read_documents(cfg) == ["test one", "test two"]  # the test split by default
+    assert calls == [("someone/wikitext", "raw", "validation"), ("someone/wikitext", "raw", "test")]
