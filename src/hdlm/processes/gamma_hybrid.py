@@ -195,10 +195,15 @@ class GammaHybrid(NoiseProcess):
         floor = torch.log(r["resampled"]) - math.log(self.num_data)
         return torch.logaddexp(r["log_b"][..., None] + lp, floor[..., None])
 
-    def _noised_at(self, lp: Tensor, x: Tensor, r: dict[str, Tensor]) -> Tensor:
-        """log P(x) = log(b p̃(x) + (1 - b) / N) at the ids x only (no [.., V] temporary)."""
+    def _clean_at(self, log_probs: Tensor, x: Tensor) -> Tensor:
+        """log p̃(x) at the data ids x only: `_clean(log_probs)` gathered at x, no [.., V] pass."""
+        at_x = log_probs.gather(-1, x[..., None])[..., 0]
+        return at_x - log1mexp(log_probs[..., self.mask_id])
+
+    def _noised_at(self, lp_x: Tensor, r: dict[str, Tensor]) -> Tensor:
+        """log P(x) = log(b p̃(x) + (1 - b) / N) from log p̃(x) (`_clean_at`)."""
         floor = torch.log(r["resampled"]) - math.log(self.num_data)
-        return torch.logaddexp(r["log_b"] + lp.gather(-1, x[..., None])[..., 0], floor)
+        return torch.logaddexp(r["log_b"] + lp_x, floor)
 
     def _data_sum(self, log_p: Tensor) -> Tensor:
         return log_p.sum(-1) - log_p[..., self.mask_id]
@@ -263,7 +268,7 @@ class GammaHybrid(NoiseProcess):
         loss = torch.where(masked, reveal * kl, 0.0)
         if self.gamma > 0:
             x = torch.where(masked, x0, x_t)  # a valid id at masked positions (unused there)
-            log_pt_x = self._noised_at(lp, x, rt)
+            log_pt_x = self._noised_at(lp.gather(-1, x[..., None])[..., 0], rt)
             log_ps_x = log_ps.gather(-1, x[..., None])[..., 0]
             pi_t, pi_s = self._pi(x, x0, rt), self._pi(x, x0, rs)
             moved = -torch.expm1(-self.gamma * delta)  # r = 1 - b_t / b_s
@@ -323,22 +328,39 @@ class GammaHybrid(NoiseProcess):
         sigma_t, sigma_s = self.schedule.sigma(t), self.schedule.sigma(s)
         rt, rs = self.rates(sigma_t), self.rates(sigma_s)
         delta = torch.where(moving, sigma_t - sigma_s, 0.0)
-        lp = self._clean(log_probs)
         masked = x_t == self.mask_id
         reveal = rs["a"] * -torch.expm1(-(1 - self.gamma) * delta) / rt["masked"].clamp_min(1e-30)
         x = torch.where(masked, 0, x_t)
-        log_ratio = self._noised_at(lp, x, rs) - self._noised_at(lp, x, rt)
+        lp_x = self._clean_at(log_probs, x)
+        log_ratio = self._noised_at(lp_x, rs) - self._noised_at(lp_x, rt)
         keep = torch.exp(-self.gamma * delta + log_ratio).clamp(max=1.0)
         move = torch.where(masked, reveal, 1 - keep)
         coins = torch.rand(x_t.shape, generator=generator, device=x_t.device)
         jump = moving & (coins < move)
-        return torch.where(jump, self._draw_noised(lp, rs, generator), x_t)
+        return torch.where(jump, self._draw_where(jump, log_probs, rs, generator), x_t)
+
+    def _draw_where(
+        self,
+        jump: Tensor,
+        log_probs: Tensor,
+        r: dict[str, Tensor],
+        generator,
+        exclude: Tensor | None = None,
+    ) -> Tensor:
+        """`_draw_noised` at the positions where `jump` is True, 0 elsewhere: only the rows that
+        take a new token are renormalised over V and drawn (the coins are drawn before)."""
+        rows = {name: value[jump] for name, value in r.items()}
+        excluded = None if exclude is None else exclude[jump]
+        drawn = self._draw_noised(self._clean(log_probs[jump]), rows, generator, excluded)
+        return torch.zeros(jump.shape, dtype=drawn.dtype, device=jump.device).masked_scatter(
+            jump, drawn
+        )
 
     def _draw_noised(
         self, lp: Tensor, r: dict[str, Tensor], generator, exclude: Tensor | None = None
     ) -> Tensor:
-        """y ~ P = b p̃ + (1 - b) u per position (never MASK); with `exclude`, P restricted to
-        y != exclude and renormalised."""
+        """y ~ P = b p̃ + (1 - b) u per row of `lp` [K, V] (never MASK); with `exclude`, P
+        restricted to y != exclude and renormalised."""
         log_p = self._noised(lp, r)
         log_p[..., self.mask_id] = float("-inf")
         if exclude is not None:
@@ -365,17 +387,16 @@ class GammaHybrid(NoiseProcess):
         tc = t.clamp(base.T_EPS, 1 - base.T_EPS)
         r = self.rates(self.schedule.sigma(tc))
         speed = (t - s) * self.schedule.rate(tc)
-        lp = self._clean(log_probs)
         masked = x_t == self.mask_id
         x = torch.where(masked, 0, x_t)
-        p_x = self._noised_at(lp, x, r).exp()
+        p_x = self._noised_at(self._clean_at(log_probs, x), r).exp()
         from_mask = speed * (1 - self.gamma) * r["c"]
         from_visible = speed * self.gamma * (1 - p_x) / (self.num_data * p_x)
         move = torch.where(masked, from_mask, from_visible)
         coins = torch.rand(x_t.shape, generator=generator, device=x_t.device)
         jump = moving & (coins < move)
-        target = self._draw_noised(lp, r, generator, exclude=torch.where(masked, self.mask_id, x))
-        return torch.where(jump, target, x_t)
+        exclude = torch.where(masked, self.mask_id, x)
+        return torch.where(jump, self._draw_where(jump, log_probs, r, generator, exclude), x_t)
 
 
 def score_entropy(
