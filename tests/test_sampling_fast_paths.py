@@ -66,3 +66,26 @@ def test_reverse_step_proposes_exactly_the_tokens_it_changes(correction):
         assert events["corrected"].any() and torch.equal(
             events["corrected"], needed & (current != TOKENIZER.mask_id)
         )
+
+
+@pytest.mark.parametrize("method", ["reverse_step", "euler_step"])
+def test_tau_leaping_steps_read_unnormalised_scores_as_their_softmax(method):
+    """The τ-leaping steps normalise only the rows they read: unnormalised log-scores (a constant
+    per position off, MASK at any value) give the same step as the log-probabilities."""
+    from hdlm.processes import GammaHybrid, SigmaSchedule
+
+    vocab, mask_id = 12, 11
+    process = GammaHybrid(0.3, mask_id, vocab, SigmaSchedule.parse("loglinear"))
+    scores = torch.randn(3, 30, vocab, generator=torch.Generator().manual_seed(0))
+    data = scores.clone()
+    data[..., mask_id] = float("-inf")
+    log_probs = data.log_softmax(-1)
+    shifted = scores + 5 * torch.randn(3, 30, 1)  # unnormalised, MASK with a finite score
+    x_t = torch.randint(0, vocab, (3, 30), generator=torch.Generator().manual_seed(1))
+    t, s = torch.full((3, 30), 0.7), torch.full((3, 30), 0.4)
+    steps = [
+        getattr(process, method)(lp, x_t, t, s, torch.Generator().manual_seed(2))
+        for lp in (log_probs, shifted)
+    ]
+    assert torch.equal(steps[0], steps[1])
+    assert (steps[0] != x_t).any()

@@ -195,10 +195,21 @@ class GammaHybrid(NoiseProcess):
         floor = torch.log(r["resampled"]) - math.log(self.num_data)
         return torch.logaddexp(r["log_b"][..., None] + lp, floor[..., None])
 
-    def _clean_at(self, log_probs: Tensor, x: Tensor) -> Tensor:
-        """log p̃(x) at the data ids x only: `_clean(log_probs)` gathered at x, no [.., V] pass."""
-        at_x = log_probs.gather(-1, x[..., None])[..., 0]
-        return at_x - log1mexp(log_probs[..., self.mask_id])
+    def _data_log_softmax(self, scores: Tensor) -> Tensor:
+        """log p̃ over V from log-probabilities or unnormalised log-scores [K, V]: the softmax over
+        the data ids (MASK dropped), its MASK entry set to 0 (a finite dummy), in float32."""
+        index = torch.tensor([self.mask_id], device=scores.device)
+        scores = scores.float().index_fill(-1, index, float("-inf"))
+        return (scores - scores.logsumexp(-1, keepdim=True)).index_fill(-1, index, 0.0)
+
+    def _clean_at(self, log_probs: Tensor, x: Tensor, rows: Tensor) -> Tensor:
+        """log p̃(x) at the data ids x where the bool `rows` is True (0 elsewhere), normalising
+        only those rows of `log_probs` (log-probabilities or unnormalised log-scores)."""
+        index = torch.tensor([self.mask_id], device=log_probs.device)
+        at_x = log_probs.gather(-1, x[..., None])[..., 0].float()
+        scores = log_probs[rows].float().index_fill(-1, index, float("-inf"))
+        lse = torch.zeros_like(at_x).masked_scatter(rows, scores.logsumexp(-1))
+        return torch.where(rows, at_x - lse, 0.0)
 
     def _noised_at(self, lp_x: Tensor, r: dict[str, Tensor]) -> Tensor:
         """log P(x) = log(b p̃(x) + (1 - b) / N) from log p̃(x) (`_clean_at`)."""
@@ -321,6 +332,8 @@ class GammaHybrid(NoiseProcess):
         masked:  stays MASK with probability (1 - a_s) / (1 - a_t), else y ~ P_s;
         visible: stays x with probability (1 - r) P_s(x) / P_t(x), else y ~ P_s (possibly x).
         Positions with t == s do not move; at s = 0 every position ends on a data id.
+        `log_probs` may be unnormalised log-scores (p̃ is their softmax over the data ids): only
+        the rows a step reads (visible tokens, positions that jump) are normalised.
         """
         t, s = levels(t, x_t, log_probs), levels(s, x_t, log_probs)
         moving = t > s
@@ -331,7 +344,7 @@ class GammaHybrid(NoiseProcess):
         masked = x_t == self.mask_id
         reveal = rs["a"] * -torch.expm1(-(1 - self.gamma) * delta) / rt["masked"].clamp_min(1e-30)
         x = torch.where(masked, 0, x_t)
-        lp_x = self._clean_at(log_probs, x)
+        lp_x = self._clean_at(log_probs, x, moving & ~masked)  # only visible tokens need it
         log_ratio = self._noised_at(lp_x, rs) - self._noised_at(lp_x, rt)
         keep = torch.exp(-self.gamma * delta + log_ratio).clamp(max=1.0)
         move = torch.where(masked, reveal, 1 - keep)
@@ -351,7 +364,8 @@ class GammaHybrid(NoiseProcess):
         take a new token are renormalised over V and drawn (the coins are drawn before)."""
         rows = {name: value[jump] for name, value in r.items()}
         excluded = None if exclude is None else exclude[jump]
-        drawn = self._draw_noised(self._clean(log_probs[jump]), rows, generator, excluded)
+        lp = self._data_log_softmax(log_probs[jump])
+        drawn = self._draw_noised(lp, rows, generator, excluded)
         return torch.zeros(jump.shape, dtype=drawn.dtype, device=jump.device).masked_scatter(
             jump, drawn
         )
@@ -389,7 +403,7 @@ class GammaHybrid(NoiseProcess):
         speed = (t - s) * self.schedule.rate(tc)
         masked = x_t == self.mask_id
         x = torch.where(masked, 0, x_t)
-        p_x = self._noised_at(self._clean_at(log_probs, x), r).exp()
+        p_x = self._noised_at(self._clean_at(log_probs, x, moving & ~masked), r).exp()
         from_mask = speed * (1 - self.gamma) * r["c"]
         from_visible = speed * self.gamma * (1 - p_x) / (self.num_data * p_x)
         move = torch.where(masked, from_mask, from_visible)
