@@ -89,3 +89,21 @@ def test_tau_leaping_steps_read_unnormalised_scores_as_their_softmax(method):
     ]
     assert torch.equal(steps[0], steps[1])
     assert (steps[0] != x_t).any()
+
+
+def test_categorical_draws_follow_the_probabilities_and_never_a_zero(monkeypatch):
+    from hdlm.sampling.tokens import categorical
+
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    draws = categorical(probs.expand(20000, -1), torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=6).float() / 20000
+    assert counts[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)
+    # the extreme uniforms, 0 and the largest float below 1, still draw tokens of positive mass
+    for u in (0.0, 1 - 2**-24):
+
+        def rand(shape, generator=None, device=None, dtype=None, u=u):
+            return torch.full(shape, u, device=device, dtype=dtype)
+
+        monkeypatch.setattr(torch, "rand", rand)
+        assert categorical(probs[None] * 7, None).item() == (1 if u == 0 else 4)
