@@ -23,19 +23,29 @@ def test_the_llama_shape_has_swiglu_and_grouped_query_attention():
     assert shape == {"mlp": "swiglu", "d_ff": 1408, "n_kv_heads": 2}
 
 
-def test_sampling_cases_run():
-    llama = bench.llama_shape(SIZE)
-    for sampler, schedule, cache, shape in [("ar", None, True, {}),
-                                            ("ancestral", "block:16:4", False, {}),
-                                            ("ancestral", "flat:{steps}", True, {}),
-                                            ("ar", None, True, llama),
-                                            ("ancestral", "block:16:4", True, llama)]:  # fmt: skip
-        case = {"sampler": sampler, "schedule": schedule, "cache": cache, "length": 40,
-                "size": SIZE, "n": 2, "device": "cpu", "precision": "fp32",
-                "threads": torch.get_num_threads(), "shape": shape}  # fmt: skip
-        assert bench.sample_case(case)["tokens_per_s"] > 0
-    for order, k in bench.A3_VARIANTS:  # the A3 decoding rows
-        case = {"sampler": "a3", "schedule": None, "cache": True, "length": 40, "size": SIZE,
-                "n": 2, "device": "cpu", "precision": "fp32", "threads": torch.get_num_threads(),
-                "options": {"order": order, "group_size": k, **bench.A3_BENCH_OPTIONS}}  # fmt: skip
-        assert bench.sample_case(case)["tokens_per_s"] > 0
+def test_every_sampling_case_runs_and_times_its_network():
+    for _, family, sampler, schedule, cache, per_step, shape, options in bench.SAMPLE_VARIANTS:
+        case = {"family": family, "sampler": sampler, "schedule": schedule, "cache": cache,
+                "per_step": per_step, "length": 40, "size": SIZE, "n": 2, "device": "cpu",
+                "precision": "fp32", "threads": torch.get_num_threads(), "options": options,
+                "shape": bench.llama_shape(SIZE) if shape == "llama" else shape}  # fmt: skip
+        result = bench.sample_case(case)
+        assert result["tokens_per_s"] > 0
+        assert 0 < result["network_share"] < 1
+
+
+def test_the_network_timer_counts_nested_calls_once():
+    from hdlm.model import Transformer
+
+    net = Transformer(bench.language_model("mdlm", SIZE, 16, "cpu").config.model)
+    timer = bench.NetworkTimer(net, torch.device("cpu"))
+    timer.on = True
+    tokens = torch.zeros(1, 16, dtype=torch.long)
+    start = timer.now()
+    net(tokens)  # the head runs inside the forward: one interval, not two
+    elapsed = timer.now() - start
+    assert 0 < timer.seconds <= elapsed
+    hidden = net(tokens, return_hidden=True)
+    before = timer.seconds
+    net.head(hidden)  # a separate read-out is network time too
+    assert timer.seconds > before and timer.depth == 0

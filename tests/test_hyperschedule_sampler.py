@@ -27,14 +27,14 @@ def test_cached_logits_equal_uncached_logits_at_every_step(monkeypatch):
     from hdlm.sampling import hyperschedule
 
     logged = {True: [], False: []}
-    original = hyperschedule.NetworkView.log_probs
+    original = hyperschedule.NetworkView.hidden_at
 
     def spy(self, *args):
         out = original(self, *args)
-        logged[self.cache is not None].append(out)
+        logged[self.cache is not None].append(self.log_probs(out))
         return out
 
-    monkeypatch.setattr(hyperschedule.NetworkView, "log_probs", spy)
+    monkeypatch.setattr(hyperschedule.NetworkView, "hidden_at", spy)
     lm = language_model("hyperschedule", schedule="slide:4:3", attention="schedule")
     for use_cache in (True, False):
         sample(lm, 2, 25, sampler="ancestral", prompt="abc", seed=1, use_cache=use_cache)

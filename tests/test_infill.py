@@ -58,12 +58,14 @@ def test_given_tokens_see_every_position_in_a_full_attention_model(monkeypatch):
     sharpen(lm.net)
     tokens, known = template(lm, n=2)
     seen = []
-    original = hyperschedule.NetworkView.log_probs
-    monkeypatch.setattr(
-        hyperschedule.NetworkView,
-        "log_probs",
-        lambda self, *args: seen.append(original(self, *args)) or seen[-1],
-    )
+    original = hyperschedule.NetworkView.hidden_at
+
+    def spy(self, *args):
+        hidden = original(self, *args)
+        seen.append(self.log_probs(hidden))
+        return hidden
+
+    monkeypatch.setattr(hyperschedule.NetworkView, "hidden_at", spy)
     fill(lm, tokens, known, "ancestral", schedule="flat:4")
     x_t = torch.where(known, tokens, TOKENIZER.mask_id)[:, 1:]
     t = torch.ones_like(x_t, dtype=torch.float)

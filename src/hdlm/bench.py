@@ -117,26 +117,65 @@ def train_case(case: dict) -> dict:
     }
 
 
+class NetworkTimer:
+    """Time spent inside the network's forward calls (the trunk and a separate read-out head),
+    with the benchmark's clock; nested calls (the head inside a full forward) count once. On
+    GPU every call boundary synchronises, so the share is of the synchronised run."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device):
+        self.seconds, self.depth, self.started = 0.0, 0, 0.0
+        self.device, self.now, self.on = device, clock(device), False
+        self.handles = [
+            hook
+            for module in (net, net.head)
+            for hook in (
+                module.register_forward_pre_hook(self.enter),
+                module.register_forward_hook(self.leave),
+            )
+        ]
+
+    def enter(self, *_) -> None:
+        if self.on and self.depth == 0:
+            synchronize(self.device)
+            self.started = self.now()
+        self.depth += 1
+
+    def leave(self, *_) -> None:
+        self.depth -= 1
+        if self.on and self.depth == 0:
+            synchronize(self.device)
+            self.seconds += self.now() - self.started
+
+
+def schedule_of(case: dict, length: int) -> str | None:
+    """The case's schedule spec for `length` tokens: "{steps}" becomes the step count that
+    generates `per_step` tokens per step (default 4) over the L - 1 positions after BOS."""
+    steps = max(1, (length - 1) // case.get("per_step", 4))
+    return case["schedule"] and case["schedule"].replace("{steps}", str(steps))
+
+
 def sample_case(case: dict) -> dict:
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
-    family = {"ar": "ar", "a3": "a3"}.get(case["sampler"], "block-diffusion")
     shape = case.get("shape", {})
-    lm = language_model(family, {**case["size"], **shape}, case["length"], device).eval()
-    options = {"sampler": case["sampler"], "use_cache": case["cache"], "seed": 0}
+    lm = language_model(case["family"], {**case["size"], **shape}, case["length"], device).eval()
+    options = {"sampler": case["sampler"], "seed": 0}
+    if not case["cache"]:
+        options["use_cache"] = False  # (τ-leaping has no cache to switch off)
     options |= case.get("options", {})
     lengths = iter((32, case["length"]))  # warm up on a short sample, then time the real one
+    timer = NetworkTimer(lm.net, device)
 
     def work():
         length = next(lengths)
-        if case["schedule"]:
-            options["schedule"] = case["schedule"].replace("{steps}", str(length // 4))
+        timer.on = length == case["length"]
         with autocast(device, case["precision"]):
-            lm.sample(case["n"], length, **options)
+            lm.sample(case["n"], length, schedule=schedule_of(case, length), **options)
 
     seconds = timed(device, work)
     return {
         "tokens_per_s": case["n"] * (case["length"] - 1) / seconds,
+        "network_share": timer.seconds / seconds,
         "peak_mib": peak_memory_mib(device),
     }
 
@@ -200,37 +239,50 @@ def bench_train(size, seq_len, batch, steps, rounds, device, precision, progress
     return {"peak_flops": peak, "clock": timer, "rows": rows}
 
 
-def bench_sample(size, lengths, n, rounds, device, precision, progress) -> dict:
-    cases = []
-    for length in lengths:
-        variants = [("ar (KV cache)", "ar", None, True)]
-        for k in (4, 16):
-            name = f"block:16:{k} ({16 // k} tok/step"
-            variants += [
-                (f"{name}, cache)", "ancestral", f"block:16:{k}", True),
-                (f"{name}, no cache)", "ancestral", f"block:16:{k}", False),
-            ]
-        variants.append(("flat ancestral (4 tok/step)", "ancestral", "flat:{steps}", True))
-        variants = [(*variant, {}) for variant in variants]
-        variants += [("ar (KV cache, llama: swiglu, gqa)", "ar", None, True, llama_shape(size)),
-                     ("block:16:4 (4 tok/step, cache, llama: swiglu, gqa)", "ancestral",
-                      "block:16:4", True, llama_shape(size))]  # fmt: skip
-        cases += [
-            {"label": f"{name} L={length}", "sampler": sampler, "schedule": schedule,
-             "cache": cache, "length": length, "size": size, "n": n, "device": str(device),
-             "precision": precision, "threads": torch.get_num_threads(), "shape": shape}
-            for name, sampler, schedule, cache, shape in variants
-        ]  # fmt: skip
-        cases += [
-            {"label": f"a3 {order} ({k} tok/step, cache) L={length}", "sampler": "a3",
-             "schedule": None, "cache": True, "length": length, "size": size, "n": n,
-             "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
-             "options": {"order": order, "group_size": k, **A3_BENCH_OPTIONS}}
-            for order, k in A3_VARIANTS
-        ]  # fmt: skip
+# (label, family, sampler, schedule, KV cache, tokens/step, backbone shape, sampler options)
+SAMPLE_VARIANTS = [
+    ("ar (KV cache)", "ar", "ar", None, True, 1, {}, {}),
+    *[
+        (f"block:16:{k} ({16 // k} tok/step, {'cache' if cache else 'no cache'})",
+         "block-diffusion", "ancestral", f"block:16:{k}", cache, 16 // k, {}, {})
+        for k in (4, 16) for cache in (True, False)
+    ],
+    *[
+        (f"flat ancestral, mdlm ({k} tok/step)", "mdlm", "ancestral", "flat:{steps}", True, k,
+         {}, {})
+        for k in (1, 4)
+    ],
+    ("flat acs, eps-hybrid (4 tok/step)", "eps-hybrid", "acs", "flat:{steps}", True, 4, {}, {}),
+    ("flat tweedie, gamma-hybrid (4 tok/step)", "gamma-hybrid", "tweedie", "flat:{steps}", True,
+     4, {}, {}),
+    ("ar (KV cache, llama: swiglu, gqa)", "ar", "ar", None, True, 1, "llama", {}),
+    ("block:16:4 (4 tok/step, cache, llama: swiglu, gqa)", "block-diffusion", "ancestral",
+     "block:16:4", True, 4, "llama", {}),
+    *[
+        (f"a3 {order} ({k} tok/step, cache)", "a3", "a3", None, True, k, {},
+         {"order": order, "group_size": k, **A3_BENCH_OPTIONS})
+        for order, k in A3_VARIANTS
+    ],
+]  # fmt: skip
+
+
+def bench_sample(size, lengths, batches, rounds, device, precision, progress) -> dict:
+    """Every `SAMPLE_VARIANTS` row at every length and batch size (sequences per call), with
+    its speed relative to the AR row of the same length and batch."""
+    cases = [
+        {"label": f"{name} L={length} n={n}", "family": family, "sampler": sampler,
+         "schedule": schedule, "cache": cache, "per_step": per_step, "length": length,
+         "size": size, "n": n, "device": str(device), "precision": precision,
+         "threads": torch.get_num_threads(),
+         "shape": llama_shape(size) if shape == "llama" else shape, "options": options}
+        for length in lengths
+        for n in batches
+        for name, family, sampler, schedule, cache, per_step, shape, options in SAMPLE_VARIANTS
+    ]  # fmt: skip
     rows = interleaved(sample_case, cases, rounds, progress)
-    for row in rows:  # speed relative to the AR row of the same length
-        ar = next(r for r in rows if r["sampler"] == "ar" and r["length"] == row["length"])
+    for row in rows:
+        ar = next(r for r in rows if r["label"].startswith("ar (KV cache) ")
+                  and (r["length"], r["n"]) == (row["length"], row["n"]))  # fmt: skip
         row["vs_ar"] = row["tokens_per_s"] / ar["tokens_per_s"]
     return {"rows": rows}
 
@@ -250,9 +302,10 @@ def write_results(kind: str, result: dict, out: Path) -> str:
             f"{result['peak_flops'] / 1e9:,.0f} GFLOP/s; time: {result['clock']}\n"
         )
     else:
-        header = "| sampler | tokens/s | vs ar | peak MiB |\n|---|---|---|---|\n"
+        header = "| sampler | tokens/s | vs ar | network share | peak MiB |\n" + "|---" * 5 + "|\n"
         lines = [
-            f"| {r['label']} | {r['tokens_per_s']:,.1f} | {r.get('vs_ar', float('nan')):.2f} | "
+            f"| {r['label']} | {r['tokens_per_s']:,.1f} | {r['vs_ar']:.2f} | "
+            f"{r['network_share']:.0%} | "
             f"{r['peak_mib']:,.0f} |"
             for r in result["rows"]
         ]

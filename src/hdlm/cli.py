@@ -329,7 +329,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.kind == "train":
         result = bench.bench_train(size, args.seq_len, args.batch, args.steps, **common)
     else:
-        result = bench.bench_sample(size, args.lengths, args.batch, **common)
+        result = bench.bench_sample(size, args.lengths, args.batches or [args.batch], **common)
     result.update(device=str(device), precision=precision, size=size)
     print(bench.write_results(args.kind, result, Path(args.out)))
 
@@ -609,6 +609,8 @@ def _bench_parser(commands) -> None:
     p.add_argument("--lengths", type=positive_int, nargs="+", default=[256, 1024],
                    help="sample lengths")  # fmt: skip
     p.add_argument("--batch", type=positive_int, default=16, help="sequences per step / samples")
+    p.add_argument("--batches", type=positive_int, nargs="+",
+                   help="sample: batch sizes, one row each (default: --batch)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=3, help="train: timed steps per round")
     p.add_argument("--rounds", type=positive_int, default=3,
                    help="interleaved repetitions (median)")  # fmt: skip

@@ -57,7 +57,7 @@ class Absorbing(NoiseProcess):
         current: Tensor,
         t: Tensor,
         s: Tensor,
-        propose: Callable[[], Tensor],
+        propose: Callable[[Tensor], Tensor],
         generator: torch.Generator | None = None,
         correction: str = "none",
         eta: float = 0.0,
@@ -65,8 +65,10 @@ class Absorbing(NoiseProcess):
         """One reverse step t -> s for tokens `current` [n, A] at levels t, s [A] (t > 0).
 
         A masked token is revealed with probability p = (t - s) / t, its token taken from
-        `propose()` (a draw from p_θ(x0 | x_t)). Corrections of visible tokens:
-        * `acs` (HDLM's Adaptive Correction Sampler): re-drawn from `propose()` with probability
+        `propose(needed)`: draws from p_θ(x0 | x_t) [K] for the K entries where the bool [n, A]
+        `needed` is True, in row-major order (the coins are drawn first, so only the tokens that
+        change are ever proposed). Corrections of visible tokens:
+        * `acs` (HDLM's Adaptive Correction Sampler): re-drawn from a proposal with probability
           η (1 - p);
         * `remask` (ReMDM, "cap" schedule): masked again with probability σ = min(η, s / (1 - t)),
           and masked tokens revealed with ((1 - s) - (1 - σ)(1 - t)) / t instead of p.
@@ -90,10 +92,11 @@ class Absorbing(NoiseProcess):
             coins = torch.rand(current.shape, generator=generator, device=current.device)
         else:
             coins = torch.zeros(current.shape, device=current.device)
-        proposal = propose()
         reveal = masked & (coins < reveal_prob)
         redraw = ~masked & (coins < redraw_prob)
         remask = ~masked & (coins < remask_prob)
+        needed = reveal | redraw
+        proposal = current.masked_scatter(needed, propose(needed))
         updated = torch.where(reveal | redraw, proposal, current)
         updated = torch.where(remask, torch.full_like(current, self.mask_id), updated)
         events = {

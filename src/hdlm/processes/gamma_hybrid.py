@@ -195,10 +195,26 @@ class GammaHybrid(NoiseProcess):
         floor = torch.log(r["resampled"]) - math.log(self.num_data)
         return torch.logaddexp(r["log_b"][..., None] + lp, floor[..., None])
 
-    def _noised_at(self, lp: Tensor, x: Tensor, r: dict[str, Tensor]) -> Tensor:
-        """log P(x) = log(b p̃(x) + (1 - b) / N) at the ids x only (no [.., V] temporary)."""
+    def _data_log_softmax(self, scores: Tensor) -> Tensor:
+        """log p̃ over V from log-probabilities or unnormalised log-scores [K, V]: the softmax over
+        the data ids (MASK dropped), its MASK entry set to 0 (a finite dummy), in float32."""
+        index = torch.tensor([self.mask_id], device=scores.device)
+        scores = scores.float().index_fill(-1, index, float("-inf"))
+        return (scores - scores.logsumexp(-1, keepdim=True)).index_fill(-1, index, 0.0)
+
+    def _clean_at(self, log_probs: Tensor, x: Tensor, rows: Tensor) -> Tensor:
+        """log p̃(x) at the data ids x where the bool `rows` is True (0 elsewhere), normalising
+        only those rows of `log_probs` (log-probabilities or unnormalised log-scores)."""
+        index = torch.tensor([self.mask_id], device=log_probs.device)
+        at_x = log_probs.gather(-1, x[..., None])[..., 0].float()
+        scores = log_probs[rows].float().index_fill(-1, index, float("-inf"))
+        lse = torch.zeros_like(at_x).masked_scatter(rows, scores.logsumexp(-1))
+        return torch.where(rows, at_x - lse, 0.0)
+
+    def _noised_at(self, lp_x: Tensor, r: dict[str, Tensor]) -> Tensor:
+        """log P(x) = log(b p̃(x) + (1 - b) / N) from log p̃(x) (`_clean_at`)."""
         floor = torch.log(r["resampled"]) - math.log(self.num_data)
-        return torch.logaddexp(r["log_b"] + lp.gather(-1, x[..., None])[..., 0], floor)
+        return torch.logaddexp(r["log_b"] + lp_x, floor)
 
     def _data_sum(self, log_p: Tensor) -> Tensor:
         return log_p.sum(-1) - log_p[..., self.mask_id]
@@ -263,7 +279,7 @@ class GammaHybrid(NoiseProcess):
         loss = torch.where(masked, reveal * kl, 0.0)
         if self.gamma > 0:
             x = torch.where(masked, x0, x_t)  # a valid id at masked positions (unused there)
-            log_pt_x = self._noised_at(lp, x, rt)
+            log_pt_x = self._noised_at(lp.gather(-1, x[..., None])[..., 0], rt)
             log_ps_x = log_ps.gather(-1, x[..., None])[..., 0]
             pi_t, pi_s = self._pi(x, x0, rt), self._pi(x, x0, rs)
             moved = -torch.expm1(-self.gamma * delta)  # r = 1 - b_t / b_s
@@ -316,6 +332,8 @@ class GammaHybrid(NoiseProcess):
         masked:  stays MASK with probability (1 - a_s) / (1 - a_t), else y ~ P_s;
         visible: stays x with probability (1 - r) P_s(x) / P_t(x), else y ~ P_s (possibly x).
         Positions with t == s do not move; at s = 0 every position ends on a data id.
+        `log_probs` may be unnormalised log-scores (p̃ is their softmax over the data ids): only
+        the rows a step reads (visible tokens, positions that jump) are normalised.
         """
         t, s = levels(t, x_t, log_probs), levels(s, x_t, log_probs)
         moving = t > s
@@ -323,22 +341,40 @@ class GammaHybrid(NoiseProcess):
         sigma_t, sigma_s = self.schedule.sigma(t), self.schedule.sigma(s)
         rt, rs = self.rates(sigma_t), self.rates(sigma_s)
         delta = torch.where(moving, sigma_t - sigma_s, 0.0)
-        lp = self._clean(log_probs)
         masked = x_t == self.mask_id
         reveal = rs["a"] * -torch.expm1(-(1 - self.gamma) * delta) / rt["masked"].clamp_min(1e-30)
         x = torch.where(masked, 0, x_t)
-        log_ratio = self._noised_at(lp, x, rs) - self._noised_at(lp, x, rt)
+        lp_x = self._clean_at(log_probs, x, moving & ~masked)  # only visible tokens need it
+        log_ratio = self._noised_at(lp_x, rs) - self._noised_at(lp_x, rt)
         keep = torch.exp(-self.gamma * delta + log_ratio).clamp(max=1.0)
         move = torch.where(masked, reveal, 1 - keep)
         coins = torch.rand(x_t.shape, generator=generator, device=x_t.device)
         jump = moving & (coins < move)
-        return torch.where(jump, self._draw_noised(lp, rs, generator), x_t)
+        return torch.where(jump, self._draw_where(jump, log_probs, rs, generator), x_t)
+
+    def _draw_where(
+        self,
+        jump: Tensor,
+        log_probs: Tensor,
+        r: dict[str, Tensor],
+        generator,
+        exclude: Tensor | None = None,
+    ) -> Tensor:
+        """`_draw_noised` at the positions where `jump` is True, 0 elsewhere: only the rows that
+        take a new token are renormalised over V and drawn (the coins are drawn before)."""
+        rows = {name: value[jump] for name, value in r.items()}
+        excluded = None if exclude is None else exclude[jump]
+        lp = self._data_log_softmax(log_probs[jump])
+        drawn = self._draw_noised(lp, rows, generator, excluded)
+        return torch.zeros(jump.shape, dtype=drawn.dtype, device=jump.device).masked_scatter(
+            jump, drawn
+        )
 
     def _draw_noised(
         self, lp: Tensor, r: dict[str, Tensor], generator, exclude: Tensor | None = None
     ) -> Tensor:
-        """y ~ P = b p̃ + (1 - b) u per position (never MASK); with `exclude`, P restricted to
-        y != exclude and renormalised."""
+        """y ~ P = b p̃ + (1 - b) u per row of `lp` [K, V] (never MASK); with `exclude`, P
+        restricted to y != exclude and renormalised."""
         log_p = self._noised(lp, r)
         log_p[..., self.mask_id] = float("-inf")
         if exclude is not None:
@@ -365,17 +401,16 @@ class GammaHybrid(NoiseProcess):
         tc = t.clamp(base.T_EPS, 1 - base.T_EPS)
         r = self.rates(self.schedule.sigma(tc))
         speed = (t - s) * self.schedule.rate(tc)
-        lp = self._clean(log_probs)
         masked = x_t == self.mask_id
         x = torch.where(masked, 0, x_t)
-        p_x = self._noised_at(lp, x, r).exp()
+        p_x = self._noised_at(self._clean_at(log_probs, x, moving & ~masked), r).exp()
         from_mask = speed * (1 - self.gamma) * r["c"]
         from_visible = speed * self.gamma * (1 - p_x) / (self.num_data * p_x)
         move = torch.where(masked, from_mask, from_visible)
         coins = torch.rand(x_t.shape, generator=generator, device=x_t.device)
         jump = moving & (coins < move)
-        target = self._draw_noised(lp, r, generator, exclude=torch.where(masked, self.mask_id, x))
-        return torch.where(jump, target, x_t)
+        exclude = torch.where(masked, self.mask_id, x)
+        return torch.where(jump, self._draw_where(jump, log_probs, r, generator, exclude), x_t)
 
 
 def score_entropy(

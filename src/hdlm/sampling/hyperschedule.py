@@ -62,10 +62,12 @@ def full_mask(key: Tensor, settled: Tensor, computed: Tensor) -> Tensor:
 
 
 class NetworkView:
-    """Computes the log-probabilities of the active positions, with or without the KV cache.
+    """Computes the hidden states that predict the active positions, with or without the KV
+    cache; `log_probs` turns the rows a step actually draws from into p_θ(x0 | x_t).
 
     Hidden states (after the final norm) are kept for every computed position, so a shifted
     read-out (position i - 1 predicts token i) can use a settled position's output directly.
+    The read-out head runs only on the rows that need a token (see `sample_hyperschedule`).
     """
 
     def __init__(self, lm, tokens: Tensor, key: Tensor, use_cache: bool):
@@ -81,7 +83,8 @@ class NetworkView:
             self.cache = KVCache.empty(lm.config.model, n, tokens.device, dtype)
 
     def _run(self, tokens, index, levels, attn_mask=None, commit=False) -> None:
-        """Forward the token positions `index` (after the cache), keeping their hidden states."""
+        """Forward the token positions `index` (after the cache), keeping their hidden states.
+        `levels` [n, L] is read only by noise-level conditioned models (None otherwise)."""
         self.hidden[:, index] = self.net(
             tokens[:, index],
             positions=index,
@@ -94,35 +97,47 @@ class NetworkView:
         ).float()
 
     def commit(self, tokens: Tensor, index: Tensor) -> None:
-        """Cached path: append the settled token positions `index`, each seeing the cache and
-        the positions of `index` whose key is no larger than its own."""
+        """Cached path: append the settled token positions `index` (host), each seeing the cache
+        and the positions of `index` whose key is no larger than its own."""
         if self.cache is None or len(index) == 0:
             return
+        device = tokens.device
         group = self.key[index]
-        seen = torch.ones(len(index), self.cache.length, dtype=torch.bool, device=index.device)
+        seen = torch.ones(len(index), self.cache.length, dtype=torch.bool)
         within = group[None, :] <= group[:, None]
-        levels = torch.zeros(tokens.shape, device=tokens.device)
-        self._run(tokens, index, levels, torch.cat((seen, within), 1), commit=True)
+        mask = torch.cat((seen, within), 1).to(device)
+        levels = torch.zeros(tokens.shape, device=device) if self.conditioned else None
+        self._run(tokens, index.to(device), levels, mask, commit=True)
 
-    def log_probs(self, tokens, levels, settled, computed, targets) -> Tensor:
-        """log p_θ(x0 | x_t) at the token positions `targets` [A], [n, A, V] (MASK excluded).
+    def hidden_at(self, tokens, levels, settled, computed, targets) -> Tensor:
+        """Run the network for one step; the hidden states that predict the token positions
+        `targets` [A] (on the host), [n, A, d].
 
-        `settled` and `computed` [L] cover every position, BOS included: the computed ones run
-        this step, seeing the settled ones and each other."""
+        `settled` and `computed` [L] (host booleans) cover every position, BOS included: the
+        computed ones run this step, seeing the settled ones and each other. When every position
+        is computed (a flat schedule) that is full attention: no mask at all, SDPA's fast path."""
         read = targets - self.shift
         if not (settled | computed)[read].all():
             raise HdlmError(
                 "a shifted read-out needs the position before each active one computed; "
                 "use a schedule that settles left to right"
             )
+        device = tokens.device
         positions = computed.nonzero()[:, 0]
         if self.cache is None:
-            every = torch.arange(tokens.shape[1], device=tokens.device)
-            mask = full_mask(self.key, settled[None], computed[None])[:, None]
+            every = torch.arange(tokens.shape[1], device=device)
+            mask = None
+            if not computed.all():
+                seen = full_mask(self.key, settled[None], computed[None])
+                mask = seen[:, None].to(device)
             self._run(tokens, every, levels, attn_mask=mask)
         elif torch.isin(read, positions).any():  # some read-out sits on an in-flight token
-            self._run(tokens, positions, levels)
-        return clean_log_probs(self.net.head(self.hidden[:, read]), self.mask_id)
+            self._run(tokens, positions.to(device), levels)
+        return self.hidden[:, read.to(device)]
+
+    def log_probs(self, hidden: Tensor) -> Tensor:
+        """log p_θ(x0 | x_t) [..., V] (MASK excluded) of hidden states [..., d]."""
+        return clean_log_probs(self.net.head(hidden), self.mask_id)
 
 
 @torch.no_grad()
@@ -147,41 +162,47 @@ def sample_hyperschedule(
             f"unknown correction '{correction}'; choose one of {', '.join(CORRECTIONS)}"
         )
     tokens = torch.where(known, tokens, mask_id)
-    fixed = known[1:]
-    table = schedule.table.to(device).masked_fill(fixed, 0.0)
+    # The bookkeeping (which positions are active, settled, given) lives on the host: it is
+    # decided by the schedule alone, so it needs no device round trip per step.
+    fixed = known[1:].cpu()
+    table = schedule.table.masked_fill(fixed, 0.0)
+    levels_on_device = table.to(device)
     process = lm.objective.process
     # Given tokens take the role clean tokens had in training: under full attention (flat,
     # MDLM-style training) they, and BOS, see and are seen by every position, so they are
     # recomputed with the active ones at every step; otherwise they are settled, cached once.
     context = F.pad(fixed, (1, 0), value=True) & lm.objective.layout.full_attention  # [L]
-    keys = attention_keys(schedule, fixed & ~context[1:]).to(device)
-    view = NetworkView(lm, tokens, keys, use_cache)
-    view.commit(tokens, (known & ~context).nonzero()[:, 0])
-    log_probs, changed, last_active = None, True, None
+    view = NetworkView(lm, tokens, attention_keys(schedule, fixed & ~context[1:]), use_cache)
+    view.commit(tokens, (known.cpu() & ~context).nonzero()[:, 0])
+    hidden, changed, last_active = None, True, None
     for s in range(1, schedule.num_steps + 1):
-        before, after = table[s - 1], table[s]
-        states = position_states(before, after)
+        states = position_states(table[s - 1], table[s])
         active = states.active
         if not active.any():
             continue
         # MDLM's trick: when no input changed since the last step, neither did the output
         same_inputs = not changed and not view.conditioned and torch.equal(active, last_active)
         if not same_inputs:
-            levels = F.pad(before, (1, 0)).expand(n, -1)
+            levels = None
+            if view.conditioned:
+                levels = F.pad(levels_on_device[s - 1], (1, 0)).expand(n, -1)
             settled = F.pad(states.settled, (1, 0), value=True) & ~context
             computed = F.pad(active, (1, 0), value=False) | context
             targets = active.nonzero()[:, 0] + 1
-            log_probs = view.log_probs(tokens, levels, settled, computed, targets)
-        current = tokens[:, 1:][:, active]
+            hidden = view.hidden_at(tokens, levels, settled, computed, targets)
+        on_device = active.to(device)
+        current = tokens[:, 1:][:, on_device]
 
-        def propose(log_probs: Tensor = log_probs) -> Tensor:
-            return pick_tokens(log_probs, generator, **pick)
+        def propose(needed: Tensor, hidden: Tensor = hidden) -> Tensor:
+            # only the rows that take a new token go through the read-out and the draw
+            return pick_tokens(view.log_probs(hidden[needed]), generator, **pick)
 
+        t, s_level = levels_on_device[s - 1][on_device], levels_on_device[s][on_device]
         updated, events = process.reverse_step(
-            current, before[active], after[active], propose, generator, correction, eta
+            current, t, s_level, propose, generator, correction, eta
         )
-        changed = bool((updated != current).any()) or bool(states.newly_settled.any())
-        tokens[:, 1:][:, active] = updated
+        changed = bool(states.newly_settled.any()) or bool((updated != current).any())
+        tokens[:, 1:][:, on_device] = updated
         last_active = active
         if s < schedule.num_steps:
             view.commit(tokens, states.newly_settled.nonzero()[:, 0] + 1)

@@ -52,21 +52,26 @@ def tau_leaping(
     table: Tensor,
     generator: torch.Generator | None,
     method: str = "tweedie",
+    conditioned: bool = True,
 ) -> Tensor:
     """Walk `table` [S+1, L] from the tokens `x` [n, L] at levels table[0] down to table[S].
 
-    `denoise(x_t, levels [n, L], step)` returns log p̃ [n, L, V], the network's clean-token
-    distribution at every position (MASK at -inf).
+    `denoise(x_t, levels [n, L], step)` returns log p̃ [n, L, V] up to a constant per position,
+    the network's clean-token distribution at every position (MASK at -inf). Unless the network
+    is `conditioned` on the levels, a step whose tokens equal those of the last network call
+    reuses its output.
     """
     if method not in TAU_LEAPING:
         raise HdlmError(f"unknown τ-leaping method '{method}'; choose one of tweedie, euler")
-    n = x.shape[0]
+    n, seen, log_probs = x.shape[0], None, None
     for k in range(1, table.shape[0]):
         t, s = table[k - 1].expand(n, -1), table[k].expand(n, -1)
         moving = t > s
         if not moving.any():
             continue
-        log_probs = denoise(x, t, k)
+        # MDLM's trick, exact for a model that does not see the levels: same input, same output
+        if conditioned or seen is None or not torch.equal(x, seen):
+            log_probs, seen = denoise(x, t, k), x
         if method == "tweedie":
             x = process.reverse_step(log_probs, x, t, s, generator)
             continue
@@ -107,9 +112,12 @@ def sample_tau_leaping(
     bos = tokens[:, :1]
 
     def denoise(x_t: Tensor, levels: Tensor, step: int) -> Tensor:
+        # unnormalised log-scores (MASK at -inf): the steps normalise only the rows they read
         tokens = torch.cat((bos, x_t), 1)
         steps = torch.full_like(x_t, step)
-        log_probs = layout.log_probs(lm.net, tokens, x_t, levels, steps)
-        return reshape_distribution(log_probs, **pick)
+        scores = layout.logits(lm.net, tokens, x_t, levels, steps).float()
+        scores[..., lm.tokenizer.mask_id] = float("-inf")
+        return reshape_distribution(scores, **pick)
 
-    return torch.cat((bos, tau_leaping(denoise, process, x, table, generator, method)), 1)
+    x = tau_leaping(denoise, process, x, table, generator, method, layout.conditioned)
+    return torch.cat((bos, x), 1)
