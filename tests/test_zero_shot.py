@@ -114,3 +114,20 @@ def test_a_folder_reads_its_text_files_and_a_dataset_its_named_split(tmp_path, m
     assert read_documents(cfg, "validation") == ["validation one", "validation two"]
     assert read_documents(cfg) == ["test one", "test two"]  # the test split by default
     assert calls == [("someone/wikitext", "raw", "validation"), ("someone/wikitext", "raw", "test")]
+
+
+def test_hash_split_keeps_the_old_behaviour_for_another_corpus(tmp_path, checkpoints, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i:02d}.txt").write_text(f"document {i} " + "abc " * 20)
+    ar = str(checkpoints["ar"])
+    code, out, err = run(["eval", ar, "--data", str(folder)], capsys)
+    whole = json.loads(out)
+    assert code == 0 and whole["zero_shot"] and whole["documents"] == 40, err
+    args = ["eval", ar, "--data", str(folder), "--hash-split", "--split", "train",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    code, out, err = run(args, capsys)
+    part = json.loads(out)
+    assert code == 0 and not part["zero_shot"] and part["split"] == "train", err
+    assert part["tokens"] < whole["tokens"]
