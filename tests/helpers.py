@@ -4,7 +4,7 @@ import dataclasses
 
 import torch
 
-from hdlm.config import RunConfig, TokenizerConfig, validate
+from hdlm.config import RunConfig, TokenizerConfig, complete
 from hdlm.model import LanguageModel, Transformer
 from hdlm.objectives import build_objective
 from hdlm.tokenizer import build_tokenizer
@@ -29,7 +29,7 @@ def tiny_objective(family, vocab, mask_id, length, time_conditioning=False, **di
         time_conditioning=time_conditioning,
     )  # fmt: skip
     config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
-    validate(config)
+    config = complete(config)
     torch.manual_seed(0)
     return Transformer(config.model).eval(), build_objective(config, mask_id)
 
@@ -46,6 +46,6 @@ def language_model(family, a3=None, **diffusion):
     )
     config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
     config.a3 = dataclasses.replace(config.a3, **(a3 or {}))
-    validate(config)
+    config = complete(config)
     torch.manual_seed(0)
     return LanguageModel(config, TOKENIZER).eval()

@@ -4,6 +4,7 @@ groupings, decoding and infilling, and the family end to end through the CLI."""
 import dataclasses
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -11,12 +12,18 @@ from helpers import MASK, L, V, random_tokens
 
 import hdlm
 from hdlm import a3
-from hdlm.config import A3Stage, RunConfig, load_config, validate
+from hdlm.config import A3Stage, RunConfig, complete, load_config
 from hdlm.errors import ConfigError, HdlmError
 from hdlm.model import LanguageModel, Transformer
 from hdlm.model.a3 import A3Transformer
 from hdlm.objectives import A3Objective, AutoregressiveObjective
-from hdlm.sampling.a3 import decode, given_groups, infill_template, parse_infill
+from hdlm.sampling.a3 import (
+    blank_length_scores,
+    decode,
+    given_groups,
+    infill_template,
+    parse_infill,
+)
 from hdlm.sampling.ar import sample_ar
 from hdlm.tokenizer import TokenizerConfig, build_tokenizer
 
@@ -28,7 +35,7 @@ def make_config(vocab=V, length=L, **a3_options):
         config.model, vocab_size=vocab, max_len=64, n_layers=2, n_heads=2, d_model=32
     )
     config.a3 = dataclasses.replace(config.a3, **a3_options)
-    validate(config)
+    config = complete(config)
     return config
 
 
@@ -232,12 +239,48 @@ def test_infill_syntax():
         parse_infill("x ___[0] y")
 
 
+def gap_oracle(lm, best: int, token: int, strength: float = 8.0):
+    """Make `lm` an A3 model that predicts `token` almost surely from a query whose gap (unknown
+    positions before the target) is `best`, and uniformly from every other query after a
+    non-`token` input: zero weights (each block adds nothing), norms 1, the tied embedding of
+    `token` and `query_gap[best]` along one axis."""
+    with torch.no_grad():
+        for name, p in lm.net.named_parameters():
+            p.fill_(1.0 if "norm" in name else 0.0)
+        lm.net.embed.weight[token, 0] = strength
+        lm.net.query_gap.weight[best, 0] = 1.0
+    return lm
+
+
+def test_a_free_blank_gets_the_length_the_model_prefers():
+    """Regression: the length scores multiplied -inf (blank log-probabilities) by 0, so every
+    score was NaN and every free blank got 1 token. Here the text after the blank is likely
+    exactly when 3 unknown positions precede it: the blank must get 3 tokens."""
+    lm = char_lm(make_config(vocab=0))
+    text = "the___ sat."
+    space = lm.tokenizer.encode(" ")[0]
+    for best in (3, 5):
+        gap_oracle(lm, best, space)
+        tokens, known = infill_template(lm, text, blank_max=6)
+        assert (~known).sum() == best
+        assert lm.decode(tokens[None])[0] == "the" + "<|mask|>" * best + " sat."
+    texts = [lm.tokenizer.encode(piece) for piece in ("the", " sat.")]
+    scores = blank_length_scores(lm, texts, [6], 0, blank_max=6)
+    assert torch.isfinite(scores).all() and scores.argmax() == 4
+    # every other length: the first scored token is uniform over the V - 1 clean ids
+    uniform = math.log(lm.tokenizer.vocab_size - 1)
+    assert scores[4] - scores[0] == pytest.approx(uniform, abs=1e-3)
+
+
 def test_infilling_never_changes_the_given_tokens():
     torch.manual_seed(0)
     lm = char_lm(make_config(vocab=0))
     text = "the ___ sat on the ___[3]."
     tokens, known = infill_template(lm, text, blank_max=5)
-    assert 1 <= (~known).sum() - 3 <= 5  # the free blank got 1..5 tokens, the fixed one 3
+    texts = [lm.tokenizer.encode(piece) for piece in ("the", " sat on the", ".")]
+    scores = blank_length_scores(lm, texts, [5, 3], 0, blank_max=5)
+    assert torch.isfinite(scores).all()  # a random model: every length has a finite score
+    assert (~known).sum() - 3 == 1 + scores.argmax()  # the free blank got the most likely one
     for order in ("left-to-right", "confidence", "random"):
         filled = lm.sample(3, sampler="a3", infill=text, order=order, group_size=2, blank_max=5)
         assert filled.shape == (3, len(tokens))

@@ -22,16 +22,27 @@ SETTINGS = [*TINY[1::2], "train.steps=4", "train.log_every=1", "train.grad_accum
             "train.ema=0.5", "train.eval_every=4"]  # fmt: skip
 
 
-def settings(root, out, parallel="ddp"):
-    return [*SETTINGS, f"data.cache_dir={root / 'cache'}", f"train.parallel={parallel}",
+# A3 in groups of two, left to right: no random grouping, so the ranks' slices see exactly what
+# one process sees; grouped-query SwiGLU blocks, so the Llama-shaped two-stream pass is sharded
+A3 = [*SETTINGS, "a3.grouping=left-to-right", "a3.group_size=2", "model.mlp=swiglu",
+      "model.n_kv_heads=1", "model.d_ff=96"]  # fmt: skip
+CONFIGS = {"ar": ("configs/ar-tiny.yaml", SETTINGS), "a3": ("configs/a3-tiny.yaml", A3)}
+
+
+def settings(root, out, parallel="ddp", family="ar"):
+    return [*CONFIGS[family][1], f"data.cache_dir={root / 'cache'}", f"train.parallel={parallel}",
             f"out_dir={out}"]  # fmt: skip
+
+
+def single_run(root, family="ar"):
+    config = load_config(CONFIGS[family][0], settings(root, root / "run", family=family))
+    train(config, progress=False)
+    return root / "run"
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    root = tmp_path_factory.mktemp("single")
-    train(load_config("configs/ar-tiny.yaml", settings(root, root / "run")), progress=False)
-    return root / "run"
+    return single_run(tmp_path_factory.mktemp("single"))
 
 
 def assert_same_run(single, multi):
@@ -57,22 +68,32 @@ def assert_same_run(single, multi):
     torch.testing.assert_close(moments[1], moments[0], rtol=1e-4, atol=1e-12)
 
 
-def _rank(rank, port, overrides):
+def _rank(rank, port, overrides, family="ar"):
     """One torchrun-like rank (forked: no second torch import)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    train(load_config("configs/ar-tiny.yaml", overrides), progress=False)
+    train(load_config(CONFIGS[family][0], overrides), progress=False)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_equal_one_process(tmp_path, single, parallel):
+def two_processes(tmp_path, parallel, family="ar"):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     multi = tmp_path / parallel
-    mp.start_processes(_rank, (port, settings(tmp_path, multi, parallel)), nprocs=2,
-                       start_method="fork")  # fmt: skip
-    assert_same_run(single, multi)
+    overrides = settings(tmp_path, multi, parallel, family)
+    mp.start_processes(_rank, (port, overrides, family), nprocs=2, start_method="fork")
+    return multi
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process(tmp_path, single, parallel):
+    assert_same_run(single, two_processes(tmp_path, parallel))
+
+
+def test_a3_under_fsdp_equals_one_process(tmp_path):
+    """The two-stream pass goes through FSDP's hooks: sharded A3 training is the same run."""
+    single = single_run(tmp_path / "single", "a3")
+    assert_same_run(single, two_processes(tmp_path, "fsdp", "a3"))
 
 
 def test_nproc_execs_torchrun_with_the_same_arguments(tmp_path, monkeypatch):
@@ -85,7 +106,7 @@ def test_nproc_execs_torchrun_with_the_same_arguments(tmp_path, monkeypatch):
     ((executable, command),) = calls
     assert command[:6] == [executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", "-m"]  # fmt: skip
-    assert command[6:] == ["hdlm.train", "--config", "configs/ar-tiny.yaml", "--resume",
+    assert command[6:] == ["hdlm", "train", "--config", "configs/ar-tiny.yaml", "--resume",
                            "--set=train.steps=3", f"--set=out_dir={tmp_path}"]  # fmt: skip
 
 

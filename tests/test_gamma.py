@@ -18,9 +18,9 @@ from hdlm import processes
 from hdlm.cli import main
 from hdlm.config import load_config
 from hdlm.errors import ConfigError
-from hdlm.gamma_hybrid import GammaHybrid, SigmaSchedule, score_entropy
+from hdlm.families import family
 from hdlm.objectives import DiffusionObjective, ScoreEntropyObjective
-from hdlm.processes import Absorbing
+from hdlm.processes import Absorbing, GammaHybrid, SigmaSchedule, score_entropy
 from hdlm.sampling.tau_leaping import tau_leaping
 from hdlm.schedules import block, flat
 
@@ -79,7 +79,6 @@ def test_sigma_schedules(sigma):
     t = torch.linspace(0, 0.99, 100, dtype=torch.float64)
     values = schedule.sigma(t)
     assert values[0] == 0 and (values.diff() > 0).all()
-    torch.testing.assert_close(schedule.level(values), t)
     h = 1e-6
     numeric = (schedule.sigma(t[1:] + h) - schedule.sigma(t[1:] - h)) / (2 * h)
     torch.testing.assert_close(schedule.rate(t[1:]), numeric, rtol=1e-6, atol=0)
@@ -267,7 +266,7 @@ GRIDS = [[1.0, 0.0], [1.0, 0.6, 0.2, 0.0], list(np.linspace(1.0, 0.0, 17))]
 @pytest.mark.parametrize("sigma", SCHEDULES)
 @pytest.mark.parametrize("gamma", [0.0, 0.05, 0.5])
 def test_nelbo_of_the_oracle_is_the_entropy_plus_the_prior_gap(gamma, sigma, monkeypatch):
-    monkeypatch.setattr(processes, "T_EPS", 1e-15)  # test the formulas, not the clamp
+    monkeypatch.setattr(processes.base, "T_EPS", 1e-15)  # test the formulas, not the clamp
     process = chain(gamma, sigma)
     gap = prior_gap(process)
     assert (gap == 0) == (sigma == "loglinear")
@@ -402,7 +401,8 @@ def test_quenched_ar_gamma_hybrid_is_the_ar_nll(gamma):
 
 def test_prior_term_is_in_the_nelbo():
     net, objective = make(gamma=0.05, sigma="loglinear:0.01")
-    assert isinstance(objective, ScoreEntropyObjective) and objective.default_sampler == "tweedie"
+    assert isinstance(objective, ScoreEntropyObjective)
+    assert family("gamma-hybrid").default_sampler == "tweedie"
     tokens = random_tokens()
     prior = objective.process.prior_loss(tokens[:, 1:]).sum(-1)
     assert (prior > 0).all()

@@ -13,7 +13,7 @@ from hdlm.cli import main
 from hdlm.config import RunConfig, load_config
 from hdlm.data import synthetic_alphabet
 from hdlm.model import LanguageModel
-from hdlm.model.hf import import_gpt2
+from hdlm.model.hf import import_hf
 from hdlm.tokenizer import EOS, Tokenizer
 from hdlm.train import train
 from tests.test_cli import TINY
@@ -53,8 +53,8 @@ def test_imported_gpt2_has_the_same_logits(gpt2, tmp_path, capsys):
     tokens = torch.randint(0, N_STATES + 1, (3, 40))
     with torch.no_grad():
         expected = model(tokens).logits
-    config, weights, tokenizer = import_gpt2(directory)
-    assert tokenizer.mask_id == N_STATES + 1 == config.vocab_size - 1  # MASK appended
+    imported = import_hf(directory)
+    assert imported.tokenizer.mask_id == N_STATES + 1 == imported.config.vocab_size - 1  # appended
     assert main(["import", str(directory), str(tmp_path / "imported")]) == 0
     lm = hdlm.load(tmp_path / "imported")
     with torch.no_grad():
@@ -152,6 +152,6 @@ def test_rope_export_is_an_hdlm_directory_that_round_trips_bit_exactly(tmp_path,
 
 
 def test_import_errors_are_one_line(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     assert main(["import", str(tmp_path), str(tmp_path / "out")]) == 2
-    assert "only GPT-2" in capsys.readouterr().err
+    assert "hdlm imports model_type gpt2, llama" in capsys.readouterr().err

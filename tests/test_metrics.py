@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hdlm.cli import main
-from hdlm.config import RunConfig, TokenizerConfig, validate
+from hdlm.config import RunConfig, TokenizerConfig, complete
 from hdlm.errors import HdlmError
 from hdlm.evaluate import (
     distinct_n,
@@ -33,7 +33,7 @@ def char_lm(family: str, max_len: int = 64) -> LanguageModel:
     config.model = dataclasses.replace(
         config.model, vocab_size=V, max_len=max_len, n_layers=2, n_heads=2, d_model=32
     )
-    validate(config)
+    config = complete(config)
     torch.manual_seed(0)
     return LanguageModel(config, CHARS).eval()
 

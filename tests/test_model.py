@@ -6,12 +6,19 @@ import torch
 from hdlm.errors import HdlmError
 from hdlm.model import KVCache, Transformer
 
+LLAMA_SHAPED = {"mlp": "swiglu", "d_ff": 24, "n_kv_heads": 1, "qk_norm": True, "head_dim": 8,
+                "qkv_bias": True, "bias": False, "norm_eps": 1e-5}  # fmt: skip
+
 
 @pytest.mark.parametrize(
-    ("norm", "position"), [("rmsnorm", "rope"), ("layernorm", "rope"), ("layernorm", "learned")]
-)
-def test_kv_cache_decoding_equals_full_causal_forward(tiny_model_config, norm, position):
+    ("norm", "position", "llama"),
+    [("rmsnorm", "rope", False), ("layernorm", "rope", False), ("layernorm", "learned", False),
+     ("rmsnorm", "rope", True)],
+)  # fmt: skip
+def test_kv_cache_decoding_equals_full_causal_forward(tiny_model_config, norm, position, llama):
     config = dataclasses.replace(tiny_model_config, norm=norm, position=position, bias=True)
+    if llama:  # grouped-query (multi-query) attention: the cache holds 1 key/value head
+        config = dataclasses.replace(config, **LLAMA_SHAPED)
     net = Transformer(config).eval()
     tokens = torch.randint(0, 37, (3, 20))
     full = net(tokens)
@@ -20,6 +27,19 @@ def test_kv_cache_decoding_equals_full_causal_forward(tiny_model_config, norm, p
     pieces += [net(tokens[:, i : i + 1], cache=cache, commit=True) for i in range(7, 20)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
     assert cache.length == 20
+    assert cache.keys[0].shape[1] == (1 if llama else 2)
+
+
+def test_the_cache_grows_on_demand_up_to_the_context(tiny_model_config, monkeypatch):
+    monkeypatch.setattr(KVCache, "INITIAL", 4)
+    net = Transformer(tiny_model_config).eval()
+    tokens = torch.randint(0, 37, (2, 32))
+    cache = KVCache.empty(net.config, 2, "cpu", torch.float32)
+    assert cache.keys[0].shape[2] == 4
+    pieces = [net(tokens[:, i : i + 3], cache=cache, commit=True) for i in range(0, 30, 3)]
+    pieces.append(net(tokens[:, 30:], cache=cache, commit=True))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), net(tokens), rtol=1e-5, atol=1e-5)
+    assert cache.keys[1].shape[2] == 32  # 4, 8, 16, then capped at max_len
 
 
 def test_reading_the_cache_without_commit_leaves_it_unchanged(tiny_model_config):
@@ -119,3 +139,11 @@ def test_cpu_bf16_attention_matches_sdpa():
         ours = attention(q, k, v, mask, causal, 0.0)
         assert ours.dtype == torch.bfloat16
         torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=2e-2)
+    # grouped-query: query heads 0-2 read one key/value head, both paths (matmuls and SDPA)
+    one_k, one_v = k[:, :1], v[:, :1]
+    expected = attention(q.float(), one_k.float().expand_as(q), one_v.float().expand_as(q),
+                         rows, False, 0.0)  # fmt: skip
+    torch.testing.assert_close(attention(q, one_k, one_v, rows, False, 0.0).float(), expected,
+                               atol=2e-2, rtol=2e-2)  # fmt: skip
+    torch.testing.assert_close(attention(q.float(), one_k.float(), one_v.float(), rows, False, 0.0),
+                               expected)  # fmt: skip

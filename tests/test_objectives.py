@@ -6,6 +6,8 @@ import pytest
 import torch
 from helpers import MASK, L, V, random_tokens, tiny_objective
 
+from hdlm.processes import clean_log_prob
+
 
 def make(family="hyperschedule", time_conditioning=False, **diffusion):
     return tiny_objective(family, V, MASK, L, time_conditioning, **diffusion)
@@ -95,8 +97,10 @@ def test_a_hybrid_with_eps_puts_loss_on_visible_positions():
     tokens = random_tokens()
     x0 = tokens[:, 1:]
     visible = hybrid.process.corrupt_visible(x0, torch.Generator().manual_seed(0))
-    log_probs = hybrid.log_probs(net, tokens, visible, torch.zeros(x0.shape), torch.ones_like(x0))
-    assert (hybrid.process.reconstruction_loss(log_probs, x0) > 0).all()
+    log_probs = hybrid.layout.log_probs(
+        net, tokens, visible, torch.zeros(x0.shape), torch.ones_like(x0)
+    )
+    assert (-clean_log_prob(log_probs, x0, hybrid.process.mask_id) > 0).all()
     _, absorbing = make(family="mdlm")
     with torch.no_grad():
         assert (hybrid.nelbo(net, tokens) > absorbing.nelbo(net, tokens)).all()
@@ -137,12 +141,12 @@ def exact_count_nelbo(net, objective, tokens):
         kept = (1 - process.eps) * (noised == x0) + process.eps / n_data
         probability = torch.where(masked, 1.0, kept).prod(-1)
         subsets = torch.tensor([math.comb(length - 1, int(i)) for i in k]) * (length - 1)
-        log_probs = objective.log_probs(
+        log_probs = objective.layout.log_probs(
             net, row.expand(len(noised), -1), noised, torch.zeros(x0.shape), torch.ones_like(x0)
         )
         weight = ((length - 1) / k.clamp_min(1))[:, None].float()
         rate = process.rate_loss(log_probs, x0, noised, torch.ones(x0.shape), weight).sum(-1)
-        rec = process.reconstruction_loss(log_probs, x0).sum(-1)
+        rec = -clean_log_prob(log_probs, x0, process.mask_id).sum(-1)
         diffusion = (probability * rate / subsets)[k > 0].sum()
         total.append(diffusion + (probability * rec)[k == 0].sum())
     return torch.stack(total)
@@ -168,7 +172,7 @@ def test_one_pass_eps_hybrid_loss_is_unbiased_for_the_exact_nelbo(fraction):
 
 
 def test_fused_cross_entropy_equals_log_softmax_and_gather_with_its_gradient():
-    from hdlm.objectives import MaskedCrossEntropy, clean_log_probs
+    from hdlm.readout import MaskedCrossEntropy, clean_log_probs
 
     logits = torch.randn(2, 150, V, dtype=torch.float64, requires_grad=True)  # 300 rows: 3 chunks
     target = torch.randint(0, MASK, (2, 150))

@@ -187,3 +187,16 @@ def test_plot(tmp_path, suffix, magic):
 def test_plot_bad_suffix(tmp_path):
     with pytest.raises(ConfigError, match=r"\.png or \.svg"):
         plot_schedule(flat(3, 2), tmp_path / "schedule.jpg")
+
+
+def test_block_offset_narrows_the_first_block():
+    """block:W:K:O: block (i + O) // W, so the first block has W - O positions (BD3-LM's BOS)."""
+    schedule = from_spec("block:4:2:1", 7)
+    assert schedule.name == "block:4:2:1"
+    assert schedule.num_steps == 4  # ceil((7 + 1) / 4) blocks of 2 steps
+    first_clean = (schedule.table == 0).float().argmax(0)  # the step each position settles
+    assert first_clean.tolist() == [2, 2, 2, 4, 4, 4, 4]
+    assert torch.equal(from_spec(schedule.name, 7).table, schedule.table)
+    assert torch.equal(from_spec("block:4:2:0", 7).table, block(7, 4, 2).table)
+    with pytest.raises(ConfigError, match="offset"):
+        from_spec("block:4:2:4", 7)

@@ -8,10 +8,22 @@ import math
 import pytest
 import torch
 from helpers import TOKENIZER, language_model
-from test_cli import error_line, run
+from test_cli import error_line
 
+from hdlm.cli import main
 from hdlm.config import DataConfig
 from hdlm.zero_shot import read_documents, token_stream, zero_shot_perplexity
+
+
+def run(args, capsys):
+    """(exit code, stdout, stderr) of the CLI, whether `main` returns or argparse exits."""
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
 
 TEXT = "the quick brown fox jumps over the lazy dog " * 7 + "and that is all"
 
@@ -83,9 +95,9 @@ def test_zero_shot_mistakes_are_one_line_errors(tmp_path, checkpoints, capsys):
     ar = str(checkpoints["ar"])
     for extra, message in [
         (["--split", "validation"], "scored whole"),
-        (["--stride", "0"], "--stride 0"),
+        (["--stride", "0"], "--stride: 0 must lie in [1, ∞)"),
         (["--stride", "99"], "--stride 99"),
-        (["--mc-samples", "0"], "Monte Carlo"),
+        (["--mc-samples", "0"], "--mc-samples: 0 must lie in [1, ∞)"),
     ]:
         family = "mdlm" if extra[0] == "--mc-samples" else "ar"
         target = str(checkpoints[family]) if family != "ar" else ar

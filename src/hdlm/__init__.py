@@ -3,13 +3,14 @@
 `hdlm.load(path)` returns a `LanguageModel` with `.nelbo(tokens)`, `.sample(...)`, `.save(path)`.
 """
 
-__version__ = "0.1.0"
-__all__ = ["LanguageModel", "load"]
+from hdlm.version import __version__
+
+__all__ = ["LanguageModel", "__version__", "load"]
 
 
 def __getattr__(name: str):
     # imported lazily so that `hdlm --help` does not pay for importing torch
-    if name in __all__:
+    if name in ("LanguageModel", "load"):
         from hdlm import model
 
         return getattr(model, name)

@@ -23,17 +23,18 @@ the expected NLL over the grouping distribution.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from hdlm.config import A3Config, A3Stage, RunConfig
+from hdlm.config import A3Config, A3Stage
 from hdlm.errors import ConfigError
-from hdlm.objectives import clean_log_probs
+from hdlm.readout import clean_log_probs
 
 GROUPINGS = ("left-to-right", "random", "spans", "prompt-first", "mixed")
+BLANK_SHARE = (0.1, 0.9)  # `spans`: the share of a sequence that is blank, drawn uniformly here
+MIXED_IN_ORDER = 0.5  # `mixed`: probability that a sequence is grouped left to right
 
 
 # -- groupings ------------------------------------------------------------------------------------
@@ -77,10 +78,12 @@ def context_first(context: Tensor, size: int, generator=None, in_order: bool = F
 def random_spans(
     batch: int, length: int, size: int = 1, generator=None, device=None, mean_span: float = 8.0
 ) -> Tensor:
-    """Blanks are random spans (lengths uniform on 1..2·mean_span - 1, covering a random share
-    of the sequence); the rest is the context, predicted first (`context_first`)."""
+    """Blanks are random spans (lengths uniform on 1..2·mean_span - 1, covering a share of the
+    sequence drawn uniformly in `BLANK_SHARE`); the rest is the context, predicted first
+    (`context_first`)."""
     n = length - 1
-    share = 0.1 + 0.8 * torch.rand(batch, 1, generator=generator, device=device)
+    low, high = BLANK_SHARE
+    share = low + (high - low) * torch.rand(batch, 1, generator=generator, device=device)
     starts = torch.rand(batch, n, generator=generator, device=device) < share / mean_span
     longest = max(1, round(2 * mean_span - 1))
     lengths = 1 + (torch.rand(batch, n, generator=generator, device=device) * longest).long()
@@ -123,7 +126,7 @@ def draw_groups(
     if kind == "prompt-first":
         return prompt_first(batch, length, size, generator, device)
     if kind == "mixed":
-        coin = torch.rand(batch, 1, generator=generator, device=device) < 0.5
+        coin = torch.rand(batch, 1, generator=generator, device=device) < MIXED_IN_ORDER
         ordered = left_to_right(batch, length, size, device)
         return torch.where(coin, ordered, random_order(batch, length, size, generator, device))
     raise ConfigError(f"unknown A3 grouping '{kind}'; choose one of {', '.join(GROUPINGS)}")
@@ -220,44 +223,3 @@ def eval_groups(options: A3Config, tokens: Tensor, hidden: Tensor | None = None)
     if in_order:
         return left_to_right(batch, length, size, tokens.device)
     return random_order(batch, length, size, generator, tokens.device)
-
-
-# -- configuration --------------------------------------------------------------------------------
-
-
-def validate_a3(config: RunConfig) -> None:
-    """Checks of the `a3` section (called by `hdlm.config.validate` for family a3)."""
-    options = config.a3
-    if config.model.time_conditioning:
-        raise ConfigError("family a3 does not use model.time_conditioning; set it to false")
-    sizes = {"a3.group_size": options.group_size, "a3.eval_group_size": options.eval_group_size}
-    for i, stage in enumerate(options.curriculum):
-        sizes[f"a3.curriculum[{i}].group_size"] = stage.group_size
-        if stage.steps < 1:
-            raise ConfigError(f"a3.curriculum[{i}].steps={stage.steps} must be at least 1")
-    for key, value in sizes.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be at least 1")
-    if not math.isfinite(options.mean_span) or options.mean_span < 1:
-        raise ConfigError(f"a3.mean_span={options.mean_span} must be at least 1")
-
-
-EVAL_KEYS = ("eval_order", "eval_group_size", "eval_seed")
-
-
-def apply_eval_overrides(lm, overrides: list[str]) -> list[str]:
-    """Apply the `a3.eval_*=VALUE` overrides of `hdlm eval` to a loaded A3 model (its objective
-    is rebuilt); return the other overrides."""
-    from hdlm.config import apply_overrides, from_dict, to_dict
-
-    mine = [o.removeprefix("a3.") for o in overrides if o.startswith("a3.")]
-    for item in mine:
-        if item.split("=", 1)[0].strip() not in EVAL_KEYS:
-            raise ConfigError(
-                f"hdlm eval can change only a3.{', a3.'.join(EVAL_KEYS)}; got 'a3.{item}'"
-            )
-    if mine:
-        lm.config.a3 = from_dict(A3Config, apply_overrides(to_dict(lm.config.a3), mine), "a3")
-        validate_a3(lm.config)
-        lm.objective = type(lm.objective)(lm.config, lm.tokenizer.mask_id)
-    return [o for o in overrides if not o.startswith("a3.")]

@@ -1,5 +1,8 @@
 """Benchmarks: training and sampling throughput of every family, side by side in one run.
 
+Rows marked "llama: swiglu, gqa" use a Llama-shaped backbone (`llama_shape`) next to the default
+GPT-2-shaped one (GELU MLP, one key/value head per query head).
+
 Speed is never asserted in tests; these numbers are. Each measurement runs in a fresh child
 process (so its peak memory is its own), cases are interleaved round by round (so machine noise
 hits them alike) and the median is reported. Single-threaded CPU runs are timed by CPU time
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hdlm.config import RunConfig, TokenizerConfig, validate
+from hdlm.config import RunConfig, TokenizerConfig, complete
 from hdlm.hardware import autocast, clock, compile_network, matmul_flops, synchronize
 
 TRAIN_FAMILIES = {
@@ -32,6 +35,19 @@ TRAIN_FAMILIES = {
     "a3": {},
 }
 COMPILED = ("ar",)  # families also measured with train.compile (a row "<family> (compiled)")
+LLAMA_SHAPED = ("ar", "a3")  # also measured with a Llama-shaped backbone (`llama_shape`)
+
+
+def llama_shape(size: dict) -> dict:
+    """Llama's blocks at the bench size: SwiGLU with d_ff = 8/3 d_model rounded up to 64 (about
+    the GELU MLP's parameters) and grouped-query attention, a quarter as many key/value heads."""
+    return {"mlp": "swiglu", "d_ff": 64 * -(-8 * size["d_model"] // (3 * 64)),
+            "n_kv_heads": max(1, size["n_heads"] // 4)}  # fmt: skip
+
+
+# A3 decoding rows of `bench sample`: (order, tokens per step); every row decodes the full length
+A3_VARIANTS = (("left-to-right", 1), ("left-to-right", 4), ("confidence", 1), ("confidence", 4))
+A3_BENCH_OPTIONS = {"eos_stop": False}  # random weights: decode every position
 
 
 def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
@@ -45,8 +61,7 @@ def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
     symbols = [chr(0x4E00 + i) for i in range(size["vocab_size"] - 3)]  # + UNK, EOS, MASK
     tokenizer = build_tokenizer(TokenizerConfig(kind="char"), symbols)
     config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
-    validate(config)
-    return LanguageModel(config, tokenizer).to(device)
+    return LanguageModel(complete(config), tokenizer).to(device)
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -73,7 +88,7 @@ def train_case(case: dict) -> dict:
 
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
-    family, size, seq_len = case["family"], case["size"], case["seq_len"]
+    family, size, seq_len = case["family"], {**case["size"], **case["shape"]}, case["seq_len"]
     lm = language_model(family, size, seq_len, device, **TRAIN_FAMILIES[family])
     if case.get("compile"):
         compile_network(lm.net)
@@ -105,16 +120,19 @@ def train_case(case: dict) -> dict:
 def sample_case(case: dict) -> dict:
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
-    family = "ar" if case["sampler"] == "ar" else "block-diffusion"
-    lm = language_model(family, case["size"], case["length"], device).eval()
+    family = {"ar": "ar", "a3": "a3"}.get(case["sampler"], "block-diffusion")
+    shape = case.get("shape", {})
+    lm = language_model(family, {**case["size"], **shape}, case["length"], device).eval()
     options = {"sampler": case["sampler"], "use_cache": case["cache"], "seed": 0}
+    options |= case.get("options", {})
     lengths = iter((32, case["length"]))  # warm up on a short sample, then time the real one
 
     def work():
         length = next(lengths)
-        spec = case["schedule"] and case["schedule"].replace("{steps}", str(length // 4))
+        if case["schedule"]:
+            options["schedule"] = case["schedule"].replace("{steps}", str(length // 4))
         with autocast(device, case["precision"]):
-            lm.sample(case["n"], length, schedule=spec, **options)
+            lm.sample(case["n"], length, **options)
 
     seconds = timed(device, work)
     return {
@@ -167,9 +185,12 @@ def bench_train(size, seq_len, batch, steps, rounds, device, precision, progress
         "precision": precision,
         "threads": torch.get_num_threads(),
     }
+    common["shape"] = {}
     cases = [{"label": family, "family": family, **common} for family in TRAIN_FAMILIES]
     cases += [{"label": f"{family} (compiled)", "family": family, "compile": True, **common}
               for family in COMPILED]  # fmt: skip
+    cases += [{**common, "label": f"{family} (llama: swiglu, gqa)", "family": family,
+               "shape": llama_shape(size)} for family in LLAMA_SHAPED]  # fmt: skip
     rows = interleaved(train_case, cases, rounds, progress)
     ar_speed = next(r["tokens_per_s"] for r in rows if r["label"] == "ar")
     for row in rows:
@@ -190,13 +211,28 @@ def bench_sample(size, lengths, n, rounds, device, precision, progress) -> dict:
                 (f"{name}, no cache)", "ancestral", f"block:16:{k}", False),
             ]
         variants.append(("flat ancestral (4 tok/step)", "ancestral", "flat:{steps}", True))
+        variants = [(*variant, {}) for variant in variants]
+        variants += [("ar (KV cache, llama: swiglu, gqa)", "ar", None, True, llama_shape(size)),
+                     ("block:16:4 (4 tok/step, cache, llama: swiglu, gqa)", "ancestral",
+                      "block:16:4", True, llama_shape(size))]  # fmt: skip
         cases += [
             {"label": f"{name} L={length}", "sampler": sampler, "schedule": schedule,
              "cache": cache, "length": length, "size": size, "n": n, "device": str(device),
-             "precision": precision, "threads": torch.get_num_threads()}
-            for name, sampler, schedule, cache in variants
+             "precision": precision, "threads": torch.get_num_threads(), "shape": shape}
+            for name, sampler, schedule, cache, shape in variants
         ]  # fmt: skip
-    return {"rows": interleaved(sample_case, cases, rounds, progress)}
+        cases += [
+            {"label": f"a3 {order} ({k} tok/step, cache) L={length}", "sampler": "a3",
+             "schedule": None, "cache": True, "length": length, "size": size, "n": n,
+             "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+             "options": {"order": order, "group_size": k, **A3_BENCH_OPTIONS}}
+            for order, k in A3_VARIANTS
+        ]  # fmt: skip
+    rows = interleaved(sample_case, cases, rounds, progress)
+    for row in rows:  # speed relative to the AR row of the same length
+        ar = next(r for r in rows if r["sampler"] == "ar" and r["length"] == row["length"])
+        row["vs_ar"] = row["tokens_per_s"] / ar["tokens_per_s"]
+    return {"rows": rows}
 
 
 def write_results(kind: str, result: dict, out: Path) -> str:
@@ -214,9 +250,10 @@ def write_results(kind: str, result: dict, out: Path) -> str:
             f"{result['peak_flops'] / 1e9:,.0f} GFLOP/s; time: {result['clock']}\n"
         )
     else:
-        header = "| sampler | tokens/s | peak MiB |\n|---|---|---|\n"
+        header = "| sampler | tokens/s | vs ar | peak MiB |\n|---|---|---|---|\n"
         lines = [
-            f"| {r['label']} | {r['tokens_per_s']:,.1f} | {r['peak_mib']:,.0f} |"
+            f"| {r['label']} | {r['tokens_per_s']:,.1f} | {r.get('vs_ar', float('nan')):.2f} | "
+            f"{r['peak_mib']:,.0f} |"
             for r in result["rows"]
         ]
         footer = ""

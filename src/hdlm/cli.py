@@ -1,13 +1,17 @@
 """The `hdlm` command line: train | sample | eval | harness | bench | study | export | import |
 plot.
 
-Every user mistake surfaces as one line `hdlm: error: ...` and exit code 2.
+Every option is checked here, at the edge, the same way for every command: numbers by range
+(`argparse` types below), sampling options against the loaded model's sampler (`sampling.options`),
+devices against the machine. Every user mistake surfaces as one line `hdlm: error: ...` and exit
+code 2; `python -m hdlm` is the same command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,15 +19,44 @@ from pathlib import Path
 from hdlm.errors import HdlmError
 
 
-def _add_set(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set model.n_layers=4 (repeatable)",
-    )
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `hdlm: error: <command>: <problem> (see ... --help)`."""
+
+    def error(self, message: str):
+        print(f"hdlm: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+# -- argument types: each refuses a bad value with a message naming the range ---------------------
+
+
+def bounded(kind: type, low: float, high: float = math.inf, low_open: bool = False):
+    """An argparse type: a finite `kind` in [low, high] ((low, high] with `low_open`)."""
+    lower = "(" if low_open else "["
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            upper = "∞)" if high == math.inf else f"{high:g}]"
+            raise argparse.ArgumentTypeError(f"{text} must lie in {lower}{low:g}, {upper}")
+        return value
+
+    return parse
+
+
+positive_int = bounded(int, 1)
+nonnegative_int = bounded(int, 0)
+nonnegative_float = bounded(float, 0.0)
+probability = bounded(float, 0.0, 1.0)
+nucleus = bounded(float, 0.0, 1.0, low_open=True)
+
+
+# -- commands --------------------------------------------------------------------------------------
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -45,63 +78,51 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace):
     import hdlm
+    from hdlm.hardware import pick_device
 
-    return hdlm.load(args.checkpoint, device=args.device)
-
-
-def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """How `hdlm sample` and `hdlm eval` draw tokens; returns the A3 group for more options."""
-    p.add_argument(
-        "--temperature", type=float, default=None, help="0 = greedy (default 1; story-infill 0)"
-    )
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--sampler", default=None, help="ar | ancestral | acs | remask (default: the family's own)"
-    )
-    p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    p.add_argument("--steps", type=int, default=None, help="steps of a flat schedule (default 128)")
-    p.add_argument("--eta", type=float, default=None, help="acs re-draw / remask strength")
-    p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
-    a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
-    a3.add_argument("--order", default="left-to-right", help="left-to-right | random | confidence")
-    a3.add_argument("--group-size", type=int, default=1, help="tokens committed per step")
-    return a3
+    return hdlm.load(args.checkpoint, device=pick_device(args.device, "--device"))
 
 
-def _sampler_options(args: argparse.Namespace, temperature: float = 1.0) -> dict:
-    """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines
-    (`temperature` when --temperature is not given; no `steps` when --steps is not given)."""
-    names = ["sampler", "top_k", "top_p", "steps", "schedule", "eta", "order"]
+def _sampler_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines and
+    the user gave (the others keep the sampler's defaults)."""
+    from hdlm.sampling.a3_groups import parse_groups
+
+    names = ["sampler", "temperature", "top_k", "top_p", "steps", "schedule", "eta", "order",
+             "group_size"]  # fmt: skip
     options = {name: getattr(args, name) for name in names}
-    if options["steps"] is None:
-        del options["steps"]
-    options["temperature"] = temperature if args.temperature is None else args.temperature
-    return options | {"group_size": args.group_size, "use_cache": not args.no_cache}
+    options |= {
+        "use_cache": False if args.no_cache else None,
+        "groups": parse_groups(args.groups) if args.groups is not None else None,
+        "eos_stop": False if args.no_eos_stop else None,
+    }
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from hdlm.sampling.hyperschedule import Trace
+    from hdlm.sampling.trace import Trace
 
     lm = _load(args)
     trace = Trace() if args.trace else None
-    tokens = lm.sample(
-        args.num_samples,
-        args.length,
-        prompt=args.prompt,
-        seed=args.seed,
-        infill=args.infill,
-        blank_max=args.blank_max,
-        trace=trace,
-        **_sampler_options(args),
-    )
+    if args.trace:
+        _check_trace_path(args.trace)
+    tokens = lm.sample(args.num_samples, args.length, prompt=args.prompt, seed=args.seed,
+                       infill=args.infill, blank_max=args.blank_max, trace=trace,
+                       **_sampler_options(args))  # fmt: skip
     for i, text in enumerate(lm.decode(tokens)):
         print(f"=== sample {i} ===\n{text}")
     if args.trace:
         from hdlm.sampling.trace import write_trace
 
         print(f"wrote {write_trace(trace, lm.tokenizer, args.trace)}")
+
+
+def _check_trace_path(path: str) -> None:
+    """Refuse a --trace file we cannot write before sampling, not after."""
+    from hdlm.sampling.trace import SUFFIXES
+
+    if Path(path).suffix not in SUFFIXES:
+        raise HdlmError(f"--trace {path}: use a {', '.join(SUFFIXES)} file")
 
 
 EVAL_METRICS = ("ppl", "infill", "story-infill")  # and `evaluate.SAMPLE_METRICS`
@@ -122,6 +143,69 @@ def _eval_metrics(spec: str) -> list[str]:
             "story-infill reads --data as a stories file; run ppl, infill and mauve separately"
         )
     return metrics
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from hdlm.evaluate import SAMPLE_METRICS
+
+    metrics = _eval_metrics(args.metrics)
+    sampling = _sampler_options(args)
+    if sampling and not {"infill", "story-infill", *SAMPLE_METRICS} & set(metrics):
+        from hdlm.sampling.options import flag
+
+        raise HdlmError(
+            f"{flag(next(iter(sampling)))} changes how samples are drawn, but --metrics "
+            f"{args.metrics} draws none (infill, story-infill, {', '.join(SAMPLE_METRICS)} do)"
+        )
+    lm = _load(args)
+    a3_overrides = [o for o in args.overrides if o.startswith("a3.")]
+    if a3_overrides:  # `--set a3.eval_order=random` etc. change an A3 model's evaluation
+        lm.set_a3_evaluation(a3_overrides)
+    data_overrides = [o.removeprefix("data.") for o in args.overrides if o not in a3_overrides]
+    result = _evaluate(args, lm, metrics, data_overrides)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def _evaluate(args: argparse.Namespace, lm, metrics: list[str], data_overrides: list[str]):
+    """The JSON result of `hdlm eval`: every metric asked for, on the data it needs."""
+    from hdlm.config import apply_overrides, from_dict, to_dict
+    from hdlm.evaluate import SAMPLE_METRICS, infill_metrics, middle_span, perplexity
+
+    overrides = data_overrides + ([f"corpus={args.data}"] if args.data else [])
+    data_config = from_dict(
+        type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides), "data"
+    )
+    result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
+    progress = not args.no_progress
+    blocks = docs = None
+    zero_shot = bool(args.data) and not args.hash_split and not _is_training_corpus(args.data, lm)
+    if "story-infill" in metrics:
+        result["story_infill"] = _story_infill(args, lm, data_config)
+    if {"ppl", "mauve", "infill"} & set(metrics):
+        blocks, docs, info = _held_out_data(args, lm, data_config, zero_shot)
+        result.update(info, zero_shot=zero_shot)
+    if "ppl" in metrics and zero_shot:
+        from hdlm.zero_shot import zero_shot_perplexity
+
+        result.update(zero_shot_perplexity(lm, docs, data_config.seq_len, args.stride,
+                                           args.mc_samples, args.batch_size, progress,
+                                           args.max_blocks))  # fmt: skip
+    elif "ppl" in metrics:
+        if args.stride:
+            raise HdlmError("--stride is a zero-shot protocol; score a file or dataset with it")
+        result.update(perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks,
+                                 progress=progress, mc_samples=args.mc_samples))  # fmt: skip
+    if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
+        tokens, hidden = middle_span(blocks[: args.max_blocks], args.infill_length,
+                                     args.infill_span)  # fmt: skip
+        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size, progress,
+                                          seed=args.seed, **_sampler_options(args))  # fmt: skip
+    sampled = [m for m in metrics if m in SAMPLE_METRICS]
+    if sampled:
+        result.update(_sample_quality(args, lm, sampled, blocks, data_config.seq_len))
+    return result
 
 
 def _is_training_corpus(spec: str, lm) -> bool:
@@ -161,83 +245,30 @@ def _story_infill(args: argparse.Namespace, lm, data_config) -> dict:
     if not args.data:
         raise HdlmError("story-infill needs --data STORIES.jsonl (sentence1..sentence5 or text)")
     stories, skipped = load_stories(args.data, data_config.text_field, args.split, args.max_stories)
-    options = _sampler_options(args, temperature=0.0)  # no --steps: one per blank token
     metrics = story_infill_metrics(
-        lm, stories, args.story_length, args.batch_size, args.blank_max, args.seed, **options
-    )
+        lm, stories, args.story_length, args.batch_size, args.blank_max, args.seed,
+        not args.no_progress, **_sampler_options(args),
+    )  # fmt: skip
     return {"data": args.data, "skipped_records": skipped, **metrics}
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from hdlm.config import apply_overrides, from_dict, to_dict
+def _sample_quality(args: argparse.Namespace, lm, sampled: list[str], blocks, seq_len: int):
     from hdlm.errors import DataError
-    from hdlm.evaluate import (
-        SAMPLE_METRICS,
-        infill_metrics,
-        load_reference,
-        middle_span,
-        perplexity,
-        sample_metrics,
-    )
+    from hdlm.evaluate import load_reference, sample_metrics
 
-    metrics = _eval_metrics(args.metrics)
-    lm = _load(args)
-    if lm.config.family == "a3":  # `--set a3.eval_order=random` etc. change the evaluation
-        from hdlm.a3 import apply_eval_overrides
-
-        args.overrides = apply_eval_overrides(lm, args.overrides)
-    overrides = [o.removeprefix("data.") for o in args.overrides]
-    overrides += [f"corpus={args.data}"] if args.data else []
-    data_config = from_dict(
-        type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides)
-    )
-    result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
-    zero_shot = bool(args.data) and not args.hash_split and not _is_training_corpus(args.data, lm)
-    if "story-infill" in metrics:
-        result["story_infill"] = _story_infill(args, lm, data_config)
-    if {"ppl", "mauve", "infill"} & set(metrics):
-        blocks, docs, info = _held_out_data(args, lm, data_config, zero_shot)
-        result.update(info, zero_shot=zero_shot)
-    if "ppl" in metrics and zero_shot:
-        from hdlm.zero_shot import zero_shot_perplexity
-
-        result.update(zero_shot_perplexity(
-            lm, docs, data_config.seq_len, args.stride, args.mc_samples, args.batch_size
-        ))  # fmt: skip
-    elif "ppl" in metrics:
-        if args.stride:
-            raise HdlmError("--stride is a zero-shot protocol; score a file or dataset with it")
-        result.update(
-            perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks,
-                       mc_samples=args.mc_samples)
-        )  # fmt: skip
-    if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
-        held_out = blocks[: args.max_blocks]
-        tokens, hidden = middle_span(held_out, args.infill_length, args.infill_span)
-        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size)
-    sampled = [m for m in metrics if m in SAMPLE_METRICS]
-    if sampled:
-        length = args.length or data_config.seq_len
-        references = []
-        if "mauve" in sampled:  # held-out blocks of the sample length, BOS dropped
-            if length > blocks.shape[1]:
-                raise DataError(
-                    f"--length {length} is longer than the corpus blocks ({blocks.shape[1]}); "
-                    f"add --set data.seq_len={length} or lower --length"
-                )
-            references = lm.decode(blocks[: args.samples, :length])
-        reference = load_reference(args.reference, args.device) if args.reference else None
-        options = _sampler_options(args) | {"batch_size": args.batch_size, "seed": args.seed}
-        result.update(
-            sample_metrics(lm, args.samples, length, references, reference, sampled, **options)
-        )
-    _print_json(result, args.json)
-
-
-def _print_json(result: dict, path: str | None) -> None:
-    print(json.dumps(result, indent=2))
-    if path:
-        Path(path).write_text(json.dumps(result, indent=2))
+    length = args.length or seq_len
+    references = []
+    if "mauve" in sampled:  # held-out blocks of the sample length, BOS dropped
+        if length > blocks.shape[1]:
+            raise DataError(
+                f"--length {length} is longer than the corpus blocks ({blocks.shape[1]}); "
+                f"add --set data.seq_len={length} or lower --length"
+            )
+        references = lm.decode(blocks[: args.samples, :length])
+    reference = load_reference(args.reference, args.device) if args.reference else None
+    options = _sampler_options(args) | {"batch_size": args.batch_size, "seed": args.seed}
+    return sample_metrics(lm, args.samples, length, references, reference, sampled,
+                          progress=not args.no_progress, **options)  # fmt: skip
 
 
 def cmd_harness(args: argparse.Namespace) -> None:
@@ -246,14 +277,11 @@ def cmd_harness(args: argparse.Namespace) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise HdlmError("--tasks needs at least one lm-evaluation-harness task name")
-    if args.limit is not None and args.limit <= 0:
-        raise HdlmError(f"--limit {args.limit} must be positive (a count, or a fraction < 1)")
     model = HdlmLM(
         args.checkpoint, device=args.device, batch_size=args.batch_size,
         mc_samples=args.mc_samples, stride=args.stride, score_order=args.score_order,
-        score_group_size=args.score_group_size, decode_order=args.order, seed=args.seed,
-        progress=not args.no_progress, sampler=args.sampler, steps=args.steps,
-        schedule=args.schedule, eta=args.eta, group_size=args.group_size,
+        score_group_size=args.score_group_size, seed=args.seed, progress=not args.no_progress,
+        **_sampler_options(args),
     )  # fmt: skip
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = run_harness(
@@ -271,12 +299,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from hdlm import bench
     from hdlm.hardware import pick_device, pick_precision
 
-    device = pick_device(args.device)
+    device = pick_device(args.device, "--device")
     precision = pick_precision(args.precision, device)
     size = {"vocab_size": args.vocab, "n_layers": args.layers, "d_model": args.d_model,
             "n_heads": args.heads}  # fmt: skip
-    common = {"rounds": args.rounds, "device": device, "precision": precision}
-    common["progress"] = tqdm.write
+    if args.d_model % args.heads or (args.d_model // args.heads) % 2:
+        raise HdlmError(f"--d-model {args.d_model} must split into --heads {args.heads} heads of "
+                        "even size")  # fmt: skip
+    say = (lambda message: None) if args.no_progress else tqdm.write
+    common = {"rounds": args.rounds, "device": device, "precision": precision, "progress": say}
     if args.kind == "train":
         result = bench.bench_train(size, args.seq_len, args.batch, args.steps, **common)
     else:
@@ -287,22 +318,45 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from hdlm.model.hf import export
+    from hdlm.model.hf_arch import CLASSES
 
     out, kind = export(args.checkpoint, args.out)
-    how = {
-        "gpt2": "a GPT2LMHeadModel: transformers.AutoModelForCausalLM.from_pretrained",
-        "hdlm": "not a stock transformers architecture (model_type hdlm): hdlm.load",
-    }[kind]
+    how = (
+        "not a stock transformers architecture (model_type hdlm): hdlm.load"
+        if kind == "hdlm"
+        else f"a {CLASSES[kind]}: transformers.AutoModelForCausalLM.from_pretrained"
+    )
     print(f"wrote {out}, {how}({str(out)!r})")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
+    from hdlm.model import official
     from hdlm.model.checkpoint import save_checkpoint
     from hdlm.model.hf import import_run_config
 
-    config, weights, tokenizer = import_run_config(args.path)
+    source = official.resolve_source(args.path)
+    if official.is_official(source):  # HDLM, MDLM, SEDD, BD3-LM releases
+        config, weights, tokenizer = official.import_official(source)
+    else:  # gpt2, llama, mistral, qwen2, qwen3 (hdlm.model.hf)
+        config, imported = import_run_config(source)
+        for note in imported.notes:
+            print(f"hdlm import: {note}")
+        weights, tokenizer = imported.weights, imported.tokenizer
+    config = _import_overrides(config, args.overrides)
     out = save_checkpoint(args.out, weights, config, tokenizer)
+    print(f"imported a {config.family} model ({config.model.n_layers} layers)")
     print(f"wrote {out} (hdlm sample {out}; train.init_from={out} with data.tokenizer.path={out})")
+
+
+def _import_overrides(config, overrides: list[str]):
+    """The imported run config with `--set` applied to its data / diffusion / train sections
+    (evaluation settings such as diffusion.eval_steps); the model section is the checkpoint's."""
+    from hdlm.config import RunConfig, apply_overrides, complete, from_dict, to_dict
+
+    for item in overrides:
+        if item.strip().startswith(("model.", "family")):
+            raise HdlmError(f"--set {item}: the model and family come from the checkpoint")
+    return complete(from_dict(RunConfig, apply_overrides(to_dict(config), overrides)))
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -320,206 +374,262 @@ def cmd_plot_schedule(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
-    """`hdlm eval` options of zero-shot perplexity and diffusion bounds (`hdlm.zero_shot`)."""
-    p.add_argument(
-        "--hash-split", action="store_true", help="score --data's hash --split, not all of it"
-    )
-    p.add_argument(
-        "--mc-samples",
-        type=int,
-        default=None,
-        help="Monte Carlo draws of the noise level per block for diffusion bounds (default "
-        "diffusion.eval_steps; HDLM's official protocol: 96)",
-    )
-    p.add_argument(
-        "--stride",
-        type=int,
-        default=None,
-        help="zero-shot sliding window: score chunks of this many tokens, each after the "
-        "block's other tokens (ar, a3, mdlm, eps-hybrid; default: fixed blocks)",
-    )
+# -- the parser, one builder per command -----------------------------------------------------------
 
 
-def _add_story_options(p: argparse.ArgumentParser) -> None:
-    """`hdlm eval --metrics story-infill` options (`hdlm.story`)."""
-    p.add_argument(
-        "--story-length",
-        default="given",
-        choices=["given", "free"],
-        help="story-infill: sentence 3's token count given, or free (a3 picks it)",
-    )
-    p.add_argument("--max-stories", type=int, default=None, help="story-infill: at most N")
-    p.add_argument(
-        "--blank-max", type=int, default=None, help="story-infill free: longest sentence 3"
-    )
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.n_layers=4 (repeatable)",
+    )  # fmt: skip
 
 
-def _add_harness_parser(commands, add_checkpoint) -> None:
-    """`hdlm harness`: lm-evaluation-harness tasks through `hdlm.harness.HdlmLM`."""
-    p = commands.add_parser(
-        "harness", help="lm-evaluation-harness tasks on a checkpoint (docs/metrics.md)"
-    )
-    add_checkpoint(p)
-    p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. piqa,hellaswag")
-    p.add_argument("--include-path", default=None, help="folder of local task YAML files")
-    p.add_argument("--limit", type=float, default=None, help="examples per task (< 1: a fraction)")
-    p.add_argument("--num-fewshot", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--mc-samples", type=int, default=None, help="diffusion bounds: draws/window")
-    p.add_argument("--stride", type=int, default=None, help="sliding window for long texts")
-    p.add_argument("--score-order", default=None, help="a3 scoring: left-to-right | random")
-    p.add_argument("--score-group-size", type=int, default=None, help="a3 scoring group size")
-    p.add_argument("--bootstrap-iters", type=int, default=100_000, help="stderr resamples, 0: none")
-    p.add_argument("--json", default=None, help="also write the results to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g = p.add_argument_group("generation (generate_until tasks; greedy unless a task samples)")
-    g.add_argument("--sampler", default=None, help="default: the family's own")
-    g.add_argument("--steps", type=int, default=None, help="flat steps (default: new tokens)")
-    g.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    g.add_argument("--eta", type=float, default=None, help="acs / remask strength")
-    g.add_argument("--order", default="left-to-right", help="a3 decoding order")
-    g.add_argument("--group-size", type=int, default=None, help="a3 tokens per decoding step")
-    g.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_harness)
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hdlm",
-        description="Train, sample and evaluate AR, diffusion, hybrid (HDLM) and A3 models.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
 
+
+def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """How `hdlm sample` and `hdlm eval` draw tokens; returns the A3 group for more options.
+    Sampler-specific options default to None (not given): `hdlm.sampling.options` says which
+    sampler reads which, and refuses one the loaded model's sampler does not read."""
+    p.add_argument("--temperature", type=nonnegative_float, default=None,
+                   help="0 = greedy (default 1; 0 for eval --metrics infill and "
+                   "story-infill)")  # fmt: skip
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=nucleus, default=None)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--sampler", default=None,
+                   help="ar | ancestral | acs | remask | tweedie | euler | a3 (default: the "
+                   "family's own)")  # fmt: skip
+    p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="steps of a flat schedule (128)")  # fmt: skip
+    p.add_argument("--eta", type=probability, default=None, help="acs re-draw / remask strength")
+    p.add_argument("--no-cache", action="store_true", default=None,
+                   help="recompute everything each step")  # fmt: skip
+    a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
+    a3.add_argument("--order", default=None,
+                    choices=["left-to-right", "random", "confidence", "entropy"],
+                    help="left-to-right (default) | random | confidence | entropy (the last two: "
+                    "commit the positions whose sampled distribution is surest)")  # fmt: skip
+    a3.add_argument("--group-size", type=positive_int, default=None,
+                    help="tokens committed per step (default 1)")  # fmt: skip
+    a3.add_argument("--groups", default=None,
+                    help="explicit order instead of --order: groups of positions (BOS = 0) in "
+                    "decoding order, e.g. '1-3,4-7,8+10,9' (',' between groups, '+' within, A-B "
+                    "ranges), or @FILE")  # fmt: skip
+    a3.add_argument("--no-eos-stop", action="store_true", default=None,
+                    help="keep decoding after EOS (default: a row ends at its first generated "
+                    "EOS)")  # fmt: skip
+    return a3
+
+
+def _train_parser(commands) -> None:
     p = commands.add_parser("train", help="train a model from a YAML config")
     p.add_argument("--config", required=True, help="YAML file, e.g. configs/ar-tiny.yaml")
     p.add_argument("--out", help="run directory (default: the config's out_dir)")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        help="data-parallel processes on this machine (runs torchrun; train.batch_size stays "
-        "the global batch). SIGTERM saves and exits 0, Ctrl-C saves and exits 130",
-    )
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    _add_progress(p)
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="data-parallel processes on this machine (runs torchrun; "
+                   "train.batch_size stays the global batch). SIGTERM saves and exits 0, "
+                   "Ctrl-C saves and exits 130")  # fmt: skip
     _add_set(p)
     p.set_defaults(func=cmd_train)
 
-    def add_checkpoint(p: argparse.ArgumentParser) -> None:
-        p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
 
+def _sample_parser(commands) -> None:
     p = commands.add_parser("sample", help="generate text from a checkpoint")
-    add_checkpoint(p)
+    _add_checkpoint(p)
     p.add_argument("--prompt", default=None, help="text the samples continue")
-    p.add_argument("-n", "--num-samples", type=int, default=2)
-    p.add_argument("--length", type=int, default=None, help="tokens per sample incl. the prompt")
-    p.add_argument(
-        "--trace", default=None, help="draw the denoising trajectory to a .html, .png or .svg"
-    )
+    p.add_argument("-n", "--num-samples", type=positive_int, default=2)
+    p.add_argument("--length", type=positive_int, default=None,
+                   help="tokens per sample incl. the prompt")  # fmt: skip
+    p.add_argument("--trace", default=None,
+                   help="draw what each step did (denoising, or the group A3 committed) to "
+                   ".html/.png/.svg")  # fmt: skip
     a3 = _add_sampler_options(p)
-    a3.add_argument(
-        "--infill",
-        default=None,
-        help="text with blanks to fill: ___ = free length (1..--blank-max), ___[N] = N tokens",
-    )
-    a3.add_argument("--blank-max", type=int, default=8, help="longest free-length blank")
+    a3.add_argument("--infill", default=None,
+                    help="text with blanks to fill: ___ = free length (1..--blank-max, A3), "
+                    "___[N] = N tokens")  # fmt: skip
+    a3.add_argument("--blank-max", type=positive_int, default=None,
+                    help="longest free-length blank (default 8)")  # fmt: skip
     p.set_defaults(func=cmd_sample)
 
+
+def _eval_parser(commands) -> None:
     p = commands.add_parser(
         "eval", help="perplexity (NELBO) on a corpus and the quality of samples (docs/metrics.md)"
     )
-    add_checkpoint(p)
+    _add_checkpoint(p)
     p.epilog = (
         "--set overrides the checkpoint's data section, e.g. --set data.seq_len=256, and for "
         "a3 checkpoints the evaluation order, e.g. --set a3.eval_order=random"
     )
-    p.add_argument(
-        "--data",
-        default=None,
-        help="corpus (default: the one it was trained on). Any other file, folder or dataset "
-        "is scored whole (zero-shot, docs/metrics.md); a file is text whatever its suffix",
-    )
-    p.add_argument(
-        "--split",
-        default=None,
-        help="the training corpus' hash split: train, validation or test (default test); "
-        "for a Hugging Face dataset its own split (default test)",
-    )
+    p.add_argument("--data", default=None,
+                   help="corpus (default: the one it was trained on). Any other file, folder or "
+                   "dataset is scored whole (zero-shot, docs/metrics.md); a file is text "
+                   "whatever its suffix")  # fmt: skip
+    p.add_argument("--split", default=None,
+                   help="the training corpus' hash split: train, validation or test (default "
+                   "test); for a Hugging Face dataset its own split (default test)")  # fmt: skip
     _add_zero_shot_options(p)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-blocks", type=int, default=None, help="evaluate at most this many blocks")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-blocks", type=positive_int, default=None,
+                   help="evaluate at most this many blocks (zero-shot: windows)")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the result to this file")
-    p.add_argument(
-        "--metrics",
-        default="ppl",
-        help="comma-separated: ppl (held-out NELBO), infill (held-out middle spans: span NLL, "
-        "greedy accuracy), story-infill (sentence 3 of five-sentence stories in --data: "
-        "ROUGE-1/2/L, token accuracy), and on samples gen-ppl, mauve (against held-out blocks "
-        "of --split), entropy, distinct (default ppl)",
-    )
-    p.add_argument("--infill-length", type=int, default=64, help="infill: block tokens used")
-    p.add_argument("--infill-span", type=int, default=8, help="infill: hidden middle tokens")
+    p.add_argument("--metrics", default="ppl",
+                   help="comma-separated: ppl (held-out NELBO), infill (held-out middle spans: "
+                   "span NLL, greedy accuracy), story-infill (sentence 3 of five-sentence "
+                   "stories in --data: ROUGE-1/2/L, token accuracy), and on samples gen-ppl, "
+                   "mauve (against held-out blocks of --split), entropy, distinct (default "
+                   "ppl)")  # fmt: skip
+    p.add_argument("--infill-length", type=positive_int, default=64,
+                   help="infill: block tokens used")  # fmt: skip
+    p.add_argument("--infill-span", type=positive_int, default=8,
+                   help="infill: hidden middle tokens")  # fmt: skip
     _add_story_options(p)
-    p.add_argument("--samples", type=int, default=64, help="samples to draw (default 64)")
-    p.add_argument("--length", type=int, default=None, help="tokens per sample incl. BOS")
-    p.add_argument(
-        "--reference", default=None, help="gen-ppl scorer: an ar run, or a Hugging Face model dir"
-    )
+    p.add_argument("--samples", type=positive_int, default=64, help="samples to draw (64)")
+    p.add_argument("--length", type=positive_int, default=None,
+                   help="tokens per sample incl. BOS")  # fmt: skip
+    p.add_argument("--reference", default=None,
+                   help="gen-ppl scorer: an ar run, or a Hugging Face model dir")  # fmt: skip
     _add_sampler_options(p)
+    _add_progress(p)
     _add_set(p)
     p.set_defaults(func=cmd_eval)
 
-    _add_harness_parser(commands, add_checkpoint)
 
+def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
+    """`hdlm eval` options of zero-shot perplexity and diffusion bounds (`hdlm.zero_shot`)."""
+    p.add_argument("--hash-split", action="store_true",
+                   help="score --data's hash --split, not all of it")  # fmt: skip
+    p.add_argument("--mc-samples", type=positive_int, default=None,
+                   help="Monte Carlo draws of the noise level per block for diffusion bounds "
+                   "(default diffusion.eval_steps; HDLM's official protocol: 96)")  # fmt: skip
+    p.add_argument("--stride", type=positive_int, default=None,
+                   help="zero-shot sliding window: score chunks of this many tokens, each after "
+                   "the block's other tokens (ar, a3, mdlm, eps-hybrid; default: fixed "
+                   "blocks)")  # fmt: skip
+
+
+def _add_story_options(p: argparse.ArgumentParser) -> None:
+    """`hdlm eval --metrics story-infill` options (`hdlm.story`)."""
+    p.add_argument("--story-length", default="given", choices=["given", "free"],
+                   help="story-infill: sentence 3's token count given, or free (a3 picks "
+                   "it)")  # fmt: skip
+    p.add_argument("--max-stories", type=positive_int, default=None,
+                   help="story-infill: at most N")  # fmt: skip
+    p.add_argument("--blank-max", type=positive_int, default=None,
+                   help="story-infill free: longest sentence 3 (default twice the longest "
+                   "reference)")  # fmt: skip
+
+
+def _harness_parser(commands) -> None:
+    p = commands.add_parser(
+        "harness", help="lm-evaluation-harness tasks on a checkpoint (docs/metrics.md)"
+    )
+    _add_checkpoint(p)
+    p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. piqa,hellaswag")
+    p.add_argument("--include-path", default=None, help="folder of local task YAML files")
+    p.add_argument("--limit", type=bounded(float, 0, low_open=True), default=None,
+                   help="examples per task (< 1: a fraction)")  # fmt: skip
+    p.add_argument("--num-fewshot", type=nonnegative_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--mc-samples", type=positive_int, default=None,
+                   help="diffusion bounds: Monte Carlo draws per window")  # fmt: skip
+    p.add_argument("--stride", type=positive_int, default=None,
+                   help="loglikelihood_rolling: sliding window (default: blocks)")  # fmt: skip
+    p.add_argument("--score-order", default=None, choices=["left-to-right", "random"],
+                   help="a3 scoring order (default a3.eval_order)")  # fmt: skip
+    p.add_argument("--score-group-size", type=positive_int, default=None,
+                   help="a3 scoring group size (default a3.eval_group_size)")  # fmt: skip
+    p.add_argument("--bootstrap-iters", type=nonnegative_int, default=100_000,
+                   help="stderr resamples (0: none)")  # fmt: skip
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    _add_progress(p)
+    _add_sampler_options(p)  # generate_until: greedy unless a task samples
+    p.set_defaults(func=cmd_harness)
+
+
+def _bench_parser(commands) -> None:
     p = commands.add_parser("bench", help="throughput and memory of every family, side by side")
     p.add_argument("kind", choices=["train", "sample"])
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--d-model", type=int, default=512, help="model width (default 512)")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--seq-len", type=int, default=256, help="train: tokens per sequence")
-    p.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="sample lengths")
-    p.add_argument("--batch", type=int, default=16, help="sequences per step / samples")
-    p.add_argument("--steps", type=int, default=3, help="train: timed steps per round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median)")
+    p.add_argument("--d-model", type=positive_int, default=512, help="model width (512)")
+    p.add_argument("--layers", type=positive_int, default=4)
+    p.add_argument("--heads", type=positive_int, default=8)
+    p.add_argument("--vocab", type=positive_int, default=4096)
+    p.add_argument("--seq-len", type=positive_int, default=256, help="train: tokens per sequence")
+    p.add_argument("--lengths", type=positive_int, nargs="+", default=[256, 1024],
+                   help="sample lengths")  # fmt: skip
+    p.add_argument("--batch", type=positive_int, default=16, help="sequences per step / samples")
+    p.add_argument("--steps", type=positive_int, default=3, help="train: timed steps per round")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="interleaved repetitions (median)")  # fmt: skip
     p.add_argument("--out", default="results/bench", help="where the JSON and markdown go")
+    _add_progress(p)
     p.set_defaults(func=cmd_bench)
 
+
+def _interop_parsers(commands) -> None:
     p = commands.add_parser("export", help="write a checkpoint as a Hugging Face directory")
     p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
     p.add_argument("out", help="directory for config.json, model.safetensors and tokenizer files")
     p.epilog = (
-        "ar models with model.position=learned, norm=layernorm, bias=true are written as "
-        "GPT2LMHeadModel; other models as hdlm checkpoints (model_type hdlm) for hdlm.load"
+        "ar models of a GPT-2, Llama, Qwen2 or Qwen3 shape are written as that transformers "
+        "architecture; other models as hdlm checkpoints (model_type hdlm) for hdlm.load"
     )
     p.set_defaults(func=cmd_export)
-
-    p = commands.add_parser("import", help="turn a local GPT-2 directory into an hdlm checkpoint")
-    p.add_argument("path", help="GPT2LMHeadModel directory: config.json, weights, tokenizer.json")
+    p = commands.add_parser(
+        "import",
+        help="turn a released model (HDLM, MDLM, SEDD, BD3-LM) or a Hugging Face model "
+        "(gpt2, llama, mistral, qwen2, qwen3) into a checkpoint",
+    )
+    p.add_argument(
+        "path",
+        help="a model directory or hf:OWNER/NAME: HDLM eps/gamma, MDLM, SEDD, BD3-LM "
+        "(docs/reproduce.md), or a gpt2 / llama / mistral / qwen2 / qwen3 directory "
+        "(config.json, model.safetensors or its shards, tokenizer.json)",
+    )
     p.add_argument("out", help="checkpoint directory to write")
+    _add_set(p)
+    p.epilog = "--set changes data, diffusion or train keys, e.g. --set diffusion.eval_steps=96"
     p.set_defaults(func=cmd_import)
 
+
+def _study_and_plot_parsers(commands) -> None:
     p = commands.add_parser(
         "study", help="train every family at one budget, evaluate all, write table and plots"
     )
     p.add_argument("--config", required=True, help="study YAML, e.g. configs/study-tiny.yaml")
     p.add_argument("--only", default=None, help="comma-separated families (default: all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress(p)
     p.set_defaults(func=cmd_study)
-
     p = commands.add_parser("plot", help="draw what a model or schedule does")
     plots = p.add_subparsers(dest="what", required=True)
     p = plots.add_parser("schedule", help="a hyperschedule as a heatmap (steps x positions)")
-    p.add_argument("spec", help="quenched_ar | flat:STEPS | block:W:K | slide:W:TAU | file:PATH")
-    p.add_argument("--length", type=int, default=64, help="positions (default 64)")
+    p.add_argument("spec", help="quenched_ar | flat:STEPS | block:W:K[:O] | slide:W:T | file:PATH")
+    p.add_argument("--length", type=positive_int, default=64, help="positions (default 64)")
     p.add_argument("--out", default="schedule.png", help=".png or .svg (default schedule.png)")
     p.set_defaults(func=cmd_plot_schedule)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="hdlm",
+        description="Train, sample and evaluate AR, diffusion, hybrid (HDLM) and A3 models.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_train_parser, _sample_parser, _eval_parser, _harness_parser, _bench_parser,
+                _interop_parsers, _study_and_plot_parsers):  # fmt: skip
+        add(commands)
     return parser
 
 
@@ -529,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except HdlmError as e:
         print(f"hdlm: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file we were asked to read or write: name it, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"hdlm: error: {where}{e.strerror or e}; check the path and its permissions",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("hdlm: interrupted", file=sys.stderr)

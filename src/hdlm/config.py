@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,11 +21,31 @@ from typing import Any, Literal
 import yaml
 
 from hdlm.errors import ConfigError
+from hdlm.families import family
+from hdlm.processes.gamma_hybrid import SigmaSchedule
+from hdlm.schedules import from_spec
+
+
+@dataclass
+class RopeScaling:
+    """Llama-3's RoPE frequency scaling (Hugging Face `rope_type: llama3`): wavelengths longer
+    than original_max_position_embeddings / low_freq_factor are stretched by `factor`, shorter
+    than original_max_position_embeddings / high_freq_factor kept, and blended in between."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
 
 
 @dataclass
 class ModelConfig:
-    """The transformer backbone (see `hdlm.model.Transformer`)."""
+    """The transformer backbone (see `hdlm.model.Transformer`).
+
+    The defaults are a GPT-2-like backbone; `mlp`, `d_ff`, `n_kv_heads`, `head_dim`,
+    `rope_scaling`, `norm_eps`, `qk_norm` and `qkv_bias` describe Llama / Mistral / Qwen shaped
+    ones, and `from_hf` takes all of them from a local Hugging Face directory (`hdlm.model.hf`).
+    """
 
     vocab_size: int = 0  # 0: taken from the tokenizer
     max_len: int = 256
@@ -39,6 +60,26 @@ class ModelConfig:
     bias: bool = False
     dropout: float = 0.0
     time_conditioning: bool = False  # add an embedding of each position's noise level
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # swiglu: down(silu(gate x) * up x) (Llama)
+    d_ff: int = 0  # hidden size of the MLP; 0: mlp_ratio * d_model
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0: n_heads
+    head_dim: int = 0  # size of one head; 0: d_model // n_heads
+    rope_scaling: RopeScaling | None = None  # Llama-3.1/3.2 long-context frequencies
+    norm_eps: float | None = None  # None: 1e-6 for rmsnorm, 1e-5 for layernorm
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
+    qkv_bias: bool | None = None  # biases of the q, k, v projections; None: as `bias` (Qwen2: true)
+    # a local Hugging Face model directory whose config.json sets every field above but max_len,
+    # dropout and time_conditioning when training starts (hdlm.model.hf.resolve_architecture)
+    from_hf: str | None = None
+    # DDiT (SEDD / MDLM / BD3-LM / HDLM codes, `hdlm.model.conditioning`): adaptive LayerNorm
+    # from a noise-level embedding in the blocks (and the final layer); it replaces the additive
+    # embedding. Without time_conditioning the embedder sees σ = 0 (a constant conditioning).
+    adaln: Literal["none", "blocks", "blocks+final"] = "none"
+    cond_dim: int = 128  # width of the adaLN conditioning vector
+    cond_sigma: str = "loglinear:0.001"  # σ(t) the adaLN embedder (and input_mix_gamma) sees
+    input_mix_gamma: float = 0.0  # HDLM-γ input: w E[x_i] + (1 - w) E[MASK], w = e^{-γ σ(t_i)}
+    mlp_bias: bool | None = None  # None: as `bias`
+    head_bias: bool = False
 
 
 @dataclass
@@ -77,9 +118,9 @@ class DataConfig:
 class DiffusionConfig:
     """Schedule + process + attention + read-out of the hyperschedule families (HDLM).
 
-    `None` fields take the family's default (`hdlm.objectives.FAMILY_DEFAULTS`). The schedule
-    spans the L - 1 positions after BOS: quenched_ar | flat:STEPS | block:WIDTH:STEPS_PER_BLOCK |
-    slide:WIDTH:TAU | file:PATH.
+    `None` fields take the family's preset (`hdlm.families.FAMILIES`; `complete` fills them).
+    The schedule spans the L - 1 positions after BOS: quenched_ar | flat:STEPS |
+    block:WIDTH:STEPS_PER_BLOCK[:OFFSET] | slide:WIDTH:TAU | file:PATH.
     """
 
     schedule: str | None = None
@@ -91,8 +132,12 @@ class DiffusionConfig:
     # only, the continuous-time NELBO with t integrated out given the number of masked tokens
     time: Literal["discrete", "continuous", "count"] | None = None
     attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
-    readout: Literal["aligned", "shifted"] = "aligned"  # output i predicts token i, or i + 1
+    readout: Literal["aligned", "shifted"] | None = None  # output i predicts token i, or i + 1
     eval_steps: int = 32  # NELBO evaluation: every step if S <= eval_steps, else stratified MC
+    # attention=full: train with a causal mask whose future entries open at random, each with
+    # probability step / mask_anneal_steps, so an AR parent moves to full attention smoothly
+    # (DiffuLLaMA's attention-mask annealing); 0: full attention from the first step
+    mask_anneal_steps: int = 0
     # continuous-time ε-hybrid training: share of the rows that estimate the t = 0+ term
     reconstruction_fraction: float = 0.25
 
@@ -268,36 +313,57 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate."""
+    """Read a YAML config (or the defaults when `path` is None), apply overrides, complete the
+    family's presets and validate."""
     data = read_yaml(Path(path)) if path is not None else {}
-    config = from_dict(RunConfig, apply_overrides(data, list(overrides)))
+    return complete(from_dict(RunConfig, apply_overrides(data, list(overrides))))
+
+
+def complete(config: RunConfig) -> RunConfig:
+    """A validated copy of `config` whose unset `diffusion` keys take the family's preset."""
+    config = with_presets(config)
     validate(config)
     return config
 
 
+def with_presets(config: RunConfig) -> RunConfig:
+    """A copy of `config` whose unset `diffusion` keys take the family's preset (no checks:
+    for configs validated before, such as a checkpoint's)."""
+    preset = family(config.family).diffusion or {}
+    unset = {k: v for k, v in preset.items() if getattr(config.diffusion, k) is None}
+    return dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, **unset))
+
+
 def validate(config: RunConfig) -> None:
-    """Checks that span several keys; every message names the keys and the fix."""
+    """Checks that span several keys; every message names the keys and the fix. The family's
+    presets must be in place (`complete`)."""
     m, d, t = config.model, config.data, config.train
-    if m.d_model % m.n_heads or (m.position == "rope" and (m.d_model // m.n_heads) % 2):
-        raise ConfigError(
-            f"model.d_model={m.d_model} must split into model.n_heads={m.n_heads} heads "
-            "of even size (RoPE rotates pairs of dimensions)"
-        )
+    validate_model(m)
     if d.seq_len > m.max_len:
         raise ConfigError(
             f"data.seq_len={d.seq_len} is longer than the model's context "
             f"model.max_len={m.max_len}; lower data.seq_len or raise model.max_len"
         )
+    if m.adaln != "none":
+        SigmaSchedule.parse(m.cond_sigma)  # raises a ConfigError on a bad spec
+    if m.input_mix_gamma and (m.adaln == "none" or not 0 < m.input_mix_gamma < 1):
+        raise ConfigError(
+            f"model.input_mix_gamma={m.input_mix_gamma} needs model.adaln (its σ schedule) "
+            "and must lie in [0, 1)"
+        )
     if d.seq_len < 2:
         raise ConfigError(f"data.seq_len={d.seq_len} must be at least 2 (BOS plus one token)")
-    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1:
-        raise ConfigError("data.val_fraction and data.test_fraction must lie in [0, 1)")
+    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction <= 1 - d.val_fraction:
+        raise ConfigError(
+            "data.val_fraction must lie in [0, 1) and data.test_fraction in [0, 1 - "
+            "val_fraction] (test_fraction=1: the whole corpus is the test split, for zero-shot "
+            "evaluation)"
+        )
     positive = {
         "train.steps": t.steps,
         "train.batch_size": t.batch_size,
         "train.grad_accum": t.grad_accum,
         "model.n_layers": m.n_layers,
-        "model.n_heads": m.n_heads,
         "train.keep_last": t.keep_last,
         "train.max_nonfinite": t.max_nonfinite,
     }
@@ -306,32 +372,66 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{key}={value} must be at least 1")
     if not 0 <= t.ema < 1:
         raise ConfigError(f"train.ema={t.ema} must lie in [0, 1) (0 disables EMA)")
-    from hdlm.objectives import FAMILIES
-
-    if config.family not in FAMILIES:
-        raise ConfigError(f"unknown family '{config.family}'; choose one of {', '.join(FAMILIES)}")
-    if config.family == "a3":
-        from hdlm.a3 import validate_a3
-
+    row = family(config.family)
+    if row.is_a3:
         validate_a3(config)
-    elif config.family != "ar":
+    else:
         validate_diffusion(config)
 
 
-def validate_diffusion(config: RunConfig) -> None:
-    """Fill the family's defaults into `diffusion` and check that the pieces fit together."""
-    from hdlm.objectives import FAMILY_DEFAULTS
-    from hdlm.schedules import from_spec
+def validate_model(m: ModelConfig) -> None:
+    """Checks of the `model` section; every message names the keys and the fix."""
+    if m.n_heads < 1 or m.n_kv_heads < 0 or m.head_dim < 0 or m.d_ff < 0:
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} must be at least 1 and model.n_kv_heads={m.n_kv_heads}, "
+            f"model.head_dim={m.head_dim}, model.d_ff={m.d_ff} at least 0 (0: the default)"
+        )
+    if m.n_kv_heads and m.n_heads % m.n_kv_heads:
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} "
+            "(each key/value head serves the same number of query heads)"
+        )
+    head_dim = m.head_dim or m.d_model // m.n_heads
+    if (not m.head_dim and m.d_model % m.n_heads) or (m.position == "rope" and head_dim % 2):
+        raise ConfigError(
+            f"model.d_model={m.d_model} must split into model.n_heads={m.n_heads} heads "
+            "of even size (RoPE rotates pairs of dimensions), or set an even model.head_dim"
+        )
+    if m.mlp_ratio <= 0 and not m.d_ff:
+        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} must be positive (or set model.d_ff)")
+    if m.norm_eps is not None and not m.norm_eps > 0:
+        raise ConfigError(f"model.norm_eps={m.norm_eps} must be positive (or null: the default)")
+    if m.rope_theta <= 0:
+        raise ConfigError(f"model.rope_theta={m.rope_theta} must be positive")
+    r = m.rope_scaling
+    if r is None:
+        return
+    if m.position != "rope":
+        raise ConfigError("model.rope_scaling needs model.position=rope; remove it or use rope")
+    if not (r.factor >= 1 and 0 < r.low_freq_factor < r.high_freq_factor):
+        raise ConfigError(
+            f"model.rope_scaling needs factor >= 1 (got {r.factor}) and 0 < low_freq_factor < "
+            f"high_freq_factor (got {r.low_freq_factor}, {r.high_freq_factor})"
+        )
+    if r.original_max_position_embeddings < 1:
+        raise ConfigError("model.rope_scaling.original_max_position_embeddings must be >= 1")
 
+
+def validate_diffusion(config: RunConfig) -> None:
+    """Check that the pieces of the `diffusion` section fit together (and, for `ar`, that they
+    still describe an AR model)."""
     d = config.diffusion
-    for key, value in FAMILY_DEFAULTS[config.family].items():
-        if getattr(d, key) is None:
-            setattr(d, key, value)
     if d.schedule is None:
         raise ConfigError(
             f"family {config.family} needs diffusion.schedule (quenched_ar, flat:STEPS, "
             "block:WIDTH:STEPS_PER_BLOCK, slide:WIDTH:TAU or file:PATH)"
         )
+    unset = [k for k in ("process", "time", "attention", "readout") if getattr(d, k) is None]
+    if unset:
+        raise ConfigError(f"diffusion.{unset[0]} is not set; set it or use hdlm.config.complete")
+    if config.family == "ar" and (d.attention, d.readout) != ("causal", "shifted"):
+        raise ConfigError("family ar reads out shifted under causal attention; drop the "
+                          "diffusion.attention / diffusion.readout overrides")  # fmt: skip
     from_spec(d.schedule, config.data.seq_len - 1)  # raises a ConfigError on a bad spec
     if d.attention == "two-copy" and not d.schedule.startswith("block:"):
         raise ConfigError(
@@ -361,8 +461,6 @@ def validate_diffusion(config: RunConfig) -> None:
         )
     if not 0 <= d.gamma < 1:
         raise ConfigError(f"diffusion.gamma={d.gamma} must lie in [0, 1)")
-    from hdlm.gamma_hybrid import SigmaSchedule
-
     SigmaSchedule.parse(d.sigma)  # raises a ConfigError on a bad spec
     if not 0 < d.reconstruction_fraction < 1:
         raise ConfigError(
@@ -370,3 +468,25 @@ def validate_diffusion(config: RunConfig) -> None:
         )
     if d.eval_steps < 1:
         raise ConfigError(f"diffusion.eval_steps={d.eval_steps} must be at least 1")
+    if d.mask_anneal_steps < 0 or (d.mask_anneal_steps and d.attention != "full"):
+        raise ConfigError(
+            f"diffusion.mask_anneal_steps={d.mask_anneal_steps} must be >= 0, and anneals "
+            f"causal to full attention: it needs diffusion.attention=full (got {d.attention})"
+        )
+
+
+def validate_a3(config: RunConfig) -> None:
+    """Checks of the `a3` section (family a3)."""
+    options = config.a3
+    if config.model.time_conditioning:
+        raise ConfigError("family a3 does not use model.time_conditioning; set it to false")
+    sizes = {"a3.group_size": options.group_size, "a3.eval_group_size": options.eval_group_size}
+    for i, stage in enumerate(options.curriculum):
+        sizes[f"a3.curriculum[{i}].group_size"] = stage.group_size
+        if stage.steps < 1:
+            raise ConfigError(f"a3.curriculum[{i}].steps={stage.steps} must be at least 1")
+    for key, value in sizes.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1")
+    if not math.isfinite(options.mean_span) or options.mean_span < 1:
+        raise ConfigError(f"a3.mean_span={options.mean_span} must be at least 1")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from hdlm.config import DataConfig, SyntheticConfig
 from hdlm.errors import DataError
+from hdlm.files import atomic_path
 from hdlm.tokenizer import Tokenizer, build_tokenizer
 
 PYDOCS_DIR = "/usr/share/doc/python3.11-doc/html/_sources"  # Debian package python3.11-doc
@@ -292,11 +293,8 @@ def tokenize_split(
         encoded = tokenizer.encode_batch(list(docs[start : start + TOKENIZE_CHUNK]))
         pieces.append(np.fromiter(chain.from_iterable(ids + eos for ids in encoded), dtype))
     stream = np.concatenate(pieces)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, stream)
-    os.replace(tmp, path)
     return stream
 
 
@@ -338,7 +336,8 @@ def prepare_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepare
     corpus = re.sub(r"[^\w.-]+", "_", cfg.corpus).strip("_")[-48:]
     if tokenizer is None:
         tokenizer = _corpus_tokenizer(cfg, splits["train"], cache_dir, corpus)
-    fractions = {"train": 1.0, "validation": cfg.val_fraction, "test": cfg.test_fraction}
+    train = max(0.0, round(1.0 - cfg.val_fraction - cfg.test_fraction, 9))  # 0: eval only
+    fractions = {"train": train, "validation": cfg.val_fraction, "test": cfg.test_fraction}
     streams, blocks = {}, {}
     for split, split_docs in splits.items():
         key = f"{corpus}-{split}-{_digest(tokenizer.fingerprint, *split_docs)}"

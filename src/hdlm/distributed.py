@@ -1,6 +1,6 @@
 """Data parallelism under torchrun: process group, sharding of the global batch, reductions.
 
-A run started by `torchrun --nproc_per_node N -m hdlm.train ...` (or `hdlm train --nproc N`)
+A run started by `torchrun --nproc_per_node N -m hdlm train ...` (or `hdlm train --nproc N`)
 finds RANK / WORLD_SIZE / LOCAL_RANK in its environment; `init` joins the process group (NCCL on
 GPUs, gloo on CPU). Without them every helper here is the single-process identity, so the
 trainer has one code path. `train.batch_size` is the global batch: rank r trains on the r-th
@@ -97,23 +97,25 @@ class LossModule(nn.Module):
         return self.objective.loss(self.net, tokens, generator)
 
 
-def wrap(step: LossModule, parallel: str, family: str) -> nn.Module:
-    """DDP around the loss, or FSDP2 (`fully_shard`) on each block and the backbone."""
+def wrap(step: LossModule, parallel: str) -> nn.Module:
+    """DDP around the loss, or FSDP2 (`fully_shard`) on each block and the backbone.
+
+    Under FSDP a weight is whole only inside a forward method of the module it is sharded with:
+    every pass runs the blocks through `Block.forward`, and the backbone's other entry point,
+    A3's `two_stream`, is registered as a forward method, so its embeddings, final norm and head
+    are gathered as in `forward`."""
     if not dist.is_initialized():
         return step
     if parallel == "ddp":
         device_ids = [step.net.embed.weight.device] if torch.cuda.is_available() else None
         return nn.parallel.DistributedDataParallel(step, device_ids=device_ids)
-    if family == "a3":
-        raise ConfigError(
-            "train.parallel=fsdp does not support family a3 (its two-stream pass bypasses the "
-            "forward hooks FSDP gathers weights in); use train.parallel=ddp"
-        )
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     for block in step.net.blocks:
         fully_shard(block)
     fully_shard(step.net)
+    if hasattr(step.net, "two_stream"):
+        register_fsdp_forward_method(step.net, "two_stream")
     return step
 
 
@@ -173,10 +175,10 @@ def full_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def launch(nproc: int, argv: list[str]) -> None:
-    """Replace this process by `torchrun --standalone --nproc_per_node nproc -m hdlm.train argv`
+    """Replace this process by `torchrun --standalone --nproc_per_node nproc -m hdlm train argv`
     (exec, so SIGTERM / SIGINT reach torchrun, which forwards them to every rank)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "hdlm.train", *argv]  # fmt: skip
+               f"--nproc_per_node={nproc}", "-m", "hdlm", "train", *argv]  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, command)

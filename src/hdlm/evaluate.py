@@ -53,7 +53,7 @@ def perplexity(
     blocks = blocks[:max_blocks] if max_blocks else blocks
     total_nats, total_tokens = nelbo_sums(lm, blocks, batch_size, precision, progress, mc_samples)
     nats = total_nats / total_tokens
-    exact = lm.config.family in ("ar", "a3")
+    exact = lm.family.objective in ("ar", "a3")
     return {
         "nelbo_per_token": nats,
         "bits_per_token": nats / math.log(2),
@@ -97,6 +97,19 @@ def middle_span(blocks: torch.Tensor, length: int, span: int) -> tuple[torch.Ten
     return blocks[:, :length], hidden
 
 
+def one_step_per_blank(lm: LanguageModel, fill_options: dict, blanks: int) -> dict:
+    """`fill_options` for filling `blanks` positions: greedy (temperature 0) unless they say
+    otherwise, and when the sampler walks the model's own flat schedule (no `steps`, no
+    `schedule` given), `blanks` steps: one revealed token per step on average."""
+    from hdlm.sampling import settings
+
+    options = {"temperature": 0.0, **fill_options}
+    own_flat = settings(lm, **options).get("schedule", "").startswith("flat:")
+    if own_flat and not {"steps", "schedule"} & set(options):
+        options["steps"] = blanks
+    return options
+
+
 @torch.no_grad()
 def infill_metrics(
     lm: LanguageModel,
@@ -110,14 +123,18 @@ def infill_metrics(
 
     * span NLL per token: -log p(x_hidden | rest) / |hidden|, exact for A3, the conditional
       NELBO (an upper bound) for masked diffusion (`LanguageModel.nelbo(tokens, hidden)`);
-    * accuracy: share of hidden tokens a greedy fill (`sampling.fill`, temperature 0 unless
-      `fill_options` say otherwise) gets exactly right; diffusion samplers walk as many steps as
-      there are hidden tokens (one per step on average), A3 decodes one token per step anyway.
-    """
-    from hdlm.sampling import fill
+    * accuracy: share of hidden tokens a fill (`sampling.fill` with `fill_options`; greedy,
+      temperature 0, unless they say otherwise) gets exactly right; diffusion samplers walking
+      their flat schedule take as many steps as there are hidden tokens (one per step on average)
+      unless `steps` or `schedule` is given; A3 decodes left to right, one token per step,
+      unless `order` / `group_size` / `groups` say otherwise.
 
-    steps = {} if lm.config.family == "a3" else {"steps": int(hidden.sum())}  # A3 has none
-    fill_options = {"temperature": 0.0, **steps, **fill_options}
+    `fill` reports every setting the fill used, defaults resolved (`sampling.settings`).
+    """
+    from hdlm.sampling import fill, settings
+
+    fill_options = one_step_per_blank(lm, fill_options, int(hidden.sum()))
+    used = settings(lm, **fill_options)
     known = F.pad(hidden, (1, 0), value=False).logical_not().to(lm.device)
     nats, correct = 0.0, 0
     for start in tqdm(range(0, len(tokens), batch_size), desc="infill", disable=not progress):
@@ -133,7 +150,7 @@ def infill_metrics(
         "accuracy": correct / scored,
         "spans": len(tokens),
         "span_tokens": int(hidden.sum()),
-        "fill": {k: v for k, v in fill_options.items() if v is not None},
+        "fill": used,
     }
 
 
@@ -151,7 +168,7 @@ class _Scorer:
 
 
 def _hdlm_scorer(lm: LanguageModel) -> _Scorer:
-    if lm.config.family != "ar":
+    if lm.family.objective != "ar":
         raise HdlmError(
             f"the generative-perplexity reference must be an ar model; this one is "
             f"'{lm.config.family}'"
@@ -400,6 +417,8 @@ def sample_metrics(
     `lm`'s tokenizer when given. Returns a JSON-able dict with the options, the sampling time and
     tokens per second, the metrics and three example texts.
     """
+    from hdlm.sampling import settings
+
     unknown = [m for m in metrics if m not in SAMPLE_METRICS]
     if unknown:
         raise HdlmError(f"unknown metric '{unknown[0]}'; choose from {', '.join(SAMPLE_METRICS)}")
@@ -425,6 +444,7 @@ def sample_metrics(
         "length": tokens.shape[1],
         "seed": seed,
         "sampler_options": sampler_options,
+        "settings": settings(lm, seed=seed, **sampler_options),
         "sampling_seconds": seconds,
         "tokens_per_second": tokens[:, 1:].numel() / seconds,
     }

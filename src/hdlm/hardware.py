@@ -18,15 +18,23 @@ from hdlm.errors import ConfigError, HdlmError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", option: str = "train.device") -> torch.device:
+    """The device `name` asks for (auto: a GPU when one is visible), refused with a one-line
+    error naming `option` when it is not a device or does not exist on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
-        raise ConfigError(f"train.device={name!r} is not a device (use auto, cpu or cuda:N)") from e
+        raise ConfigError(f"{option}={name!r} is not a device (use auto, cpu or cuda:N)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{option}={name} but no CUDA GPU is visible; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{option}={name} but this machine has {torch.cuda.device_count()} "
+                          "GPU(s); use cuda:0 or another index")  # fmt: skip
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{option}={name}: hdlm runs on cpu or cuda")
+    return device
 
 
 def synchronize(device: torch.device) -> None:

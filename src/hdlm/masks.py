@@ -18,11 +18,12 @@ def _group_causal(group: torch.Tensor) -> torch.Tensor:
     return group[None, :] <= group[:, None]
 
 
-def _blocks(length: int, width: int) -> torch.Tensor:
-    """LongTensor [L]: the block i // width of every position."""
+def _blocks(length: int, width: int, offset: int = 0) -> torch.Tensor:
+    """LongTensor [L]: the block (i + offset) // width of every position (floor division, so
+    offset -1 puts position 0 alone in block -1)."""
     if not isinstance(width, int) or width < 1:
         raise ConfigError(f"block width must be a positive integer, got {width!r}")
-    return torch.arange(length) // width
+    return (torch.arange(length) + offset) // width
 
 
 def causal(length: int) -> torch.Tensor:
@@ -35,12 +36,13 @@ def full(length: int) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool)
 
 
-def block_causal(length: int, width: int) -> torch.Tensor:
-    """[L, L]: q attends to k iff k // width <= q // width (full in a block, causal across).
+def block_causal(length: int, width: int, offset: int = 0) -> torch.Tensor:
+    """[L, L]: q attends to k iff b(k) <= b(q), b(i) = (i + offset) // width (full in a block,
+    causal across).
 
     What inference with a KV cache over settled blocks sees.
     """
-    return _group_causal(_blocks(length, width))
+    return _group_causal(_blocks(length, width, offset))
 
 
 def from_schedule(schedule: Hyperschedule, step: int | torch.Tensor) -> torch.Tensor:
@@ -77,14 +79,14 @@ def from_schedule(schedule: Hyperschedule, step: int | torch.Tensor) -> torch.Te
     return settled_rows | active_rows | (untouched[..., :, None] & eye)
 
 
-def two_copy_block_diffusion(length: int, width: int) -> torch.Tensor:
+def two_copy_block_diffusion(length: int, width: int, offset: int = 0) -> torch.Tensor:
     """[2L, 2L] mask over [noisy copy ; clean copy] for vectorised block-diffusion training.
 
-    With b(i) = i // width: noisy q attends to noisy k iff b(k) == b(q) and to clean k iff
-    b(k) < b(q); clean q attends to clean k iff b(k) <= b(q) and never to a noisy token. One
+    With b(i) = (i + offset) // width: noisy q attends to noisy k iff b(k) == b(q) and to clean
+    k iff b(k) < b(q); clean q attends to clean k iff b(k) <= b(q) and never to a noisy token. One
     forward pass thus trains every block at once, each seeing what cached inference shows it.
     """
-    block = _blocks(length, width)
+    block = _blocks(length, width, offset)
     same = block[None, :] == block[:, None]
     earlier = block[None, :] < block[:, None]
     noisy_rows = torch.cat([same, earlier], dim=1)

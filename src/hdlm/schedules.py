@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,13 +33,28 @@ import torch
 from hdlm.errors import ConfigError
 
 SPEC_SYNTAX = (
-    "quenched_ar | flat:STEPS | block:WIDTH:STEPS_PER_BLOCK | slide:WIDTH:TAU | "
+    "quenched_ar | flat:STEPS | block:WIDTH:STEPS_PER_BLOCK[:OFFSET] | slide:WIDTH:TAU | "
     "file:PATH (.pt, .npy or .csv table)"
 )
 _VALID_TABLE = (
     "a valid table has shape [S+1, L] with S >= 1, values in [0, 1], row 0 all ones, "
     "the last row all zeros and every column non-increasing"
 )
+
+
+class PositionStates(NamedTuple):
+    """Where each position stands during a step t -> s of a hyperschedule (BoolTensors)."""
+
+    settled: torch.Tensor  # clean before the step, T[s-1, i] == 0: final, cacheable
+    active: torch.Tensor  # in flight, T[s-1, i] > 0 and T[s, i] < 1: computed and denoised
+    untouched: torch.Tensor  # still pure noise after the step, T[s, i] == 1: not computed
+    newly_settled: torch.Tensor  # active and clean after the step: committed to a KV cache
+
+
+def position_states(before: torch.Tensor, after: torch.Tensor) -> PositionStates:
+    """The states of every position for a step whose levels go from `before` to `after`."""
+    active = (before > 0) & (after < 1)
+    return PositionStates(before == 0, active, after == 1, active & (after == 0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,16 +124,14 @@ class Hyperschedule:
 
     def active(self, s: int) -> torch.Tensor:
         """BoolTensor [L]: positions in flight during step s, T[s-1, i] > 0 and T[s, i] < 1."""
-        before, after = self.levels(s)
-        return (before > 0) & (after < 1)
+        return position_states(*self.levels(s)).active
 
     def newly_settled(self, s: int) -> torch.Tensor:
         """BoolTensor [L]: positions that step s makes clean, T[s-1, i] > 0 and T[s, i] == 0.
 
         A KV-cached sampler commits their keys and values after step s.
         """
-        before, after = self.levels(s)
-        return (before > 0) & (after == 0)
+        return position_states(*self.levels(s)).newly_settled
 
     def active_span(self, s: int) -> tuple[int, int]:
         """(first, last + 1) of the active positions at step s; (0, 0) if none is active.
@@ -184,16 +198,22 @@ def flat(length: int, steps: int) -> Hyperschedule:
     return _staggered(f"flat:{steps}", torch.zeros(length, dtype=torch.long), steps)
 
 
-def block(length: int, width: int, steps_per_block: int) -> Hyperschedule:
+def block(length: int, width: int, steps_per_block: int, offset: int = 0) -> Hyperschedule:
     """Block diffusion: blocks of `width` positions (the last may be shorter), left to right.
 
-    With k = steps_per_block, block b = i // width runs a flat schedule over steps
+    With k = steps_per_block, block b = (i + offset) // width runs a flat schedule over steps
     b*k + 1 .. (b+1)*k while earlier blocks are clean and later ones fully noised:
-    T[s, i] = clip(1 - (s - k * (i // width)) / k, 0, 1), S = ceil(L / width) * k.
+    T[s, i] = clip(1 - (s - k * ((i + offset) // width)) / k, 0, 1), S = ceil((L + offset) /
+    width) * k. `offset` (0 <= offset < width) narrows the first block to width - offset
+    positions: BD3-LM's blocks count BOS in block 0, which is offset 1 over the positions
+    after BOS.
     """
     _check_positive(length=length, width=width, steps_per_block=steps_per_block)
-    start = steps_per_block * (torch.arange(length) // width)
-    return _staggered(f"block:{width}:{steps_per_block}", start, steps_per_block)
+    if not 0 <= offset < width:
+        raise ConfigError(f"block offset {offset} must lie in [0, width={width})")
+    start = steps_per_block * ((torch.arange(length) + offset) // width)
+    name = f"block:{width}:{steps_per_block}" + (f":{offset}" if offset else "")
+    return _staggered(name, start, steps_per_block)
 
 
 def slide(length: int, width: int, tau: int) -> Hyperschedule:
@@ -247,7 +267,7 @@ _LOADERS = {
 _BUILDERS = {
     "quenched_ar": (quenched_ar, 0),
     "flat": (flat, 1),
-    "block": (block, 2),
+    "block": (block, (2, 3)),
     "slide": (slide, 2),
 }
 
@@ -282,7 +302,8 @@ def from_spec(spec: str, length: int) -> Hyperschedule:
         return _load_table(Path(rest), length)
     args = rest.split(":") if rest else []
     build, arity = _BUILDERS.get(kind, (None, -1))
-    if build is None or len(args) != arity or not all(arg.isdigit() for arg in args):
+    arities = arity if isinstance(arity, tuple) else (arity,)
+    if build is None or len(args) not in arities or not all(arg.isdigit() for arg in args):
         raise ConfigError(f"bad schedule {spec!r}; use one of: {SPEC_SYNTAX}")
     return build(length, *map(int, args))
 

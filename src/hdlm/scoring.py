@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hdlm.errors import HdlmError
-from hdlm.objectives import MaskedCrossEntropy
+from hdlm.readout import MaskedCrossEntropy
 
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids), no BOS
 
@@ -168,12 +168,16 @@ def _a3_batch(lm, tokens: Tensor, scored: Tensor, options: dict) -> tuple[Tensor
     return _picked(lm.net.two_stream(**stream), tokens, scored, lm.tokenizer.mask_id)
 
 
+def is_exact(lm) -> bool:
+    """Whether `lm`'s likelihood is exact (ar, a3) rather than a bound (diffusion)."""
+    return lm.family.objective in ("ar", "a3")
+
+
 def conditional_support(lm) -> bool:
     """Whether `lm` has a likelihood (or bound) of a chunk given a context."""
-    if lm.config.family in ("ar", "a3"):
+    if is_exact(lm):
         return True
-    options = lm.objective.options
-    return options.time == "count" and options.process != "gamma-hybrid"
+    return lm.family.objective == "diffusion" and lm.objective.options.time == "count"
 
 
 def _diffusion_batch(lm, tokens: Tensor, scored: Tensor, options: dict) -> tuple[Tensor, Tensor]:
@@ -193,7 +197,7 @@ def _diffusion_batch(lm, tokens: Tensor, scored: Tensor, options: dict) -> tuple
     x0 = tokens[:, 1:]
     x_t = torch.where(scored, lm.tokenizer.mask_id, x0)
     ones = torch.ones_like(x0)
-    logits = lm.objective.logits(lm.net, tokens, x_t, scored.float(), ones)
+    logits = lm.objective.layout.logits(lm.net, tokens, x_t, scored.float(), ones)
     _, greedy = _picked(logits, tokens, scored, lm.tokenizer.mask_id)
     return -bound, greedy
 
@@ -253,7 +257,7 @@ def score_requests(
     ]
     lengths = [len(ids) for _, ids, _ in flat]
     by_length = sorted(range(len(flat)), key=lambda i: -lengths[i])
-    scorer = BATCH_SCORERS.get(lm.config.family, _diffusion_batch)
+    scorer = BATCH_SCORERS.get(lm.family.objective, _diffusion_batch)
     runs = list(_batches(by_length, lengths, batch_size, scorer is _diffusion_batch))
     logprob, greedy = [0.0] * len(requests), [True] * len(requests)
     for run in tqdm(runs, desc=desc, disable=not progress):

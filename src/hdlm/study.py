@@ -17,6 +17,7 @@ from typing import Any
 
 from hdlm.config import ConfigError, from_dict, load_config, read_yaml
 from hdlm.errors import HdlmError
+from hdlm.files import write_text_atomic
 from hdlm.model import load
 
 
@@ -144,10 +145,7 @@ def cached(path: Path, compute) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(result, indent=2))
-    partial.replace(path)
+    write_text_atomic(path, json.dumps(result, indent=2))
     return result
 
 
@@ -179,16 +177,15 @@ class Evaluator:
 
     def perplexity(self, name: str, lm) -> dict:
         """Test NELBO / perplexity; for A3 both left to right and in random orders."""
-        from hdlm.a3 import apply_eval_overrides
         from hdlm.evaluate import perplexity
 
         settings = self.study.perplexity
         blocks = self.blocks(lm)[: settings.max_blocks]
         result = perplexity(lm, blocks, progress=self.progress)
-        if lm.config.family == "a3":
+        if lm.family.is_a3:
             result["by_order"] = {}
             for order in ("left-to-right", "random"):
-                apply_eval_overrides(lm, [f"a3.eval_order={order}"])
+                lm.set_a3_evaluation([f"a3.eval_order={order}"])
                 result["by_order"][order] = perplexity(lm, blocks, progress=self.progress)
         return result
 

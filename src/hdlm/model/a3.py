@@ -14,17 +14,18 @@ AR checkpoint starts as exactly that AR model (design.md §2, "Starting exactly 
 
 Both streams go through each layer as one sequence [content ; queries] with one SDPA call whose
 keys are the content rows only (mask [Nc + Nq, cached + Nc]); no Python loop over positions.
+Each layer is the backbone's own `Block.forward` (with `kv_rows`), so FSDP's hooks gather its
+weights, and grouped-query attention and the cache work as in the plain forward pass.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hdlm.config import ModelConfig
 from hdlm.errors import HdlmError
-from hdlm.model.transformer import KVCache, Transformer, apply_rope, attention
+from hdlm.model.transformer import KVCache, Transformer
 
 
 class A3Transformer(Transformer):
@@ -54,44 +55,23 @@ class A3Transformer(Transformer):
 
         `content_*` are [B, Nc], `query_*` [B, Nq] (positions are RoPE positions; a query for
         target i sits at i - 1). `attn_mask` is bool [B, Nc + Nq, C + Nc] (True = may attend),
-        over the C cached content rows first, then the new content rows. With `commit=True` the
-        new content rows are appended to `cache`.
+        over the C cached content rows first, then the new content rows, or any shape that
+        broadcasts to it ([B, 1, C + Nc]: the same keys for every row); None: every row sees
+        every key. With `commit=True` the new content rows are appended to `cache`.
         """
         offset = self.check_context(cache, content_tokens.shape[1])
         n_content = content_tokens.shape[1]
         if self.time_embed is not None:
             raise HdlmError("A3 models are not noise-level conditioned (model.time_conditioning)")
         positions = torch.cat((content_positions, query_positions), dim=1)
-        rot, rot_kv = self.rotation(positions), self.rotation(content_positions)
+        cos, sin = self.rotation(positions)
         queries = self.embed_at(query_tokens, query_positions) + self.query_gap(query_gaps)
         x = torch.cat((self.embed_at(content_tokens, content_positions), queries), dim=1)
         x = self.drop(x)
-        mask = attn_mask[:, None]
-        for layer, block in enumerate(self.blocks):
-            y = self._attend(block.attn, block.norm1(x), rot, rot_kv, mask, n_content, cache, layer)
-            x = x + block.drop(y)
-            x = x + block.drop(block.mlp(block.norm2(x)))
+        mask = attn_mask[:, None] if attn_mask is not None else None  # None: all visible
+        for layer, block in enumerate(self.blocks):  # through each block's forward (FSDP hooks)
+            x = block(x, cos, sin, mask, False, cache, layer, kv_rows=n_content)
         if cache is not None and commit:
             cache.length = offset + n_content
         x = self.norm(x[:, n_content:])
         return x if return_hidden else self.head(x)
-
-    def _attend(self, attn, h, rot, rot_kv, mask, n_content, cache, layer) -> Tensor:
-        """The backbone's attention with keys/values from the content rows only. Query rows need
-        no keys or values, so only the query third of the projection is computed for them."""
-        d = h.shape[-1]
-        qkv = attn.qkv(h[:, :n_content]).unflatten(-1, (3, attn.n_heads, -1))
-        q_content, k, v = qkv.permute(2, 0, 3, 1, 4)
-        bias = attn.qkv.bias[:d] if attn.qkv.bias is not None else None
-        q_query = F.linear(h[:, n_content:], attn.qkv.weight[:d], bias)
-        q_query = q_query.unflatten(-1, (attn.n_heads, -1)).transpose(1, 2)
-        q = apply_rope(torch.cat((q_content, q_query), dim=2), *rot)
-        k = apply_rope(k, *rot_kv)
-        if cache is not None:
-            # written past `length` either way; only commit=True makes them part of the cache
-            start, end = cache.length, cache.length + n_content
-            cache.keys[layer][:, :, start:end] = k
-            cache.values[layer][:, :, start:end] = v
-            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
-        y = attention(q, k, v, mask, False, attn.dropout if self.training else 0.0)
-        return attn.out(y.transpose(1, 2).flatten(-2))

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hdlm import __version__
-from hdlm.config import RunConfig, from_dict, to_dict
+from hdlm.config import RunConfig, from_dict, to_dict, with_presets
 from hdlm.errors import CheckpointError, ConfigError
+from hdlm.files import temporary_sibling
 from hdlm.tokenizer import Tokenizer
+from hdlm.version import __version__
 
 CONFIG, WEIGHTS, TOKENIZER, STATE, MANIFEST = (
     "config.json",
@@ -55,12 +56,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     directory: str | Path,
     weights: dict[str, torch.Tensor],
@@ -73,7 +68,7 @@ def save_checkpoint(
     (`extra_files`: more text files by name, e.g. Hugging Face tokenizer configs)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     if config.model.tie_weights:  # safetensors stores a tensor once; the tie is rebuilt on load
@@ -97,7 +92,7 @@ def save_checkpoint(
             os.fsync(f.fileno())
     _fsync_dir(tmp)
     if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        old = temporary_sibling(directory, "old")
         os.replace(directory, old)
         os.replace(tmp, directory)
         shutil.rmtree(old)
@@ -173,8 +168,11 @@ def load_checkpoint_files(
     header = json.loads((directory / CONFIG).read_text())
     if header.get("format") != "hdlm":
         raise CheckpointError(f"{directory / CONFIG} is not an hdlm checkpoint config")
+    run = header["run"]
+    if run.get("family") == "ar" and (run.get("diffusion") or {}).get("schedule") is None:
+        run = {**run, "diffusion": {}}  # written before ar had a diffusion preset: unused then
     try:
-        config = from_dict(RunConfig, header["run"])
+        config = with_presets(from_dict(RunConfig, run))
     except ConfigError as e:
         raise CheckpointError(
             f"{directory} was written by an incompatible hdlm version: {e}"

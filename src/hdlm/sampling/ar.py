@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from hdlm.model.transformer import KVCache, Transformer
-from hdlm.objectives import clean_log_probs
+from hdlm.readout import clean_log_probs
 from hdlm.sampling.tokens import pick_tokens
 
 

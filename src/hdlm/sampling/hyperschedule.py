@@ -11,11 +11,10 @@ Walk the steps s = 1..S of a hyperschedule T over the positions after BOS. At st
   a masked one is revealed with probability p = (t - s) / t, its token drawn from p_θ(x0 | x_t);
 * untouched positions (still fully noised) are not computed at all.
 
-Corrections of visible in-flight tokens (never of settled or given tokens):
-* `acs` (HDLM's Adaptive Correction Sampler): each is re-drawn from the model with probability
-  η (1 - p);
-* `remask` (ReMDM, "cap" schedule): each is masked again with probability σ = min(η, s / (1 - t)),
-  and masked tokens are revealed with ((1 - s) - (1 - σ)(1 - t)) / t instead of p.
+The reverse step itself is the process' (`Absorbing.reverse_step`), with its corrections of
+visible in-flight tokens (never of settled or given tokens): `acs` (HDLM's Adaptive Correction
+Sampler) re-draws each with probability η (1 - p), `remask` (ReMDM) masks it again. The model's
+input layout (attention, read-out, noise levels) is its objective's `InputLayout`.
 
 `use_cache=False` runs the whole sequence every step with the equivalent attention mask: the
 same tokens, the same random draws, logits equal to float tolerance — only slower.
@@ -23,29 +22,17 @@ same tokens, the same random draws, logits equal to float tolerance — only slo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hdlm.errors import HdlmError
 from hdlm.model.transformer import KVCache
-from hdlm.objectives import clean_log_probs
+from hdlm.processes import CORRECTIONS
+from hdlm.readout import clean_log_probs
 from hdlm.sampling.tokens import pick_tokens
-from hdlm.schedules import Hyperschedule
-
-CORRECTIONS = ("none", "acs", "remask")
-
-
-@dataclass
-class Trace:
-    """What happened at every step (for plots): tokens after the step and per-position events."""
-
-    tokens: list[Tensor] = field(default_factory=list)  # [n, L] after each step
-    revealed: list[Tensor] = field(default_factory=list)  # [n, L-1] masked -> token
-    corrected: list[Tensor] = field(default_factory=list)  # [n, L-1] token -> another token
-    remasked: list[Tensor] = field(default_factory=list)  # [n, L-1] token -> MASK
+from hdlm.sampling.trace import Trace
+from hdlm.schedules import Hyperschedule, position_states
 
 
 def check_schedule_length(schedule: Hyperschedule, length: int) -> None:
@@ -81,11 +68,11 @@ class NetworkView:
     read-out (position i - 1 predicts token i) can use a settled position's output directly.
     """
 
-    def __init__(self, lm, tokens: Tensor, key: Tensor, use_cache: bool, shifted: bool):
+    def __init__(self, lm, tokens: Tensor, key: Tensor, use_cache: bool):
         self.net, self.mask_id = lm.net, lm.tokenizer.mask_id
-        self.conditioned = lm.config.model.time_conditioning
+        layout = lm.objective.layout
+        self.conditioned, self.shift = layout.conditioned, layout.shift
         self.key = torch.cat((key.new_full((1,), torch.iinfo(key.dtype).min), key))  # BOS first
-        self.shift = int(shifted)
         n, length = tokens.shape
         self.hidden = torch.zeros(n, length, lm.config.model.d_model, device=tokens.device)
         self.cache = None
@@ -162,93 +149,51 @@ def sample_hyperschedule(
     tokens = torch.where(known, tokens, mask_id)
     fixed = known[1:]
     table = schedule.table.to(device).masked_fill(fixed, 0.0)
-    options = getattr(lm.objective, "options", None)  # None for ar
-    shifted = options is None or options.readout == "shifted"
+    process = lm.objective.process
     # Given tokens take the role clean tokens had in training: under full attention (flat,
     # MDLM-style training) they, and BOS, see and are seen by every position, so they are
     # recomputed with the active ones at every step; otherwise they are settled, cached once.
-    full_attention = options is not None and options.attention == "full"
-    context = F.pad(fixed, (1, 0), value=True) & full_attention  # [L], BOS included
+    context = F.pad(fixed, (1, 0), value=True) & lm.objective.layout.full_attention  # [L]
     keys = attention_keys(schedule, fixed & ~context[1:]).to(device)
-    view = NetworkView(lm, tokens, keys, use_cache, shifted)
+    view = NetworkView(lm, tokens, keys, use_cache)
     view.commit(tokens, (known & ~context).nonzero()[:, 0])
     log_probs, changed, last_active = None, True, None
     for s in range(1, schedule.num_steps + 1):
         before, after = table[s - 1], table[s]
-        active = (before > 0) & (after < 1)
+        states = position_states(before, after)
+        active = states.active
         if not active.any():
             continue
         # MDLM's trick: when no input changed since the last step, neither did the output
         same_inputs = not changed and not view.conditioned and torch.equal(active, last_active)
         if not same_inputs:
             levels = F.pad(before, (1, 0)).expand(n, -1)
-            settled = F.pad(before == 0, (1, 0), value=True) & ~context
+            settled = F.pad(states.settled, (1, 0), value=True) & ~context
             computed = F.pad(active, (1, 0), value=False) | context
             targets = active.nonzero()[:, 0] + 1
             log_probs = view.log_probs(tokens, levels, settled, computed, targets)
-        content = tokens[:, 1:]
-        updated, events = reverse_step(
-            content[:, active], log_probs, before[active], after[active], correction, eta,
-            mask_id, generator, pick,
-        )  # fmt: skip
-        newly = active & (after == 0)
-        changed = bool((updated != content[:, active]).any()) or bool(newly.any())
+        current = tokens[:, 1:][:, active]
+
+        def propose(log_probs: Tensor = log_probs) -> Tensor:
+            return pick_tokens(log_probs, generator, **pick)
+
+        updated, events = process.reverse_step(
+            current, before[active], after[active], propose, generator, correction, eta
+        )
+        changed = bool((updated != current).any()) or bool(states.newly_settled.any())
         tokens[:, 1:][:, active] = updated
         last_active = active
         if s < schedule.num_steps:
-            view.commit(tokens, newly.nonzero()[:, 0] + 1)
+            view.commit(tokens, states.newly_settled.nonzero()[:, 0] + 1)
         if trace is not None:
             record(trace, tokens, active, events)
     return tokens
 
 
-def reverse_step(
-    current: Tensor,
-    log_probs: Tensor,
-    t: Tensor,
-    s: Tensor,
-    correction: str,
-    eta: float,
-    mask_id: int,
-    generator: torch.Generator | None,
-    pick: dict,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """One reverse step for the active positions: `current` [n, A] tokens at levels t -> s [A].
-
-    Random coins are drawn only where a probability lies strictly between 0 and 1, so a
-    quenched-AR walk consumes the generator exactly as the AR sampler does.
-    """
-    masked = current == mask_id
-    reveal_prob = (t - s) / t
-    redraw_prob = torch.zeros_like(t)
-    remask_prob = torch.zeros_like(t)
-    if correction == "acs":
-        redraw_prob = eta * (1 - reveal_prob)
-    elif correction == "remask":
-        remask_prob = torch.minimum(torch.full_like(s, eta), s / (1 - t).clamp_min(1e-6))
-        reveal_prob = ((1 - s) - (1 - remask_prob) * (1 - t)) / t
-    probs = torch.stack((reveal_prob, redraw_prob, remask_prob))
-    if ((probs > 0) & (probs < 1)).any():
-        coins = torch.rand(current.shape, generator=generator, device=current.device)
-    else:
-        coins = torch.zeros(current.shape, device=current.device)
-    proposal = pick_tokens(log_probs, generator, **pick)
-    reveal = masked & (coins < reveal_prob)
-    redraw = ~masked & (coins < redraw_prob)
-    remask = ~masked & (coins < remask_prob)
-    updated = torch.where(reveal | redraw, proposal, current)
-    updated = torch.where(remask, torch.full_like(current, mask_id), updated)
-    events = {
-        "revealed": reveal,
-        "corrected": redraw & (proposal != current),
-        "remasked": remask,
-    }
-    return updated, events
-
-
 def record(trace: Trace, tokens: Tensor, active: Tensor, events: dict[str, Tensor]) -> None:
-    trace.tokens.append(tokens.clone())
+    """Add a step to `trace`: `events` [n, A] happened at the `active` [L-1] positions."""
+    full = {}
     for name, happened in events.items():
-        full = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
-        full[:, active.cpu()] = happened.cpu()
-        getattr(trace, name).append(full)
+        full[name] = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
+        full[name][:, active.cpu()] = happened.cpu()
+    trace.add(tokens, **full)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from hdlm.errors import HdlmError
-from hdlm.gamma_hybrid import GammaHybrid
+from hdlm.processes import GammaHybrid
 from hdlm.sampling.hyperschedule import check_schedule_length
 from hdlm.sampling.tokens import filter_logits
 
@@ -92,14 +92,8 @@ def sample_tau_leaping(
     """Fill the positions of `tokens` [n, L] where `known` [L] is False (BOS, a prompt or the
     text around blanks are known) by walking `schedule` (a `Hyperschedule` over the L - 1
     positions after BOS)."""
-    objective = lm.objective
-    process = getattr(objective, "process", None)
-    if not isinstance(process, GammaHybrid):
-        raise HdlmError(
-            f"the {method} sampler needs a gamma-hybrid checkpoint; this one is "
-            f"'{lm.config.family}' (use ancestral or acs)"
-        )
-    if objective.options.attention == "two-copy":
+    layout, process = lm.objective.layout, lm.objective.process
+    if layout.options.attention == "two-copy":
         raise HdlmError(
             "τ-leaping cannot run the two-copy training layout; train with "
             "diffusion.attention=schedule for block schedules"
@@ -115,7 +109,7 @@ def sample_tau_leaping(
     def denoise(x_t: Tensor, levels: Tensor, step: int) -> Tensor:
         tokens = torch.cat((bos, x_t), 1)
         steps = torch.full_like(x_t, step)
-        log_probs = objective.log_probs(lm.net, tokens, x_t, levels, steps)
+        log_probs = layout.log_probs(lm.net, tokens, x_t, levels, steps)
         return reshape_distribution(log_probs, **pick)
 
     return torch.cat((bos, tau_leaping(denoise, process, x, table, generator, method)), 1)

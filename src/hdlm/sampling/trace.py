@@ -1,23 +1,51 @@
-"""Pictures of a denoising trajectory: which tokens were masked, revealed, corrected, remasked.
+"""Pictures of a sampling trajectory: which tokens were masked, revealed, corrected, remasked.
 
-`write_trace(trace, tokenizer, path)` renders the first sample of a `Trace` as an HTML page (one
-row per step, every token coloured by what happened to it) or as a PNG/SVG strip (steps x
-positions, one colour per state), chosen by the path's suffix.
+Every sampler that fills positions step by step records into a `Trace`: the hyperschedule
+sampler (what each reverse step revealed, corrected or remasked) and A3 decoding (the group each
+step committed: its positions are the ones "revealed" at that step). `write_trace(trace,
+tokenizer, path)` renders the first sample of a `Trace` as an HTML page (one row per step, every
+token coloured by what happened to it) or as a PNG/SVG strip (steps x positions, one colour per
+state), chosen by the path's suffix.
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from hdlm.errors import HdlmError
-from hdlm.sampling.hyperschedule import Trace
+
+
+@dataclass
+class Trace:
+    """What happened at every step (for plots): tokens after the step and per-position events
+    ([n, L-1] bool each, position 0 being BOS is left out)."""
+
+    tokens: list[Tensor] = field(default_factory=list)  # [n, L] after each step
+    revealed: list[Tensor] = field(default_factory=list)  # masked -> token (A3: committed)
+    corrected: list[Tensor] = field(default_factory=list)  # token -> another token
+    remasked: list[Tensor] = field(default_factory=list)  # token -> MASK
+    title: str = "hdlm denoising trace"
+
+    def add(self, tokens: Tensor, **events: Tensor) -> None:
+        """Record one step: `tokens` [n, L] after it and the events [n, L-1] that happened
+        (`revealed`, `corrected`, `remasked`; a missing one happened nowhere)."""
+        none = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
+        self.tokens.append(tokens.detach().cpu().clone())
+        for name in ("revealed", "corrected", "remasked"):
+            getattr(self, name).append(events.pop(name, none).detach().cpu())
+        if events:
+            raise TypeError(f"unknown trace events {sorted(events)}")
+
 
 # state codes, in drawing order; the colours are shared by the HTML and the strip
 STATES = ("masked", "visible", "revealed", "corrected", "remasked")
 COLOURS = ("#d9d9d9", "#ffffff", "#8fd18f", "#f5a623", "#e05d5d")
+SUFFIXES = (".html", ".png", ".svg")
 
 
 def trace_states(trace: Trace, mask_id: int, row: int = 0) -> torch.Tensor:
@@ -32,16 +60,14 @@ def trace_states(trace: Trace, mask_id: int, row: int = 0) -> torch.Tensor:
 def write_trace(trace: Trace, tokenizer, path: str | Path) -> Path:
     path = Path(path)
     if not trace.tokens:
-        raise HdlmError(
-            "nothing to draw: this sampler recorded no steps (use ancestral/acs/remask)"
-        )
+        raise HdlmError("nothing to draw: the sampler recorded no steps")
     states = trace_states(trace, tokenizer.mask_id)
     if path.suffix == ".html":
         path.write_text(_html(trace, tokenizer, states))
     elif path.suffix in (".png", ".svg"):
         _strip(states, path)
     else:
-        raise HdlmError(f"--trace {path}: use a .html, .png or .svg file")
+        raise HdlmError(f"--trace {path}: use a {', '.join(SUFFIXES)} file")
     return path
 
 
@@ -59,7 +85,7 @@ def _html(trace: Trace, tokenizer, states: torch.Tensor) -> str:
         )
         rows.append(f"<tr><td>{step}</td><td style='white-space:pre-wrap'>{cells}</td></tr>")
     return (
-        "<!doctype html><meta charset='utf-8'><title>hdlm denoising trace</title>"
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(trace.title)}</title>"
         "<body style='font-family:monospace'>"
         f"<p>{legend}</p><table>{''.join(rows)}</table></body>"
     )

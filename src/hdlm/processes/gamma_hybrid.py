@@ -40,9 +40,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hdlm import processes
 from hdlm.errors import ConfigError
-from hdlm.processes import NoiseProcess, log1mexp, random_data_tokens
+from hdlm.processes import base
+from hdlm.processes.base import (
+    NoiseProcess,
+    levels,
+    log1mexp,
+    random_data_tokens,
+    xlogx,
+)
 
 SIGMA_SYNTAX = "loglinear[:EPS] | geometric[:SIGMA_MIN:SIGMA_MAX]"
 
@@ -101,20 +107,10 @@ class SigmaSchedule:
         log_ratio = math.log(self.sigma_max / self.sigma_min)
         return self.sigma_min * log_ratio * torch.exp(t * log_ratio)
 
-    def level(self, sigma: Tensor) -> Tensor:
-        """The inverse map σ -> t."""
-        if self.kind == "loglinear":
-            return -torch.expm1(-sigma) / (1 - self.eps)
-        return torch.log1p(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
-
     @property
     def sigma_one(self) -> float:
         """σ(1), the total noise of a fully noised position (∞ for log-linear with EPS = 0)."""
         return self.sigma(torch.tensor(1.0, dtype=torch.float64)).item()
-
-
-def _xlogx(p: Tensor) -> Tensor:
-    return torch.xlogy(p, p)
 
 
 @dataclass(frozen=True)
@@ -130,10 +126,6 @@ class GammaHybrid(NoiseProcess):
     def __post_init__(self) -> None:
         if not 0 <= self.gamma < 1:
             raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
-
-    @property
-    def num_data(self) -> int:
-        return self.vocab_size - 1
 
     # -- the chain -----------------------------------------------------------------------------
 
@@ -215,7 +207,7 @@ class GammaHybrid(NoiseProcess):
         """KL(π_b(. | x0) || P) with π_b(. | x0) = b e_x0 + (1 - b) u, over the N data ids."""
         n = self.num_data
         floor = r["resampled"] / n
-        neg_entropy = _xlogx(r["b"] + floor) + (n - 1) * _xlogx(floor)
+        neg_entropy = xlogx(r["b"] + floor) + (n - 1) * xlogx(floor)
         at_x0 = log_p.gather(-1, x0[..., None])[..., 0]
         return neg_entropy - r["b"] * at_x0 - floor * self._data_sum(log_p)
 
@@ -223,15 +215,10 @@ class GammaHybrid(NoiseProcess):
         """π_b(x | x0) = b 1[x = x0] + (1 - b) / N."""
         return torch.where(x == x0, r["b"], 0.0) + r["resampled"] / self.num_data
 
-    def _levels(self, t, x0: Tensor, like: Tensor) -> Tensor:
-        return torch.broadcast_to(
-            torch.as_tensor(t, dtype=like.dtype, device=like.device), x0.shape
-        )
-
     def log_score(self, log_probs: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """The model's log concrete scores log s(y) = log q_t(x_t with y at i) / q_t(x_t), [.., V]:
         0 at y = x_t, -inf where the forward chain cannot move y -> x_t (MASK from visible)."""
-        t = self._levels(t, x_t, log_probs).clamp(processes.T_EPS, 1 - processes.T_EPS)
+        t = levels(t, x_t, log_probs).clamp(base.T_EPS, 1 - base.T_EPS)
         r = self.rates(self.schedule.sigma(t))
         log_p = self._noised(self._clean(log_probs), r)
         masked = x_t == self.mask_id
@@ -261,7 +248,7 @@ class GammaHybrid(NoiseProcess):
         with π_t = b_t e_x0 + (1 - b_t) u and P_t = b_t p̃ + (1 - b_t) u. At s = 0 this is the
         reconstruction -log p_θ(x0 | x_t) of the Bayes-combined posterior.
         """
-        t, s = self._levels(t, x0, log_probs), self._levels(s, x0, log_probs)
+        t, s = levels(t, x0, log_probs), levels(s, x0, log_probs)
         moving = t > s
         s = torch.where(moving, s, 0.0)  # a finite dummy step where nothing moves
         sigma_t, sigma_s = self.schedule.sigma(t), self.schedule.sigma(s)
@@ -297,8 +284,8 @@ class GammaHybrid(NoiseProcess):
                  φ(y) = e^y - 1 - y,
         with π = b e_x0 + (1 - b) u, P = b p̃ + (1 - b) u at σ(t), c = 1 / (e^{(1-γ)σ} - 1).
         """
-        t = self._levels(t, x0, log_probs).clamp(processes.T_EPS, 1 - processes.T_EPS)
-        dt = self._levels(dt, x0, log_probs)
+        t = levels(t, x0, log_probs).clamp(base.T_EPS, 1 - base.T_EPS)
+        dt = levels(dt, x0, log_probs)
         r = self.rates(self.schedule.sigma(t))
         speed = dt * self.schedule.rate(t)
         log_p = self._noised(self._clean(log_probs), r)
@@ -330,7 +317,7 @@ class GammaHybrid(NoiseProcess):
         visible: stays x with probability (1 - r) P_s(x) / P_t(x), else y ~ P_s (possibly x).
         Positions with t == s do not move; at s = 0 every position ends on a data id.
         """
-        t, s = self._levels(t, x_t, log_probs), self._levels(s, x_t, log_probs)
+        t, s = levels(t, x_t, log_probs), levels(s, x_t, log_probs)
         moving = t > s
         s = torch.where(moving, s, 0.0)
         sigma_t, sigma_s = self.schedule.sigma(t), self.schedule.sigma(s)
@@ -373,9 +360,9 @@ class GammaHybrid(NoiseProcess):
         jump rate is (1 - γ) σ' c, from visible x it is γ σ' (1 - P(x)) / (N P(x)); the target
         is drawn from P restricted to y != x. Exact at γ = 0 with the log-linear schedule (MDLM's
         (t - s) / t); use `reverse_step` for the last step to s = 0 (the sampler does)."""
-        t, s = self._levels(t, x_t, log_probs), self._levels(s, x_t, log_probs)
+        t, s = levels(t, x_t, log_probs), levels(s, x_t, log_probs)
         moving = t > s
-        tc = t.clamp(processes.T_EPS, 1 - processes.T_EPS)
+        tc = t.clamp(base.T_EPS, 1 - base.T_EPS)
         r = self.rates(self.schedule.sigma(tc))
         speed = (t - s) * self.schedule.rate(tc)
         lp = self._clean(log_probs)
@@ -403,7 +390,7 @@ def score_entropy(
     `GammaHybrid.rate_loss` is this with the scores of `GammaHybrid.log_score`, in closed form.
     """
     log_score = log_score.double()
-    t = torch.as_tensor(t, dtype=torch.float64).clamp(processes.T_EPS, 1 - processes.T_EPS)
+    t = torch.as_tensor(t, dtype=torch.float64).clamp(base.T_EPS, 1 - base.T_EPS)
     t = torch.broadcast_to(t, x0.shape)
     dt = torch.broadcast_to(torch.as_tensor(dt, dtype=torch.float64), x0.shape)
     n, mask_id = process.num_data, process.mask_id

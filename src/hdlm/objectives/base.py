@@ -1,0 +1,36 @@
+"""What every objective provides (the trainer, the evaluator and `LanguageModel` rely on it)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Objective:
+    """A family's loss and likelihood bound over blocks [B, L] whose column 0 is BOS.
+
+    * `loss(net, tokens, generator)`: a scalar to minimise, nats per scored token (for diffusion
+      families a Monte Carlo estimate of the NELBO);
+    * `nelbo(net, tokens, hidden=None, samples=None)`: per-sequence -log p bound in nats [B]
+      (exact for AR and A3); with `hidden` [B, L-1] the bound on -log p(x_hidden | the rest),
+      where defined; `samples`: Monte Carlo draws per sequence of an estimated bound;
+    * `at_step(step)`: switch to the curriculum stage of a training step (A3); None when the
+      objective has no stages.
+    """
+
+    def __init__(self, config, mask_id: int) -> None:
+        self.config, self.mask_id = config, mask_id
+
+    @staticmethod
+    def scored_tokens(tokens: Tensor) -> int:
+        """Tokens of each sequence the NELBO scores: all but BOS."""
+        return tokens.shape[1] - 1
+
+    def at_step(self, step: int) -> str | None:
+        return None
+
+    def loss(self, net, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None, samples=None) -> Tensor:
+        raise NotImplementedError

@@ -1,0 +1,152 @@
+"""What every noising process shares: the level conventions, small helpers, the interface.
+
+Every position i carries its own level t_i in [0, 1] (0 clean, 1 fully noised). Over a vocabulary
+of V ids, one of which is MASK, the N = V - 1 other ids are the "data ids" (special tokens such as
+BOS/EOS included).
+
+Conventions shared by every loss:
+
+* `log_probs` [B, L, V] are the network's log-probabilities of the clean token (x0
+  parametrisation, aligned read-out), normalised over V (a log_softmax output). The model's reverse
+  step is p_theta(x_s | x_t) = sum_{x0'} q(x_s | x_t, x0') p_theta(x0' | x_t), where
+  p_theta(x0' | x_t) is `log_probs` restricted to the x0' that could have produced x_t and
+  renormalised: MASK is never a clean token, so its probability is always dropped (a no-op when
+  the MASK logit is -inf), and under `Absorbing` a visible x_t can only come from x0' = x_t, so
+  visible positions are carried over (SUBS) whatever the network says there.
+* `log_probs` must be finite on the data ids (a log_softmax output is); `Absorbing` only reads
+  the entries at x0 and at MASK.
+* Levels t, s and rates dt are tensors broadcastable to x0's shape. Losses are computed in
+  log_probs' dtype (use float32 or float64) and returned as [B, L] tensors, 0 where t == s or
+  dt == 0.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from hdlm.errors import HdlmError
+
+T_EPS = 1e-6
+"""Levels are clamped to [T_EPS, 1 - T_EPS] where a formula divides by t or by 1 - t."""
+
+
+def alpha(t: Tensor) -> Tensor:
+    """Linear schedule: probability that a token is untouched at level t, alpha(t) = 1 - t."""
+    return 1 - t
+
+
+def reveal_fraction(t: Tensor, s: Tensor) -> Tensor:
+    """q(x_s != MASK | x_t = MASK) = (alpha_s - alpha_t) / (1 - alpha_t) = (t - s) / t."""
+    return (t - s) / t.clamp_min(T_EPS)
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate at both ends (log1mexp(-inf) = 0)."""
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def clean_log_prob(log_probs: Tensor, x0: Tensor, mask_id: int) -> Tensor:
+    """log p_theta(x0 | x_t) with the MASK entry dropped and the rest renormalised: [B, L]."""
+    at = log_probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return at - log1mexp(log_probs[..., mask_id])
+
+
+def data_log_probs(log_probs: Tensor, mask_id: int) -> Tensor:
+    """log p_theta(x0 = j | x_t) over the N data ids (MASK removed, renormalised): [B, L, N]."""
+    data = torch.cat((log_probs[..., :mask_id], log_probs[..., mask_id + 1 :]), dim=-1)
+    return data - log1mexp(log_probs[..., mask_id : mask_id + 1])
+
+
+def data_index(x: Tensor, mask_id: int) -> Tensor:
+    """Position of token ids among the data ids (the ids with MASK removed)."""
+    return x - (x > mask_id).long()
+
+
+def random_data_tokens(
+    like: Tensor, mask_id: int, num_data: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Token ids drawn uniformly from the num_data ids other than MASK, shaped like `like`."""
+    r = torch.randint(num_data, like.shape, generator=generator, device=like.device)
+    return r + (r >= mask_id).long()
+
+
+def resample(
+    x: Tensor,
+    prob: Tensor | float,
+    mask_id: int,
+    num_data: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Replace each non-MASK token by a uniform data id with probability `prob`; MASK stays."""
+    hit = torch.rand(x.shape, generator=generator, device=x.device) < prob
+    fresh = random_data_tokens(x, mask_id, num_data, generator)
+    return torch.where(hit & (x != mask_id), fresh, x)
+
+
+def xlogx(p: Tensor | float) -> Tensor | float:
+    """p log p, 0 at p = 0 (floats or tensors)."""
+    if isinstance(p, Tensor):
+        return torch.xlogy(p, p)
+    return p * math.log(p) if p > 0 else 0.0
+
+
+def levels(t: Tensor | float, x0: Tensor, like: Tensor) -> Tensor:
+    """A level (or rate) broadcast to x0's shape in `like`'s dtype and device."""
+    return torch.broadcast_to(torch.as_tensor(t, dtype=like.dtype, device=like.device), x0.shape)
+
+
+class NoiseProcess(ABC):
+    """A forward process q(x_t | x0), independent across positions, with its NELBO terms."""
+
+    mask_id: int
+    vocab_size: int
+
+    @property
+    def num_data(self) -> int:
+        """N = V - 1: the ids a clean token can take (every id but MASK)."""
+        return self.vocab_size - 1
+
+    @property
+    def has_reconstruction(self) -> bool:
+        """Whether the continuous-time NELBO has a term at t = 0+ besides the integral of
+        `rate_loss` (a jump of the forward chain at t = 0+, see `EpsHybrid`)."""
+        return False
+
+    def corrupt_visible(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The forward chain's jump at t = 0+ on visible tokens: none (see `EpsHybrid`)."""
+        return x
+
+    @abstractmethod
+    def corrupt(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Sample x_t ~ q(x_t | x0) independently per position at its own level t."""
+
+    @abstractmethod
+    def step_loss(self, log_probs: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """KL(q(x_s | x_t, x0) || p_theta(x_s | x_t)) per position, for a reverse step t -> s <= t.
+
+        At s = 0 the true posterior is the point mass on x0 and the term is the reconstruction
+        -log p_theta(x_s = x0 | x_t). Summed over a hyperschedule's steps (and positions) it is the
+        discrete-time NELBO, with `prior_loss` added.
+        """
+
+    @abstractmethod
+    def rate_loss(
+        self, log_probs: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, dt: Tensor
+    ) -> Tensor:
+        """lim_{h -> 0} step_loss(t, t - dt h) / h: the continuous-time NELBO integrand, dt >= 0."""
+
+    def reverse_step(self, *args, **kwargs):
+        """A sampler's step t -> s; processes no sampler can walk do not have one."""
+        raise HdlmError(
+            f"no sampler walks the {type(self).__name__} process; train with a masking process "
+            "(absorbing, eps-hybrid) or the gamma-hybrid family"
+        )
+
+    def prior_loss(self, x0: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """KL(q(x_1 | x0) || p(x_1)) per position: 0 when level 1 is the prior itself (every
+        process but a γ-hybrid whose σ(1) is finite)."""
+        return torch.zeros(x0.shape, dtype=dtype, device=x0.device)
