@@ -2,7 +2,7 @@
 # Tiny models through the evaluation entry points on offline tasks (docs/results.md, "Benchmarks
 # researchers use"): zero-shot perplexity on whole files, lm-evaluation-harness tasks (multiple
 # choice, last word, generation, rolling perplexity) and story infilling, written as JSON to
-# results/harness-tiny/. Trains runs/<family>-tiny first when missing (300 steps each).
+# results/harness-tiny/ with the tables in table.md. Trains runs/<family>-tiny first when missing (300 steps each).
 # Usage: [FAMILIES="ar mdlm a3"] scripts/harness-tiny.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,8 @@ for family in ${FAMILIES:-ar mdlm a3}; do
   hdlm harness "$run" --include-path "$TASKS/tasks" --no-progress --bootstrap-iters 1000 \
     --tasks pydocs_next,pydocs_lastword,pydocs_lastword_gen,pydocs_ppl \
     --json "$OUT/$family-harness.json" >/dev/null
+  hdlm harness "$run" --include-path "$TASKS/tasks" --no-progress --bootstrap-iters 1000 \
+    --tasks pydocs_order --json "$OUT/$family-order.json" >/dev/null
   hdlm eval "$run" --metrics story-infill --data "$TASKS/stories.jsonl" \
     --json "$OUT/$family-story.json" >/dev/null
   if [ "$family" = a3 ]; then
@@ -35,4 +37,5 @@ for family in ${FAMILIES:-ar mdlm a3}; do
       --json "$OUT/$family-story-free.json" >/dev/null
   fi
 done
-echo "wrote $OUT"
+python3 scripts/harness_table.py "$OUT" >/dev/null
+echo "wrote $OUT (tables: $OUT/table.md)"

@@ -39,7 +39,7 @@ def perplexity_table(folder: Path, families: list[str]) -> list[str]:
 
 def harness_table(folder: Path, families: list[str]) -> list[str]:
     metrics = [
-        ("pydocs_next", "acc"), ("pydocs_next", "acc_norm"),
+        ("pydocs_next", "acc"), ("pydocs_next", "acc_norm"), ("pydocs_order", "acc"),
         ("pydocs_lastword", "acc"), ("pydocs_lastword", "perplexity"),
         ("pydocs_lastword_gen", "exact_match"),
         ("pydocs_ppl", "word_perplexity"), ("pydocs_ppl", "bits_per_byte"),
@@ -50,6 +50,7 @@ def harness_table(folder: Path, families: list[str]) -> list[str]:
         result = load(folder, f"{family}-harness")
         if result is None:
             continue
+        result["results"].update((load(folder, f"{family}-order") or {"results": {}})["results"])
         cells = []
         for task, metric in metrics:
             values = result["results"].get(task, {})

@@ -83,6 +83,17 @@ def sentence_runs(paragraphs: list[str | None], across: bool = False) -> list[li
     return runs
 
 
+def choice_item(run: list[str], choices: list[str], rng: random.Random) -> dict:
+    """Two sentences of `run` as context; `choices` (the true one first) in a random order."""
+    order = list(range(len(choices)))
+    rng.shuffle(order)
+    return {
+        "context": " ".join(run[:2]),
+        "choices": [" " + choices[i] for i in order],
+        "label": order.index(0),
+    }
+
+
 def next_sentence_items(docs: list[list[list[str]]], rng: random.Random) -> list[dict]:
     """Context: two sentences; choices: the true third one and three from other documents."""
     items = []
@@ -91,14 +102,7 @@ def next_sentence_items(docs: list[list[list[str]]], rng: random.Random) -> list
         for run in runs:
             if len(run) < 3 or len(others) < 3:
                 continue
-            choices = [run[2], *rng.sample(others, 3)]
-            order = list(range(4))
-            rng.shuffle(order)
-            items.append({
-                "context": " ".join(run[:2]),
-                "choices": [" " + choices[i] for i in order],
-                "label": order.index(0),
-            })  # fmt: skip
+            items.append(choice_item(run, [run[2], *rng.sample(others, 3)], rng))
     return items
 
 
@@ -112,14 +116,7 @@ def word_order_items(docs: list[list[list[str]]], rng: random.Random) -> list[di
             shuffles = {" ".join(rng.sample(words, len(words))) for _ in range(10)} - {run[2]}
             if len(shuffles) < 3:
                 continue
-            choices = [run[2], *sorted(shuffles)[:3]]
-            order = list(range(4))
-            rng.shuffle(order)
-            items.append({
-                "context": " ".join(run[:2]),
-                "choices": [" " + choices[i] for i in order],
-                "label": order.index(0),
-            })  # fmt: skip
+            items.append(choice_item(run, [run[2], *sorted(shuffles)[:3]], rng))
     return items
 
 
@@ -148,46 +145,28 @@ def stories(docs: list[list[list[str]]]) -> list[dict]:
     return out
 
 
-TASKS = {
-    "pydocs_next": """task: pydocs_next
+HEADER = """task: {name}
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: {data}
-output_type: multiple_choice
 test_split: test
-doc_to_text: "{{{{context}}}}"
+"""
+MULTIPLE_CHOICE = """output_type: multiple_choice
+doc_to_text: "{{context}}"
 doc_to_target: label
 doc_to_choice: choices
 target_delimiter: ""
 metric_list:
   - metric: acc
   - metric: acc_norm
-""",
-    "pydocs_order": """task: pydocs_order
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "{{{{context}}}}"
-doc_to_target: label
-doc_to_choice: choices
-target_delimiter: ""
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-""",
-    "pydocs_lastword": """task: pydocs_lastword
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: loglikelihood
-test_split: test
-doc_to_text: "{{{{context}}}}"
-doc_to_target: "{{{{target}}}}"
+"""
+TASKS = {  # what follows HEADER in each task's YAML
+    "pydocs_next": MULTIPLE_CHOICE,
+    "pydocs_order": MULTIPLE_CHOICE,
+    "pydocs_lastword": """output_type: loglikelihood
+doc_to_text: "{{context}}"
+doc_to_target: "{{target}}"
 target_delimiter: ""
 metric_list:
   - metric: perplexity
@@ -197,15 +176,9 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """,
-    "pydocs_lastword_gen": """task: pydocs_lastword_gen
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: generate_until
-test_split: test
-doc_to_text: "{{{{context}}}}"
-doc_to_target: "{{{{target.strip()}}}}"
+    "pydocs_lastword_gen": """output_type: generate_until
+doc_to_text: "{{context}}"
+doc_to_target: "{{target.strip()}}"
 generation_kwargs:
   until: [".", ",", "\\n"]
   max_gen_toks: 8
@@ -221,15 +194,9 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """,
-    "pydocs_ppl": """task: pydocs_ppl
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: loglikelihood_rolling
-test_split: test
+    "pydocs_ppl": """output_type: loglikelihood_rolling
 doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
+doc_to_target: "{{text}}"
 metric_list:
   - metric: word_perplexity
   - metric: byte_perplexity
@@ -267,7 +234,8 @@ def main() -> None:
     data["pydocs_lastword_gen"] = data["pydocs_lastword"]
     for name, rows in data.items():
         write_jsonl(tasks / f"{name}.jsonl", rows)
-        (tasks / f"{name}.yaml").write_text(TASKS[name].format(data=tasks / f"{name}.jsonl"))
+        header = HEADER.format(name=name, data=tasks / f"{name}.jsonl")
+        (tasks / f"{name}.yaml").write_text(header + TASKS[name])
     write_jsonl(out / "stories.jsonl", stories(long_runs))
     folder = out / "pydocs-heldout"
     shutil.rmtree(folder, ignore_errors=True)

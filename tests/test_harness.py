@@ -7,7 +7,8 @@ import math
 
 import pytest
 from helpers import language_model
-from test_cli import error_line, run
+from test_cli import error_line
+from test_zero_shot import run
 
 from hdlm.harness import HdlmLM, cut, run_harness
 from hdlm.scoring import score_requests

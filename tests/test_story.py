@@ -8,7 +8,8 @@ import string
 import pytest
 import torch
 from helpers import TOKENIZER, language_model
-from test_cli import error_line, run
+from test_cli import error_line
+from test_zero_shot import run
 
 import hdlm.sampling
 from hdlm.config import TokenizerConfig

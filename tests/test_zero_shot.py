@@ -8,10 +8,22 @@ import math
 import pytest
 import torch
 from helpers import TOKENIZER, language_model
-from test_cli import error_line, run
+from test_cli import error_line
 
+from hdlm.cli import main
 from hdlm.config import DataConfig
 from hdlm.zero_shot import read_documents, token_stream, zero_shot_perplexity
+
+
+def run(args, capsys):
+    """(exit code, stdout, stderr) of the CLI, whether `main` returns or argparse exits."""
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
 
 TEXT = "the quick brown fox jumps over the lazy dog " * 7 + "and that is all"
 
@@ -114,3 +126,20 @@ def test_a_folder_reads_its_text_files_and_a_dataset_its_named_split(tmp_path, m
     assert read_documents(cfg, "validation") == ["validation one", "validation two"]
     assert read_documents(cfg) == ["test one", "test two"]  # the test split by default
     assert calls == [("someone/wikitext", "raw", "validation"), ("someone/wikitext", "raw", "test")]
+
+
+def test_hash_split_keeps_the_old_behaviour_for_another_corpus(tmp_path, checkpoints, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i:02d}.txt").write_text(f"document {i} " + "abc " * 20)
+    ar = str(checkpoints["ar"])
+    code, out, err = run(["eval", ar, "--data", str(folder)], capsys)
+    whole = json.loads(out)
+    assert code == 0 and whole["zero_shot"] and whole["documents"] == 40, err
+    args = ["eval", ar, "--data", str(folder), "--hash-split", "--split", "train",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    code, out, err = run(args, capsys)
+    part = json.loads(out)
+    assert code == 0 and not part["zero_shot"] and part["split"] == "train", err
+    assert part["tokens"] < whole["tokens"]

@@ -148,6 +148,69 @@ def _eval_metrics(spec: str) -> list[str]:
     return metrics
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from hdlm.evaluate import SAMPLE_METRICS
+
+    metrics = _eval_metrics(args.metrics)
+    sampling = _sampler_options(args)
+    if sampling and not {"infill", "story-infill", *SAMPLE_METRICS} & set(metrics):
+        from hdlm.sampling.options import flag
+
+        raise HdlmError(
+            f"{flag(next(iter(sampling)))} changes how samples are drawn, but --metrics "
+            f"{args.metrics} draws none (infill, story-infill, {', '.join(SAMPLE_METRICS)} do)"
+        )
+    lm = _load(args)
+    a3_overrides = [o for o in args.overrides if o.startswith("a3.")]
+    if a3_overrides:  # `--set a3.eval_order=random` etc. change an A3 model's evaluation
+        lm.set_a3_evaluation(a3_overrides)
+    data_overrides = [o.removeprefix("data.") for o in args.overrides if o not in a3_overrides]
+    result = _evaluate(args, lm, metrics, data_overrides)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def _evaluate(args: argparse.Namespace, lm, metrics: list[str], data_overrides: list[str]):
+    """The JSON result of `hdlm eval`: every metric asked for, on the data it needs."""
+    from hdlm.config import apply_overrides, from_dict, to_dict
+    from hdlm.evaluate import SAMPLE_METRICS, infill_metrics, middle_span, perplexity
+
+    overrides = data_overrides + ([f"corpus={args.data}"] if args.data else [])
+    data_config = from_dict(
+        type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides), "data"
+    )
+    result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
+    progress = not args.no_progress
+    blocks = docs = None
+    zero_shot = bool(args.data) and not args.hash_split and not _is_training_corpus(args.data, lm)
+    if "story-infill" in metrics:
+        result["story_infill"] = _story_infill(args, lm, data_config)
+    if {"ppl", "mauve", "infill"} & set(metrics):
+        blocks, docs, info = _held_out_data(args, lm, data_config, zero_shot)
+        result.update(info, zero_shot=zero_shot)
+    if "ppl" in metrics and zero_shot:
+        from hdlm.zero_shot import zero_shot_perplexity
+
+        result.update(zero_shot_perplexity(lm, docs, data_config.seq_len, args.stride,
+                                           args.mc_samples, args.batch_size, progress,
+                                           args.max_blocks))  # fmt: skip
+    elif "ppl" in metrics:
+        if args.stride:
+            raise HdlmError("--stride is a zero-shot protocol; score a file or dataset with it")
+        result.update(perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks,
+                                 progress=progress, mc_samples=args.mc_samples))  # fmt: skip
+    if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
+        tokens, hidden = middle_span(blocks[: args.max_blocks], args.infill_length,
+                                     args.infill_span)  # fmt: skip
+        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size, progress,
+                                          seed=args.seed, **_sampler_options(args))  # fmt: skip
+    sampled = [m for m in metrics if m in SAMPLE_METRICS]
+    if sampled:
+        result.update(_sample_quality(args, lm, sampled, blocks, data_config.seq_len))
+    return result
+
+
 def _is_training_corpus(spec: str, lm) -> bool:
     """Whether `--data` names the corpus the model was trained on (same name or same path)."""
     trained = lm.config.data.corpus
@@ -185,83 +248,11 @@ def _story_infill(args: argparse.Namespace, lm, data_config) -> dict:
     if not args.data:
         raise HdlmError("story-infill needs --data STORIES.jsonl (sentence1..sentence5 or text)")
     stories, skipped = load_stories(args.data, data_config.text_field, args.split, args.max_stories)
-    options = _sampler_options(args, temperature=0.0)  # no --steps: one per blank token
     metrics = story_infill_metrics(
-        lm, stories, args.story_length, args.batch_size, args.blank_max, args.seed, **options
-    )
+        lm, stories, args.story_length, args.batch_size, args.blank_max, args.seed,
+        not args.no_progress, **_sampler_options(args),
+    )  # fmt: skip
     return {"data": args.data, "skipped_records": skipped, **metrics}
-
-
-def cmd_eval(args: argparse.Namespace) -> None:
-    from hdlm.evaluate import SAMPLE_METRICS
-
-    metrics = _eval_metrics(args.metrics)
-    sampling = _sampler_options(args)
-    if sampling and not {"infill", "story-infill", *SAMPLE_METRICS} & set(metrics):
-        from hdlm.sampling.options import flag
-
-        raise HdlmError(
-            f"{flag(next(iter(sampling)))} changes how samples are drawn, but --metrics "
-            f"{args.metrics} draws none (infill, story-infill, {', '.join(SAMPLE_METRICS)} do)"
-        )
-    lm = _load(args)
-    a3_overrides = [o for o in args.overrides if o.startswith("a3.")]
-    if a3_overrides:  # `--set a3.eval_order=random` etc. change an A3 model's evaluation
-        lm.set_a3_evaluation(a3_overrides)
-    data_overrides = [o.removeprefix("data.") for o in args.overrides if o not in a3_overrides]
-    _print_json(_evaluate(args, lm, metrics, data_overrides), args.json)
-
-
-def _evaluate(args: argparse.Namespace, lm, metrics: list[str], data_overrides: list[str]):
-    """The JSON result of `hdlm eval`: every metric asked for, on the data it needs."""
-    from hdlm.config import apply_overrides, from_dict, to_dict
-    from hdlm.evaluate import SAMPLE_METRICS, infill_metrics, middle_span
-
-    overrides = data_overrides + ([f"corpus={args.data}"] if args.data else [])
-    data_config = from_dict(
-        type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides), "data"
-    )
-    result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
-    zero_shot = bool(args.data) and not args.hash_split and not _is_training_corpus(args.data, lm)
-    if "story-infill" in metrics:
-        result["story_infill"] = _story_infill(args, lm, data_config)
-    blocks = docs = None
-    if {"ppl", "mauve", "infill"} & set(metrics):
-        blocks, docs, info = _held_out_data(args, lm, data_config, zero_shot)
-        result.update(info, zero_shot=zero_shot)
-    if "ppl" in metrics:
-        result.update(_perplexity(args, lm, blocks, docs, data_config.seq_len, zero_shot))
-    if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
-        tokens, hidden = middle_span(blocks[: args.max_blocks], args.infill_length,
-                                     args.infill_span)  # fmt: skip
-        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size,
-                                          not args.no_progress, seed=args.seed,
-                                          **_sampler_options(args))  # fmt: skip
-    sampled = [m for m in metrics if m in SAMPLE_METRICS]
-    if sampled:
-        result.update(_sample_quality(args, lm, sampled, blocks, data_config.seq_len))
-    return result
-
-
-def _perplexity(args: argparse.Namespace, lm, blocks, docs, seq_len: int, zero_shot: bool):
-    """Held-out perplexity: of whole documents (zero-shot protocol) or of hash-split blocks."""
-    from hdlm.evaluate import perplexity
-
-    if zero_shot:
-        from hdlm.zero_shot import zero_shot_perplexity
-
-        return zero_shot_perplexity(lm, docs, seq_len, args.stride, args.mc_samples,
-                                    args.batch_size)  # fmt: skip
-    if args.stride:
-        raise HdlmError("--stride is a zero-shot protocol; score a file or dataset with it")
-    return perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks,
-                      mc_samples=args.mc_samples, progress=not args.no_progress)  # fmt: skip
-
-
-def _print_json(result: dict, path: str | None) -> None:
-    print(json.dumps(result, indent=2))
-    if path:
-        Path(path).write_text(json.dumps(result, indent=2))
 
 
 def _sample_quality(args: argparse.Namespace, lm, sampled: list[str], blocks, seq_len: int):
@@ -289,17 +280,14 @@ def cmd_harness(args: argparse.Namespace) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise HdlmError("--tasks needs at least one lm-evaluation-harness task name")
-    if args.limit is not None and args.limit <= 0:
-        raise HdlmError(f"--limit {args.limit} must be positive (a count, or a fraction < 1)")
     from hdlm.hardware import pick_device
 
     device = str(pick_device(args.device, "--device"))
     model = HdlmLM(
         args.checkpoint, device=device, batch_size=args.batch_size,
         mc_samples=args.mc_samples, stride=args.stride, score_order=args.score_order,
-        score_group_size=args.score_group_size, decode_order=args.order, seed=args.seed,
-        progress=not args.no_progress, sampler=args.sampler, steps=args.steps,
-        schedule=args.schedule, eta=args.eta, group_size=args.group_size,
+        score_group_size=args.score_group_size, seed=args.seed, progress=not args.no_progress,
+        **_sampler_options(args),
     )  # fmt: skip
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = run_harness(
@@ -416,7 +404,8 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     Sampler-specific options default to None (not given): `hdlm.sampling.options` says which
     sampler reads which, and refuses one the loaded model's sampler does not read."""
     p.add_argument("--temperature", type=nonnegative_float, default=None,
-                   help="0 = greedy (default 1; 0 for eval --metrics infill)")  # fmt: skip
+                   help="0 = greedy (default 1; 0 for eval --metrics infill and "
+                   "story-infill)")  # fmt: skip
     p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--top-p", type=nucleus, default=None)
     p.add_argument("--seed", type=nonnegative_int, default=0)
@@ -498,27 +487,25 @@ def _eval_parser(commands) -> None:
     _add_zero_shot_options(p)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--max-blocks", type=positive_int, default=None,
-                   help="evaluate at most this many blocks")  # fmt: skip
+                   help="evaluate at most this many blocks (zero-shot: windows)")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the result to this file")
-    p.add_argument(
-        "--metrics",
-        default="ppl",
-        help="comma-separated: ppl (held-out NELBO), infill (held-out middle spans: "
-        "span NLL, greedy accuracy), story-infill (sentence 3 of five-sentence stories "
-        "in --data: ROUGE-1/2/L, token accuracy), and on samples gen-ppl, mauve "
-        "(against held-out blocks of --split), entropy, distinct (default ppl)",
-    )
+    p.add_argument("--metrics", default="ppl",
+                   help="comma-separated: ppl (held-out NELBO), infill (held-out middle spans: "
+                   "span NLL, greedy accuracy), story-infill (sentence 3 of five-sentence "
+                   "stories in --data: ROUGE-1/2/L, token accuracy), and on samples gen-ppl, "
+                   "mauve (against held-out blocks of --split), entropy, distinct (default "
+                   "ppl)")  # fmt: skip
     p.add_argument("--infill-length", type=positive_int, default=64,
                    help="infill: block tokens used")  # fmt: skip
     p.add_argument("--infill-span", type=positive_int, default=8,
                    help="infill: hidden middle tokens")  # fmt: skip
+    _add_story_options(p)
     p.add_argument("--samples", type=positive_int, default=64, help="samples to draw (64)")
     p.add_argument("--length", type=positive_int, default=None,
                    help="tokens per sample incl. BOS")  # fmt: skip
     p.add_argument("--reference", default=None,
                    help="gen-ppl scorer: an ar run, or a Hugging Face model dir")  # fmt: skip
     _add_sampler_options(p)
-    _add_story_options(p)
     _add_progress(p)
     _add_set(p)
     p.set_defaults(func=cmd_eval)
@@ -531,68 +518,48 @@ def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mc-samples", type=positive_int, default=None,
                    help="Monte Carlo draws of the noise level per block for diffusion bounds "
                    "(default diffusion.eval_steps; HDLM's official protocol: 96)")  # fmt: skip
-    p.add_argument(
-        "--stride",
-        type=positive_int,
-        default=None,
-        help="zero-shot sliding window: score chunks of this many tokens, each after "
-        "the block's other tokens (ar, a3, mdlm, eps-hybrid; default: fixed blocks)",
-    )
+    p.add_argument("--stride", type=positive_int, default=None,
+                   help="zero-shot sliding window: score chunks of this many tokens, each after "
+                   "the block's other tokens (ar, a3, mdlm, eps-hybrid; default: fixed "
+                   "blocks)")  # fmt: skip
 
 
 def _add_story_options(p: argparse.ArgumentParser) -> None:
     """`hdlm eval --metrics story-infill` options (`hdlm.story`)."""
-    p.add_argument(
-        "--story-length",
-        default="given",
-        choices=["given", "free"],
-        help="story-infill: sentence 3's token count given, or free (a3 picks it)",
-    )
+    p.add_argument("--story-length", default="given", choices=["given", "free"],
+                   help="story-infill: sentence 3's token count given, or free (a3 picks "
+                   "it)")  # fmt: skip
     p.add_argument("--max-stories", type=positive_int, default=None,
                    help="story-infill: at most N")  # fmt: skip
     p.add_argument("--blank-max", type=positive_int, default=None,
-                   help="story-infill free: longest sentence 3")  # fmt: skip
+                   help="story-infill free: longest sentence 3 (default twice the longest "
+                   "reference)")  # fmt: skip
 
 
 def _harness_parser(commands) -> None:
-    """`hdlm harness`: lm-evaluation-harness tasks through `hdlm.harness.HdlmLM`."""
     p = commands.add_parser(
         "harness", help="lm-evaluation-harness tasks on a checkpoint (docs/metrics.md)"
     )
     _add_checkpoint(p)
     p.add_argument("--tasks", required=True, help="comma-separated task names, e.g. piqa,hellaswag")
     p.add_argument("--include-path", default=None, help="folder of local task YAML files")
-    p.add_argument("--limit", type=bounded(float, 0.0, low_open=True), default=None,
+    p.add_argument("--limit", type=bounded(float, 0, low_open=True), default=None,
                    help="examples per task (< 1: a fraction)")  # fmt: skip
     p.add_argument("--num-fewshot", type=nonnegative_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--mc-samples", type=positive_int, default=None,
-                   help="diffusion bounds: draws/window")  # fmt: skip
+                   help="diffusion bounds: Monte Carlo draws per window")  # fmt: skip
     p.add_argument("--stride", type=positive_int, default=None,
-                   help="sliding window for long texts")  # fmt: skip
+                   help="loglikelihood_rolling: sliding window (default: blocks)")  # fmt: skip
     p.add_argument("--score-order", default=None, choices=["left-to-right", "random"],
-                   help="a3 scoring order")  # fmt: skip
+                   help="a3 scoring order (default a3.eval_order)")  # fmt: skip
     p.add_argument("--score-group-size", type=positive_int, default=None,
-                   help="a3 scoring group size")  # fmt: skip
+                   help="a3 scoring group size (default a3.eval_group_size)")  # fmt: skip
     p.add_argument("--bootstrap-iters", type=nonnegative_int, default=100_000,
-                   help="stderr resamples, 0: none")  # fmt: skip
+                   help="stderr resamples (0: none)")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the results to this file")
     _add_progress(p)
-    g = p.add_argument_group("generation (generate_until tasks; greedy unless a task samples)")
-    g.add_argument("--sampler", default=None, help="default: the family's own")
-    g.add_argument("--steps", type=positive_int, default=None,
-                   help="flat steps (default: new tokens)")  # fmt: skip
-    g.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    g.add_argument("--eta", type=probability, default=None, help="acs / remask strength")
-    g.add_argument(
-        "--order",
-        default=None,
-        choices=["left-to-right", "random", "confidence", "entropy"],
-        help="a3 decoding order (default left-to-right)",
-    )
-    g.add_argument("--group-size", type=positive_int, default=None,
-                   help="a3 tokens per decoding step")  # fmt: skip
-    g.add_argument("--seed", type=nonnegative_int, default=0)
+    _add_sampler_options(p)  # generate_until: greedy unless a task samples
     p.set_defaults(func=cmd_harness)
 
 

@@ -53,7 +53,7 @@ def perplexity(
     blocks = blocks[:max_blocks] if max_blocks else blocks
     total_nats, total_tokens = nelbo_sums(lm, blocks, batch_size, precision, progress, mc_samples)
     nats = total_nats / total_tokens
-    exact = lm.config.family in ("ar", "a3")
+    exact = lm.family.objective in ("ar", "a3")
     return {
         "nelbo_per_token": nats,
         "bits_per_token": nats / math.log(2),
@@ -97,6 +97,19 @@ def middle_span(blocks: torch.Tensor, length: int, span: int) -> tuple[torch.Ten
     return blocks[:, :length], hidden
 
 
+def one_step_per_blank(lm: LanguageModel, fill_options: dict, blanks: int) -> dict:
+    """`fill_options` for filling `blanks` positions: greedy (temperature 0) unless they say
+    otherwise, and when the sampler walks the model's own flat schedule (no `steps`, no
+    `schedule` given), `blanks` steps: one revealed token per step on average."""
+    from hdlm.sampling import settings
+
+    options = {"temperature": 0.0, **fill_options}
+    own_flat = settings(lm, **options).get("schedule", "").startswith("flat:")
+    if own_flat and not {"steps", "schedule"} & set(options):
+        options["steps"] = blanks
+    return options
+
+
 @torch.no_grad()
 def infill_metrics(
     lm: LanguageModel,
@@ -118,9 +131,9 @@ def infill_metrics(
 
     `fill` reports every setting the fill used, defaults resolved (`sampling.settings`).
     """
-    from hdlm.sampling import fill, one_step_per_token, settings
+    from hdlm.sampling import fill, settings
 
-    fill_options = one_step_per_token(lm, {"temperature": 0.0, **fill_options}, int(hidden.sum()))
+    fill_options = one_step_per_blank(lm, fill_options, int(hidden.sum()))
     used = settings(lm, **fill_options)
     known = F.pad(hidden, (1, 0), value=False).logical_not().to(lm.device)
     nats, correct = 0.0, 0

@@ -9,9 +9,10 @@ as model `hdlm`) and `run_harness`, behind `hdlm harness RUN --tasks ...` (docs/
   block length (the zero-shot `blocks` protocol; `stride` for a sliding window) — every family.
   (`stride` applies here only: a `loglikelihood` continuation gets all the context that fits,
   and one longer than the block is scored in blocks.)
-* `generate_until`: any sampler (`sampler`, `steps`, `schedule`, `eta`, `decode_order`,
-  `group_size`), greedy unless the task asks for sampling; generation stops at EOS and is cut
-  at the first stop sequence. The prompt keeps at least half the block (its oldest tokens
+* `generate_until`: any sampler and its options (`sampling.fill`: `sampler`, `steps`,
+  `schedule`, `eta`, `order`, `group_size`, ...), greedy unless the task asks for sampling
+  (temperature, top_k, top_p given to `HdlmLM` override the task's); generation stops at EOS
+  and is cut at the first stop sequence. The prompt keeps at least half the block (its oldest tokens
   leave first), the generation gets the rest, up to the task's `max_gen_toks`.
 
 Requests are batched (`batch_size`) with a progress bar; generation batches prompts of one
@@ -37,15 +38,24 @@ except ImportError as e:  # the optional `harness` extra
     raise HdlmError("the lm-evaluation-harness adapter needs `pip install 'hdlm[harness]'`") from e
 
 from hdlm.model import LanguageModel, load
-from hdlm.scoring import encode_pair, score_requests
+from hdlm.scoring import encode_pair, is_exact, score_requests
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-evaluation-harness' default
-GENERATION_OPTIONS = ("sampler", "steps", "schedule", "eta", "group_size", "top_k", "top_p")
+# generation options (`sampling.fill`) and how to read them from lm-eval's `--model_args` strings
+GENERATION_OPTIONS = {
+    "sampler": str, "temperature": float, "top_k": int, "top_p": float, "steps": int,
+    "schedule": str, "eta": float, "order": str, "group_size": int, "groups": str,
+    "use_cache": lambda v: str(v).lower() in ("1", "true", "yes"),
+    "eos_stop": lambda v: str(v).lower() in ("1", "true", "yes"),
+}  # fmt: skip
+PICK = ("temperature", "top_k", "top_p")  # the task's generation_kwargs unless given here
 
 
 def _number(value, kind=int):
     """lm-eval passes `--model_args` values as strings; None and '' stay None."""
-    return None if value in (None, "", "None") else kind(value)
+    if value in (None, "", "None"):
+        return None
+    return value if not isinstance(value, str) or kind is str else kind(value)
 
 
 @register_model("hdlm")
@@ -54,8 +64,8 @@ class HdlmLM(LM):
 
     `pretrained`: a run or checkpoint directory, or a loaded `LanguageModel`. Scoring options:
     `mc_samples` (diffusion bounds), `stride` (sliding window), `score_order` /
-    `score_group_size` (a3 factorisation). Generation options: `sampler`, `steps`,
-    `schedule`, `eta`, `decode_order`, `group_size`, `top_k`, `top_p`, `seed`.
+    `score_group_size` (a3 factorisation). Generation options (`GENERATION_OPTIONS`, those of
+    `sampling.fill`; temperature / top_k / top_p given here override the task's) and `seed`.
     """
 
     def __init__(
@@ -67,7 +77,6 @@ class HdlmLM(LM):
         stride: int | None = None,
         score_order: str | None = None,
         score_group_size: int | None = None,
-        decode_order: str | None = None,
         seed: int = 0,
         progress: bool = True,
         **generation,
@@ -85,11 +94,13 @@ class HdlmLM(LM):
             "order": score_order or None,
             "group_size": _number(score_group_size),
         }
-        kinds = {"eta": float, "top_p": float, "schedule": str, "sampler": str}
         self.generation = {
-            k: _number(v, kinds.get(k, int)) for k, v in generation.items() if v is not None
+            k: _number(v, GENERATION_OPTIONS[k]) for k, v in generation.items() if v is not None
         }
-        self.generation["order"] = decode_order  # None: the sampler's default (a3 only)
+        if isinstance(self.generation.get("groups"), str):
+            from hdlm.sampling.a3_groups import parse_groups
+
+            self.generation["groups"] = parse_groups(self.generation["groups"])
         self.seed, self.progress = int(seed), progress in (True, "True", "true", "1")
 
     @property
@@ -156,7 +167,8 @@ class HdlmLM(LM):
         return {"prompt": prompt, "new": max(new, 1), "pick": pick, "until": until}
 
     def _generate(self, jobs: list[dict], batch: int) -> list[str]:
-        from hdlm.sampling import fill, one_step_per_token
+        from hdlm.evaluate import one_step_per_blank
+        from hdlm.sampling import fill
 
         tokenizer, first = self.lm.tokenizer, jobs[0]
         given = 1 + len(first["prompt"])
@@ -164,9 +176,7 @@ class HdlmLM(LM):
             [[tokenizer.bos_id, *job["prompt"], *[tokenizer.mask_id] * job["new"]] for job in jobs]
         ).to(self.lm.device)
         known = (torch.arange(tokens.shape[1]) < given).to(self.lm.device)
-        options = {**self.generation, **first["pick"]}
-        options = {k: v for k, v in options.items() if v is not None}
-        options = one_step_per_token(self.lm, options, first["new"])
+        options = one_step_per_blank(self.lm, first["pick"] | self.generation, first["new"])
         filled = fill(self.lm, tokens, known, seed=self.seed + batch, **options)
         return [
             cut(tokenizer, row[given:].tolist(), job["until"])
@@ -237,7 +247,7 @@ def run_harness(
         "window": model.max_length,
         "scoring": model.scoring,
         "generation": model.generation,
-        "loglikelihood": "exact" if lm.family.exact else "-NELBO (lower bound)",
+        "loglikelihood": "exact" if is_exact(lm) else "-NELBO (lower bound)",
         "lm_eval_version": results.get("lm_eval_version"),
     }
     return json.loads(json.dumps(out, default=_json_value))

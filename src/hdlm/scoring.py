@@ -168,12 +168,16 @@ def _a3_batch(lm, tokens: Tensor, scored: Tensor, options: dict) -> tuple[Tensor
     return _picked(lm.net.two_stream(**stream), tokens, scored, lm.tokenizer.mask_id)
 
 
+def is_exact(lm) -> bool:
+    """Whether `lm`'s likelihood is exact (ar, a3) rather than a bound (diffusion)."""
+    return lm.family.objective in ("ar", "a3")
+
+
 def conditional_support(lm) -> bool:
     """Whether `lm` has a likelihood (or bound) of a chunk given a context."""
-    if lm.family.exact:
+    if is_exact(lm):
         return True
-    options = lm.objective.options
-    return options.time == "count" and options.process != "gamma-hybrid"
+    return lm.family.objective == "diffusion" and lm.objective.options.time == "count"
 
 
 def _diffusion_batch(lm, tokens: Tensor, scored: Tensor, options: dict) -> tuple[Tensor, Tensor]:

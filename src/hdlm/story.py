@@ -120,9 +120,9 @@ class Story:
     def reference(self) -> str:
         return self.sentences[2]
 
-    def layout(self, causal: bool) -> tuple[int, int, int]:
-        """(prefix, blank, suffix) lengths as the model sees them (ar: no suffix)."""
-        return len(self.prefix), len(self.middle), 0 if causal else len(self.suffix)
+    def layout(self, left_only: bool) -> tuple[int, int, int]:
+        """(prefix, blank, suffix) lengths as the model sees them (ar, `left_only`: no suffix)."""
+        return len(self.prefix), len(self.middle), 0 if left_only else len(self.suffix)
 
 
 def encode_story(tokenizer, sentences: Sequence[str]) -> Story:
@@ -135,9 +135,9 @@ def encode_story(tokenizer, sentences: Sequence[str]) -> Story:
     )
 
 
-def story_rows(stories: Sequence[Story], causal: bool, bos: int, mask_id: int):
+def story_rows(stories: Sequence[Story], left_only: bool, bos: int, mask_id: int):
     """(tokens [n, L] with the true middle, known [L]) of stories sharing one layout."""
-    prefix, blank, suffix = stories[0].layout(causal)
+    prefix, blank, suffix = stories[0].layout(left_only)
     tokens = torch.tensor(
         [[bos, *s.prefix, *s.middle, *s.suffix[:suffix]] for s in stories], dtype=torch.long
     )
@@ -177,13 +177,14 @@ def token_accuracy(references: Sequence[Sequence[int]], predictions: Sequence[Se
 
 def _fill_given(lm, group: list[Story], seed: int, options: dict) -> tuple[list, float | None]:
     """Fill one batch of equal layout: (predicted middles, Σ span NLL or None)."""
-    from hdlm.sampling import fill, one_step_per_token
+    from hdlm.evaluate import one_step_per_blank
+    from hdlm.sampling import fill
     from hdlm.scoring import conditional_support
 
-    tokens, known = story_rows(group, lm.family.causal, lm.tokenizer.bos_id, lm.tokenizer.mask_id)
+    tokens, known = story_rows(group, _left_only(lm), lm.tokenizer.bos_id, lm.tokenizer.mask_id)
     tokens, known = tokens.to(lm.device), known.to(lm.device)
     blank = ~known
-    options = one_step_per_token(lm, options, int(blank.sum()))
+    options = one_step_per_blank(lm, options, int(blank.sum()))
     filled = fill(lm, tokens, known, seed=seed, **options)
     nll = None
     if conditional_support(lm):
@@ -214,36 +215,28 @@ def story_infill_metrics(
 ) -> dict:
     """Fill sentence 3 of each story and score it (module docstring). `length`: `given` (the
     reference's token count) or `free` (a3: the model picks 1..`blank_max`, default twice the
-    longest reference). `fill_options` go to `sampling.fill` (temperature 0 unless given; diffusion
-    samplers walk as many steps as there are blank tokens). Batch k uses seed `seed` + k."""
+    longest reference). `fill_options` go to `sampling.fill` (greedy unless given; samplers on
+    the model's own flat schedule walk one step per blank token). Batch k uses seed `seed` + k."""
+    from hdlm.sampling import settings
+
     if length not in ("given", "free"):
         raise HdlmError(f"story length '{length}' must be 'given' or 'free'")
     if length == "free" and not lm.family.is_a3:
         raise HdlmError("free-length story infilling needs an a3 model; use --story-length given")
-    encoded = [encode_story(lm.tokenizer, s) for s in stories]
-    causal, limit = lm.family.causal, lm.config.model.max_len
-    too_long = [i for i, s in enumerate(encoded) if 1 + sum(s.layout(causal)) > limit]
-    if too_long:
-        raise HdlmError(
-            f"story {too_long[0]} is {1 + sum(encoded[too_long[0]].layout(causal))} tokens, longer "
-            f"than the model's context ({limit}); drop long stories"
-        )
-    options = {"temperature": 0.0, **{k: v for k, v in fill_options.items() if v is not None}}
-    predictions: list[list[int]] = [[] for _ in encoded]
-    nll, scored = 0.0, 0
+    encoded = _encode_all(lm, stories)
+    options = {"temperature": 0.0, **fill_options}
+    used = settings(lm, **options)  # checks the options once, reported in the JSON
     if length == "free":
         blank_max = blank_max or 2 * max(len(s.middle) for s in encoded)
-        for i, story in enumerate(tqdm(encoded, desc="stories", disable=not progress)):
-            predictions[i] = _fill_free(lm, story, seed + i, blank_max, options)
-        nll = None
+        predictions = [
+            _fill_free(lm, story, seed + i, blank_max, options)
+            for i, story in enumerate(tqdm(encoded, desc="stories", disable=not progress))
+        ]
+        nll, used["blank_max"] = None, blank_max
     else:
-        for k, batch in enumerate(tqdm(_layout_batches(encoded, causal, batch_size),
-                                       desc="stories", disable=not progress)):  # fmt: skip
-            middles, batch_nll = _fill_given(lm, [encoded[i] for i in batch], seed + k, options)
-            for i, middle in zip(batch, middles, strict=True):
-                predictions[i] = middle
-            nll = None if batch_nll is None or nll is None else nll + batch_nll
-            scored += sum(len(encoded[i].middle) for i in batch)
+        predictions, nll = _fill_all(lm, encoded, batch_size, seed, progress, options)
+        if "schedule" in used and not {"steps", "schedule"} & set(options):
+            used["schedule"] = "flat, one step per blank token"
     texts = [lm.tokenizer.decode(p) for p in predictions]
     result = {
         "stories": len(encoded),
@@ -251,25 +244,56 @@ def story_infill_metrics(
         **rouge_scores([s.reference for s in encoded], texts),
         "token_accuracy": token_accuracy([s.middle for s in encoded], predictions),
         "reference_tokens": sum(len(s.middle) for s in encoded),
-        "context": "sentences 1-2 only" if causal else "sentences 1-2 and 4-5",
-        "fill": options | ({"blank_max": blank_max} if length == "free" else {}),
-        "examples": [
-            {"reference": s.reference, "filled": t.strip()}
-            for s, t in itertools.islice(zip(encoded, texts, strict=True), 3)
-        ],
-    }
-    if nll is not None and scored:
+        "context": "sentences 1-2 only" if _left_only(lm) else "sentences 1-2 and 4-5",
+        "fill": used,
+        "examples": [{"reference": s.reference, "filled": t.strip()}
+                     for s, t in itertools.islice(zip(encoded, texts, strict=True), 3)],
+    }  # fmt: skip
+    if nll is not None:
+        scored = result["reference_tokens"]
         result.update(span_nll_per_token=nll / scored, span_perplexity=math.exp(nll / scored))
-        result["span_nll_kind"] = "exact" if lm.family.exact else "upper bound"
+        result["span_nll_kind"] = "exact" if lm.family.objective in ("ar", "a3") else "upper bound"
     return result
 
 
-def _layout_batches(stories: Sequence[Story], causal: bool, batch_size: int) -> list[list[int]]:
+def _left_only(lm) -> bool:
+    """An ar model sees no text after the blank."""
+    return lm.family.objective == "ar"
+
+
+def _encode_all(lm, stories: Sequence[Sequence[str]]) -> list[Story]:
+    """The stories' ids; a story longer than the model's context is an error."""
+    encoded = [encode_story(lm.tokenizer, s) for s in stories]
+    limit = lm.config.model.max_len
+    for i, story in enumerate(encoded):
+        size = 1 + sum(story.layout(_left_only(lm)))
+        if size > limit:
+            raise HdlmError(
+                f"story {i} is {size} tokens, longer than the model's context ({limit}); "
+                "drop long stories"
+            )
+    return encoded
+
+
+def _fill_all(lm, encoded: list[Story], batch_size: int, seed: int, progress: bool, options):
+    """(predicted middles in story order, Σ span NLL or None) with given lengths."""
+    predictions: list[list[int]] = [[] for _ in encoded]
+    nll: float | None = 0.0
+    batches = _layout_batches(encoded, _left_only(lm), batch_size)
+    for k, batch in enumerate(tqdm(batches, desc="stories", disable=not progress)):
+        middles, batch_nll = _fill_given(lm, [encoded[i] for i in batch], seed + k, options)
+        for i, middle in zip(batch, middles, strict=True):
+            predictions[i] = middle
+        nll = None if batch_nll is None or nll is None else nll + batch_nll
+    return predictions, nll
+
+
+def _layout_batches(stories: Sequence[Story], left_only: bool, batch_size: int) -> list[list[int]]:
     """Story indices in batches of at most `batch_size` that share a layout."""
-    order = sorted(range(len(stories)), key=lambda i: stories[i].layout(causal))
+    order = sorted(range(len(stories)), key=lambda i: stories[i].layout(left_only))
     return [
         chunk
-        for _, same in itertools.groupby(order, key=lambda i: stories[i].layout(causal))
+        for _, same in itertools.groupby(order, key=lambda i: stories[i].layout(left_only))
         for chunk in _chunks(list(same), batch_size)
     ]
 

@@ -26,7 +26,7 @@ import torch
 from hdlm.config import DataConfig
 from hdlm.data import hub_dataset, load_documents, looks_like_path, pack_blocks, text_column
 from hdlm.errors import DataError, HdlmError
-from hdlm.scoring import conditional_support, score_requests
+from hdlm.scoring import conditional_support, is_exact, score_requests
 
 BUILT_IN = ("pydocs", "synthetic")
 
@@ -78,7 +78,7 @@ def protocol(lm, seq_len: int, stride: int | None, mc_samples: int | None) -> di
             f"a sliding window needs a conditional likelihood; family '{lm.config.family}' "
             "scores fixed blocks only (drop --stride)"
         )
-    diffusion = not lm.family.exact
+    diffusion = not is_exact(lm)
     samples = lm.config.diffusion.eval_steps if mc_samples is None else mc_samples
     if diffusion and samples < 1:
         raise HdlmError(f"--mc-samples {samples}: the number of Monte Carlo samples must be >= 1")
@@ -103,8 +103,10 @@ def zero_shot_perplexity(
     mc_samples: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    max_windows: int | None = None,
 ) -> dict:
-    """Perplexity of all of `documents` under `lm` (module docstring: protocols).
+    """Perplexity of all of `documents` under `lm` (module docstring: protocols), or of the
+    first `max_windows` windows' tokens.
 
     perplexity = exp(-Σ_windows log p(chunk | window context) / tokens), exact for ar / a3,
     an upper bound (-log p replaced by the NELBO) for diffusion families."""
@@ -116,12 +118,14 @@ def zero_shot_perplexity(
         )
     settings = protocol(lm, seq_len, stride, mc_samples)
     stream = token_stream(documents, lm.tokenizer)
+    if max_windows is not None:
+        stream = stream[: max_windows * settings["stride"]]
     [score] = score_requests(
         lm, [([], stream)], batch_size, settings["mc_samples"], settings["stride"],
         progress=progress, desc="zero-shot", window=seq_len,
     )  # fmt: skip
     nats = -score.logprob / len(stream)
-    exact = lm.family.exact
+    exact = is_exact(lm)
     return {
         "protocol": settings,
         "documents": len(documents),

@@ -11,8 +11,9 @@ class Objective:
 
     * `loss(net, tokens, generator)`: a scalar to minimise, nats per scored token (for diffusion
       families a Monte Carlo estimate of the NELBO);
-    * `nelbo(net, tokens, hidden=None)`: per-sequence -log p bound in nats [B] (exact for AR and
-      A3); with `hidden` [B, L-1] the bound on -log p(x_hidden | the rest), where defined;
+    * `nelbo(net, tokens, hidden=None, samples=None)`: per-sequence -log p bound in nats [B]
+      (exact for AR and A3); with `hidden` [B, L-1] the bound on -log p(x_hidden | the rest),
+      where defined; `samples`: Monte Carlo draws per sequence of an estimated bound;
     * `at_step(step)`: switch to the curriculum stage of a training step (A3); None when the
       objective has no stages.
     """

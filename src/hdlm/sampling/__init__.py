@@ -99,17 +99,6 @@ def settings(
     return result
 
 
-def one_step_per_token(lm, options: dict[str, Any], tokens: int) -> dict[str, Any]:
-    """`options` with `steps=tokens` added when the sampler walks the model's own flat schedule
-    and no steps or schedule are given: one revealed token per step on average (filling,
-    infilling, generation of a given number of tokens)."""
-    if "steps" in options or "schedule" in options:
-        return options
-    used = settings(lm, **options)
-    own_flat = used.get("schedule", "").startswith("flat:")
-    return options | {"steps": tokens} if own_flat else options
-
-
 def sample(
     lm,
     n: int = 1,
