@@ -199,8 +199,12 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x[:, :kv_rows]).split((self.q_width, kv_width, kv_width), dim=-1)
         if kv_rows is not None and kv_rows < x.shape[1]:
             bias = self.qkv.bias[: self.q_width] if self.qkv.bias is not None else None
-            queries_only = F.linear(x[:, kv_rows:], self.qkv.weight[: self.q_width], bias)
-            q = torch.cat((q, queries_only), dim=1)
+            rows = x[:, kv_rows:]
+            # as one 2-D matmul: a 3-D input with the sliced weight goes through bmm, 2x slower
+            queries_only = F.linear(
+                rows.reshape(-1, rows.shape[-1]), self.qkv.weight[: self.q_width], bias
+            )
+            q = torch.cat((q, queries_only.view(*rows.shape[:2], -1)), dim=1)
         q, k, v = (
             self.heads(q, self.n_heads),
             self.heads(k, self.n_kv_heads),
