@@ -69,7 +69,7 @@ def assert_same_run(single, multi):
 
 
 def _rank(rank, port, overrides, family="ar"):
-    """One torchrun-like rank (forked: no second torch import)."""
+    """One torchrun-like rank (a spawned process)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     train(load_config(CONFIGS[family][0], overrides), progress=False)
@@ -81,7 +81,9 @@ def two_processes(tmp_path, parallel, family="ar"):
         port = s.getsockname()[1]
     multi = tmp_path / parallel
     overrides = settings(tmp_path, multi, parallel, family)
-    mp.start_processes(_rank, (port, overrides, family), nprocs=2, start_method="fork")
+    # spawn, not fork: a fork copies whatever locks the test process's threads (progress bars,
+    # prefetchers of earlier tests) hold, and a rank could hang on one
+    mp.start_processes(_rank, (port, overrides, family), nprocs=2, start_method="spawn")
     return multi
 
 
