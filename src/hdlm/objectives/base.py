@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor
 
 
-class Objective:
+class Objective(ABC):
     """A family's loss and likelihood bound over blocks [B, L] whose column 0 is BOS.
 
     * `loss(net, tokens, generator)`: a scalar to minimise, nats per scored token (for diffusion
@@ -29,8 +31,10 @@ class Objective:
     def at_step(self, step: int) -> str | None:
         return None
 
+    @abstractmethod
     def loss(self, net, tokens: Tensor, generator: torch.Generator | None) -> Tensor:
-        raise NotImplementedError
+        """The training loss of one batch, nats per scored token."""
 
+    @abstractmethod
     def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None, samples=None) -> Tensor:
-        raise NotImplementedError
+        """Per-sequence NELBO [B] in nats."""
