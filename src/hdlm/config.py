@@ -64,8 +64,23 @@ class SyntheticConfig:
 
 
 @dataclass
+class HmmConfig:
+    """A seeded hidden Markov source (corpus `hmm`, `hdlm.sources.HiddenMarkov.random`):
+    `n_hidden` sticky hidden states (each kept with probability `stay`) emitting `n_symbols`
+    symbols from Dirichlet(`concentration`) rows; `n_docs` documents of `doc_len` symbols."""
+
+    n_hidden: int = 8
+    n_symbols: int = 32
+    stay: float = 0.9
+    concentration: float = 0.3
+    n_docs: int = 2000
+    doc_len: int = 62
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
-    corpus: str = "pydocs"  # pydocs | synthetic | a Hugging Face dataset name | a local path
+    corpus: str = "pydocs"  # pydocs | synthetic | hmm | a Hugging Face dataset name | a local path
     seq_len: int = 128  # tokens per training block, BOS included
     text_field: str = "text"  # column holding the text in HF / jsonl data
     hf_subset: str | None = None  # configuration name of a Hugging Face dataset
@@ -75,6 +90,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/hdlm"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    hmm: HmmConfig = field(default_factory=HmmConfig)
 
 
 @dataclass

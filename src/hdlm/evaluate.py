@@ -7,6 +7,8 @@ samples (docs/metrics.md).
 * `generative_perplexity`: perplexity of generated texts under a reference causal LM.
 * `mauve_score`: MAUVE between samples and held-out texts on all-MiniLM-L6-v2 sentence features.
 * `unigram_entropy`, `distinct_n`: degenerate repetition and diversity of token rows.
+* `true-nll` (synthetic corpora): samples scored by the exact likelihood of the corpus' source
+  (`hdlm.truth`).
 * `sample_metrics`: draw samples from a model and compute any of the above.
 * `middle_span`, `infill_metrics`: hide the middle of held-out blocks and score how a model
   fills it (span NLL: exact for A3, a bound for masked diffusion; greedy-fill accuracy).
@@ -32,7 +34,7 @@ from hdlm.errors import HdlmError
 from hdlm.hardware import autocast
 from hdlm.model import LanguageModel, load
 
-SAMPLE_METRICS = ("gen-ppl", "mauve", "entropy", "distinct")
+SAMPLE_METRICS = ("gen-ppl", "mauve", "entropy", "distinct", "true-nll")
 DISTINCT_N = (1, 2, 3)  # the n of the distinct-n values `sample_metrics` reports
 EVAL_EXTRA = "needs `pip install 'hdlm[eval]'`"
 
@@ -439,5 +441,9 @@ def sample_metrics(
             result[f"{prefix}unigram_entropy"] = unigram_entropy(of)
         if "distinct" in metrics:
             result.update({f"{prefix}distinct_{k}": distinct_n(of, k) for k in DISTINCT_N})
+    if "true-nll" in metrics:
+        from hdlm.truth import true_nll
+
+        result.update(true_nll(lm.config.data, lm.tokenizer, rows))
     result["examples"] = texts[:3]
     return result
