@@ -90,7 +90,8 @@ def _sampler_options(args: argparse.Namespace, lm) -> dict:
     refusing those the model's sampler does not read (`families.check_options`)."""
     from hdlm.families import check_options
 
-    optional = ["steps", "schedule", "eta", "order", "group_size", "blank_max", "trace"]
+    optional = ["steps", "schedule", "eta", "order", "group_size", "blank_max", "trace", "reveal",
+                "final"]  # fmt: skip
     given = {name: getattr(args, name, None) for name in optional}
     given = {name: value for name, value in given.items() if value is not None}
     if args.no_cache:
@@ -276,13 +277,22 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     p.add_argument("--top-p", type=nucleus, default=None)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--sampler", default=None,
-                   help="ar | ancestral | acs | remask | tweedie | euler | a3 (default: the "
-                   "family's own)")  # fmt: skip
+                   help="ar | ancestral | acs | remask | eps-chain | tweedie | euler | a3 "
+                   "(default: the family's own)")  # fmt: skip
     p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
     p.add_argument(
         "--steps", type=positive_int, default=None, help="steps of a flat schedule (128)"
     )
     p.add_argument("--eta", type=probability, default=None, help="acs re-draw / remask strength")
+    p.add_argument(
+        "--reveal",
+        default=None,
+        choices=["mixture", "model"],
+        help="eps-chain: reveal from (1-eps) p + eps u (default) or from p alone",
+    )
+    p.add_argument("--final", default=None, choices=["sample", "greedy", "none"],
+                   help="eps-chain: last step re-decodes every position: a draw (default), "
+                        "its argmax (MDLM's final denoise), or none")  # fmt: skip
     p.add_argument("--no-cache", action="store_true", help="recompute everything each step")
     a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
     a3.add_argument("--order", default=None, choices=["left-to-right", "random", "confidence"],

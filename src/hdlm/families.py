@@ -68,7 +68,7 @@ FAMILIES: dict[str, Family] = {
             _masking("slide:16:16", "discrete", "schedule"), "slide annealing (HDLM)",
         ),
         Family(
-            "eps-hybrid", "diffusion", "transformer", HYPERSCHEDULE_SAMPLERS,
+            "eps-hybrid", "diffusion", "transformer", ("eps-chain", *HYPERSCHEDULE_SAMPLERS),
             _masking("flat:1000", "count", "full") | {"process": "eps-hybrid"},
             "masking plus ε uniform replacements (HDLM), exact NELBO",
         ),
@@ -97,6 +97,8 @@ SAMPLER_OPTIONS: dict[str, frozenset[str]] = {
     ),
     **dict.fromkeys(TAU_LEAPING_SAMPLERS, frozenset({"steps", "schedule"})),
     "a3": frozenset({"order", "group_size", "use_cache", "blank_max"}),
+    # the ε-hybrid's own chain (`sampling.eps_chain`)
+    "eps-chain": frozenset({"steps", "schedule", "use_cache", "trace", "reveal", "final"}),
 }
 SAMPLER_OPTIONS["ancestral"] -= {"eta"}
 

@@ -108,9 +108,7 @@ def study_runs(study: StudyConfig) -> dict[str, tuple[str, int]]:
     family, else NAME-seedK for K = 0..seeds-1 (so a study's first seed finishes first)."""
     if study.seeds == 1:
         return {name: (name, 0) for name in study.families}
-    return {
-        f"{name}-seed{k}": (name, k) for k in range(study.seeds) for name in study.families
-    }
+    return {f"{name}-seed{k}": (name, k) for k in range(study.seeds) for name in study.families}
 
 
 def run_config(study: StudyConfig, run: str):

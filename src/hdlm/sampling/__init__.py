@@ -3,6 +3,8 @@
 * `ar`: left to right with a KV cache (AR checkpoints; the speed baseline).
 * `ancestral`, `acs`, `remask`: the hyperschedule sampler (`sampling.hyperschedule`) with no
   correction, HDLM's Adaptive Correction Sampler, or ReMDM remasking; any schedule, any prompt.
+* `eps-chain`: the ε-hybrid's own reverse chain, the one its NELBO bounds
+  (`sampling.eps_chain`: reveal from (1 - ε) p_θ + ε u, then the final reconstruction).
 * `tweedie`, `euler`: τ-leaping for γ-hybrid checkpoints (`sampling.tau_leaping`), any schedule.
 
 Which family takes which sampler is the families table's (`hdlm.families`).
@@ -21,6 +23,7 @@ from hdlm.errors import HdlmError
 from hdlm.families import TAU_LEAPING_SAMPLERS, check_sampler
 from hdlm.sampling.a3 import decode, infill_template
 from hdlm.sampling.ar import sample_ar
+from hdlm.sampling.eps_chain import sample_eps_chain
 from hdlm.sampling.hyperschedule import Trace, sample_hyperschedule
 from hdlm.sampling.prompt import fixed_template, prompt_prefix
 from hdlm.sampling.tau_leaping import sample_tau_leaping
@@ -83,13 +86,15 @@ def fill(
     trace: Trace | None = None,
     order: str = "left-to-right",
     group_size: int = 1,
+    reveal: str = "mixture",
+    final: str = "sample",
 ) -> Tensor:
     """Fill the positions of `tokens` [n, L] where `known` [L] (bool, BOS included) is False.
 
     `sampler` defaults to the family's own (`hdlm.families`); `steps`/`schedule` set the
     hyperschedule walked by the diffusion samplers, `eta` their correction strength,
-    `order`/`group_size` A3's decoding. Options a sampler does not read are ignored here; the
-    CLI refuses them (`families.check_options`).
+    `order`/`group_size` A3's decoding, `reveal`/`final` the eps-chain sampler's. Options a
+    sampler does not read are ignored here; the CLI refuses them (`families.check_options`).
     """
     sampler = sampler or lm.family.default_sampler
     check_sampler(lm.family, sampler)
@@ -108,6 +113,10 @@ def fill(
     walk = sampling_schedule(lm, schedule, steps, tokens.shape[1])
     if sampler in TAU_LEAPING_SAMPLERS:
         return sample_tau_leaping(lm, tokens, known, generator, walk, sampler, **pick)
+    if sampler == "eps-chain":
+        return sample_eps_chain(
+            lm, tokens, known, generator, walk, reveal, final, use_cache, trace, **pick
+        )
     # the masking samplers (families.HYPERSCHEDULE_SAMPLERS)
     correction = "none" if sampler == "ancestral" else sampler
     eta = DEFAULT_ETA[sampler] if eta is None else eta

@@ -22,6 +22,7 @@ same tokens, the same random draws, logits equal to float tolerance — only slo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -147,10 +148,12 @@ def sample_hyperschedule(
     eta: float = 0.015,
     use_cache: bool = True,
     trace: Trace | None = None,
+    reverse_step=None,
     **pick,
 ) -> Tensor:
     """Fill the positions of `tokens` [n, L] where `known` [L] is False (BOS, a prompt or the
-    text around blanks are known) by walking `schedule`."""
+    text around blanks are known) by walking `schedule`. `reverse_step(current, t, s, propose,
+    generator)` replaces the process' own step with `correction` (e.g. `EpsHybrid.chain_step`)."""
     (n, length), device, mask_id = tokens.shape, tokens.device, lm.tokenizer.mask_id
     check_schedule_length(schedule, length)
     if correction not in CORRECTIONS:
@@ -161,6 +164,7 @@ def sample_hyperschedule(
     fixed = known[1:]
     table = schedule.table.to(device).masked_fill(fixed, 0.0)
     process = lm.objective.process
+    step = reverse_step or functools.partial(process.reverse_step, correction=correction, eta=eta)
     # Given tokens take the role clean tokens had in training: under full attention (flat,
     # MDLM-style training) they, and BOS, see and are seen by every position, so they are
     # recomputed with the active ones at every step; otherwise they are settled, cached once.
@@ -188,9 +192,7 @@ def sample_hyperschedule(
         def propose(log_probs: Tensor = log_probs) -> Tensor:
             return pick_tokens(log_probs, generator, **pick)
 
-        updated, events = process.reverse_step(
-            current, before[active], after[active], propose, generator, correction, eta
-        )
+        updated, events = step(current, before[active], after[active], propose, generator)
         changed = bool((updated != current).any()) or bool(states.newly_settled.any())
         tokens[:, 1:][:, active] = updated
         last_active = active
