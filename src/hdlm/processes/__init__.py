@@ -36,8 +36,9 @@ from hdlm.processes.uniform import Uniform, log_push_forward, poisson_divergence
 __all__ = [
     "CORRECTIONS", "FINALS", "REVEALS", "T_EPS", "Absorbing", "EpsHybrid", "GammaHybrid",
     "NoiseProcess", "SigmaSchedule", "Uniform", "alpha", "build_process", "clean_log_prob",
-    "data_index",    "data_log_probs", "log1mexp", "log_push_forward", "poisson_divergence", "random_data_tokens",
-    "resample", "reveal_fraction", "revealed_token_kl", "score_entropy", "uniform_marginal",
+    "data_index", "data_log_probs", "log1mexp", "log_push_forward", "poisson_divergence",
+    "random_data_tokens", "resample", "reveal_fraction", "revealed_token_kl", "score_entropy",
+    "uniform_marginal",
 ]  # fmt: skip
 
 
