@@ -48,8 +48,13 @@ def test_options_a_sampler_does_not_read_are_refused():
     check_options(family("mdlm"), "acs", {"eta": 0.3, "steps": 8})
     with pytest.raises(ConfigError, match="--eta does not apply to the ancestral sampler"):
         check_options(family("mdlm"), None, {"eta": 0.3})
-    with pytest.raises(ConfigError, match="--order does not apply to the ancestral sampler"):
+    with pytest.raises(ConfigError, match="--order does not apply to the eps-chain sampler"):
         check_options(family("eps-hybrid"), None, {"order": "random"})
+    with pytest.raises(ConfigError, match="--eta does not apply to the eps-chain sampler"):
+        check_options(family("eps-hybrid"), None, {"eta": 0.1})
+    with pytest.raises(ConfigError, match="--reveal does not apply to the acs sampler"):
+        check_options(family("eps-hybrid"), "acs", {"reveal": "model"})
+    check_options(family("eps-hybrid"), "eps-chain", {"reveal": "model", "final": "greedy"})
     with pytest.raises(ConfigError, match="--steps does not apply to the a3 sampler of this 'a3'"):
         check_options(family("a3"), None, {"steps": 8})
     with pytest.raises(ConfigError, match="cannot draw from a 'gamma-hybrid' model"):

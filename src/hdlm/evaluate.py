@@ -50,10 +50,11 @@ def perplexity(
 ) -> dict:
     """NELBO per token and perplexity over `blocks` [N, L] (each starting with BOS)."""
     blocks = blocks[:max_blocks] if max_blocks else blocks
-    total_nats, total_tokens = nelbo_sums(lm, blocks, batch_size, precision, progress)
-    nats = total_nats / total_tokens
+    terms, total_tokens = nelbo_term_sums(lm, blocks, batch_size, precision, progress)
+    nats = sum(terms.values()) / total_tokens
     return {
         "nelbo_per_token": nats,
+        "nelbo_terms_per_token": {name: value / total_tokens for name, value in terms.items()},
         "bits_per_token": nats / math.log(2),
         "perplexity": math.exp(nats),
         "tokens": total_tokens,
@@ -70,13 +71,30 @@ def nelbo_sums(
     progress: bool = False,
 ) -> tuple[float, int]:
     """(Σ NELBO in nats, Σ scored tokens) over `blocks`: sums, so that shards add up."""
-    total_nats, total_tokens = 0.0, 0
+    terms, total_tokens = nelbo_term_sums(lm, blocks, batch_size, precision, progress)
+    return sum(terms.values()), total_tokens
+
+
+@torch.no_grad()
+def nelbo_term_sums(
+    lm: LanguageModel,
+    blocks: torch.Tensor,
+    batch_size: int,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> tuple[dict[str, float], int]:
+    """({term: Σ nats}, Σ scored tokens) over `blocks` for each of the objective's
+    `nelbo_terms` (diffusion, reconstruction, prior; the NLL for ar and a3)."""
+    totals: dict[str, float] = {}
+    total_tokens = 0
     for start in tqdm(range(0, len(blocks), batch_size), desc="eval", disable=not progress):
         batch = blocks[start : start + batch_size].to(lm.device)
-        with autocast(lm.device, precision):
-            total_nats += lm.nelbo(batch).double().sum().item()
+        with autocast(lm.device, precision), torch.no_grad():
+            terms = lm.objective.nelbo_terms(lm.net, batch)
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + value.double().sum().item()
         total_tokens += len(batch) * lm.objective.scored_tokens(batch)
-    return total_nats, total_tokens
+    return totals, total_tokens
 
 
 def middle_span(blocks: torch.Tensor, length: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,3 +33,7 @@ class Objective:
 
     def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None) -> Tensor:
         raise NotImplementedError
+
+    def nelbo_terms(self, net, tokens: Tensor, hidden: Tensor | None = None) -> dict[str, Tensor]:
+        """The NELBO's terms per sequence [B] in nats, summing to `nelbo` (here: one, the NLL)."""
+        return {"nll": self.nelbo(net, tokens, hidden=hidden)}
