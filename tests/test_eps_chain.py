@@ -194,7 +194,8 @@ def total_variation(p: dict, q: dict) -> float:
 @pytest.mark.parametrize(
     "readout,reveal,final",
     [("shifted", "mixture", "sample"), ("aligned", "mixture", "sample"),
-     ("shifted", "model", "sample"), ("shifted", "mixture", "greedy")],
+     ("shifted", "model", "sample"), ("shifted", "mixture", "greedy"),
+     ("shifted-copy", "mixture", "sample")],
 )  # fmt: skip
 def test_eps_chain_samples_the_enumerated_chain(readout, reveal, final):
     lm = chain_model(readout)
@@ -246,3 +247,28 @@ def test_eps_chain_refuses_other_models_and_discrete_time():
     discrete.objective.options.time = "discrete"
     with pytest.raises(HdlmError, match="time=discrete"):
         discrete.sample(1, 4, sampler="eps-chain", steps=2)
+
+
+@pytest.mark.parametrize("readout", ["shifted", "shifted-copy"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_sampler_reads_out_what_the_objective_trains(monkeypatch, readout, use_cache):
+    """At every step the sampler's log-probabilities of the active positions (masked and
+    visible: ACS re-draws visible ones) are the objective's layout's on the same tokens."""
+    from hdlm.sampling import hyperschedule
+
+    seen = []
+    original = hyperschedule.NetworkView.log_probs
+
+    def spy(self, tokens, levels, settled, computed, targets):
+        out = original(self, tokens, levels, settled, computed, targets)
+        seen.append((tokens.clone(), levels.clone(), targets.clone(), out))
+        return out
+
+    monkeypatch.setattr(hyperschedule.NetworkView, "log_probs", spy)
+    lm = chain_model(readout)
+    lm.sample(5, POSITIONS + 1, sampler="acs", eta=0.5, steps=3, seed=2, use_cache=use_cache)
+    assert len(seen) == 3
+    for tokens, levels, targets, out in seen:
+        step = torch.ones_like(tokens[:, 1:])
+        ref = lm.objective.layout.log_probs(lm.net, tokens, tokens[:, 1:], levels[:, 1:], step)
+        torch.testing.assert_close(out, ref[:, targets - 1], rtol=1e-4, atol=1e-4)

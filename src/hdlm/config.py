@@ -111,7 +111,9 @@ class DiffusionConfig:
     # only, the continuous-time NELBO with t integrated out given the number of masked tokens
     time: Literal["discrete", "continuous", "count"] | None = None
     attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
-    readout: Literal["aligned", "shifted"] | None = None  # output i predicts token i, or i + 1
+    # output i predicts token i (aligned), or i + 1 (shifted); shifted-copy: masked positions
+    # shifted, visible ones aligned (a visible token's own row copies it: ε-hybrid's t = 0+ term)
+    readout: Literal["aligned", "shifted", "shifted-copy"] | None = None
     eval_steps: int = 32  # NELBO evaluation: every step if S <= eval_steps, else stratified MC
     # continuous-time ε-hybrid training: share of the rows that estimate the t = 0+ term
     reconstruction_fraction: float = 0.25
@@ -364,6 +366,11 @@ def validate_diffusion(config: RunConfig) -> None:
         raise ConfigError("family ar reads out shifted under causal attention; drop the "
                           "diffusion.attention / diffusion.readout overrides")  # fmt: skip
     from_spec(d.schedule, config.data.seq_len - 1)  # raises a ConfigError on a bad spec
+    if d.attention in ("two-copy", "causal") and d.readout == "shifted-copy":
+        raise ConfigError(
+            f"diffusion.readout=shifted-copy needs full or schedule attention, not {d.attention}; "
+            "use readout=shifted"
+        )
     if d.attention == "two-copy" and not d.schedule.startswith("block:"):
         raise ConfigError(
             "diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule; "

@@ -83,7 +83,7 @@ class NetworkView:
     def __init__(self, lm, tokens: Tensor, key: Tensor, use_cache: bool):
         self.net, self.mask_id = lm.net, lm.tokenizer.mask_id
         layout = lm.objective.layout
-        self.conditioned, self.shift = layout.conditioned, layout.shift
+        self.conditioned, self.shift, self.layout = layout.conditioned, layout.shift, layout
         self.key = torch.cat((key.new_full((1,), torch.iinfo(key.dtype).min), key))  # BOS first
         n, length = tokens.shape
         self.hidden = torch.zeros(n, length, lm.config.model.d_model, device=tokens.device)
@@ -121,7 +121,9 @@ class NetworkView:
 
         `settled` and `computed` [L] cover every position, BOS included: the computed ones run
         this step, seeing the settled ones and each other."""
-        read = targets - self.shift
+        read = targets - self.shift  # [A], or [n, A] for the shifted-copy read-out
+        if self.layout.copy:
+            read = self.layout.read_rows(tokens[:, 1:])[:, targets - 1]
         if not (settled | computed)[read].all():
             raise HdlmError(
                 "a shifted read-out needs the position before each active one computed; "
@@ -134,7 +136,10 @@ class NetworkView:
             self._run(tokens, every, levels, attn_mask=mask)
         elif torch.isin(read, positions).any():  # some read-out sits on an in-flight token
             self._run(tokens, positions, levels)
-        return clean_log_probs(self.net.head(self.hidden[:, read]), self.mask_id)
+        if read.dim() == 1:
+            return clean_log_probs(self.net.head(self.hidden[:, read]), self.mask_id)
+        picked = self.hidden.gather(1, read[..., None].expand(-1, -1, self.hidden.shape[-1]))
+        return clean_log_probs(self.net.head(picked), self.mask_id)
 
 
 @torch.no_grad()
