@@ -291,7 +291,11 @@ def run_study(
         results[name] = evaluator.family(name)
         results[name]["training"] = training_summary(study.runs_path / name)
     out = study.results_path
-    if only is None:
+    if only is None and study.seeds > 1:
+        from hdlm.report_seeds import write_seeded_report
+
+        write_seeded_report(study, results, out)
+    elif only is None:
         from hdlm.report import write_report
 
         write_report(study, results, out)
