@@ -61,6 +61,9 @@ def test_a_tiny_study_trains_evaluates_and_reports_then_resumes(tmp_path, capsys
     assert set(data["a3"]["perplexity"]["by_order"]) == {"left-to-right", "random"}
     assert data["mdlm"]["samples"]["acs-eta0.25"]["gen_ppl"] > 1
     assert 0 <= data["a3"]["infill"]["accuracy"] <= 1
+    # --report-only rewrites the report from what is on disk
+    assert main(["study", "--config", str(path), "--report-only"]) == 0
+    assert "| ar | 1 |" in (results / "table.md").read_text()
     # a second run trains and evaluates nothing again
     stamps = {p: p.stat().st_mtime_ns for p in (results / "raw").rglob("*.json")}
     capsys.readouterr()

@@ -236,10 +236,15 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from hdlm.study import run_study
+    from hdlm.study import report_so_far, run_study
 
     only = args.only.split(",") if args.only else None
-    out = run_study(args.config, only=only, progress=not args.no_progress)
+    if args.report_only:
+        if only:
+            raise HdlmError("--report-only reports every run evaluated so far; drop --only")
+        out = report_so_far(args.config)
+    else:
+        out = run_study(args.config, only=only, progress=not args.no_progress)
     print(f"study written to {out}")
 
 
@@ -409,7 +414,10 @@ def _study_and_plot_parsers(commands) -> None:
         "study", help="train every family at one budget, evaluate all, write table and plots"
     )
     p.add_argument("--config", required=True, help="study YAML, e.g. configs/study-tiny.yaml")
-    p.add_argument("--only", default=None, help="comma-separated families (default: all)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated families or runs NAME-seedK (default: all)")  # fmt: skip
+    p.add_argument("--report-only", action="store_true",
+                   help="report the evaluations done so far; train nothing")  # fmt: skip
     _add_progress(p)
     p.set_defaults(func=cmd_study)
     p = commands.add_parser("plot", help="draw what a model or schedule does")

@@ -300,3 +300,33 @@ def run_study(
 
         write_report(study, results, out)
     return out
+
+
+def report_so_far(path: str | Path) -> Path:
+    """Write the study's report from the evaluations already on disk, without training or
+    evaluating anything: runs whose evaluations are missing are left out, and so are sampler
+    settings not evaluated yet (a partial study's tables say how many seeds each cell has)."""
+    study = load_study(path)
+    raw = study.results_path / "raw"
+    results = {}
+    for run, (name, seed) in study_runs(study).items():
+        folder = raw / run
+        if not (folder / "perplexity.json").is_file():
+            continue
+        lm_family = run_config(study, run).family
+        results[run] = {
+            "family": lm_family, "study_family": name, "seed": seed,
+            "perplexity": json.loads((folder / "perplexity.json").read_text()),
+            "samples": {
+                label: json.loads((folder / f"samples-{label}.json").read_text())
+                for label in map(setting_label, study.sweep.get(name, []))
+                if (folder / f"samples-{label}.json").is_file()
+            },
+            "training": training_summary(study.runs_path / run),
+        }  # fmt: skip
+    if not results:
+        raise HdlmError(f"study: nothing evaluated yet under {raw}; run the study first")
+    from hdlm.report_seeds import write_seeded_report
+
+    write_seeded_report(study, results, study.results_path)
+    return study.results_path
