@@ -115,14 +115,18 @@ def test_seeds_name_runs_and_set_their_seed(tmp_path):
 
 
 def fake_run(family, seed, nll, entropy):
-    sample = {"true_nll_per_token": nll, "true_nll_gap": nll - 1.0, "true_impossible_fraction": 0.0,
+    sample = {"true_noisy_nll_per_token": nll, "true_noisy_nll_gap": nll - 1.0,
+              "true_nll_per_token": nll, "true_impossible_fraction": 0.0,
               "unigram_entropy": entropy, "distinct_2": 0.5, "true_window_entropy": 1.0,
-              "true_window_entropy_stderr": 0.01, "reference_unigram_entropy": 3.0}  # fmt: skip
+              "true_window_entropy_stderr": 0.01, "true_noisy_window_entropy": 1.1,
+              "true_noisy_window_entropy_stderr": 0.01,
+              "reference_unigram_entropy": 3.0}  # fmt: skip
     return {
         "family": family, "study_family": family, "seed": seed,
         "perplexity": {"nelbo_per_token": 2.0 + seed,
                        "nelbo_terms_per_token": {"diffusion": 1.5 + seed, "reconstruction": 0.5}},
-        "samples": {f"acs-eta{k}": dict(sample, true_nll_per_token=nll + k) for k in range(6)},
+        "samples": {f"acs-eta{k}": dict(sample, true_noisy_nll_per_token=nll + k)
+                    for k in range(6)},
     }  # fmt: skip
 
 
@@ -136,7 +140,7 @@ def test_seeded_report_gives_means_and_standard_errors(tmp_path):
     # NELBO 2, 3, 4: mean 3, standard error 1 / sqrt(3) * 1 = 0.577
     assert "| mdlm | 3 | 3.000 ± 0.577 | 2.500 ± 0.577 | 0.500 ± 0.000 |" in table
     assert "| mdlm | acs-eta0 | 3 | 1.300 ± 0.058 |" in table
-    assert "| the source |" in table
+    assert "| the source itself |" in table
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 1000
     assert mean_se([1.0, float("inf"), 3.0]) == (2.0, 1.0)
 

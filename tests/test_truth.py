@@ -22,9 +22,9 @@ def enumerate_windows(stream: PackedStream, length: int):
     return windows, stream.log_likelihood(windows)
 
 
-@pytest.mark.parametrize("doc_len,window", [(3, 5), (4, 5), (2, 3)])
-def test_packed_stream_is_a_distribution_matching_its_sampler(doc_len, window):
-    stream = PackedStream(TINY, doc_len, window)
+@pytest.mark.parametrize("doc_len,window,noise", [(3, 5, 0), (4, 5, 0), (2, 3, 0), (2, 3, 0.1)])
+def test_packed_stream_is_a_distribution_matching_its_sampler(doc_len, window, noise):
+    stream = PackedStream(TINY, doc_len, window, noise)
     windows, log_p = enumerate_windows(stream, window)
     p = np.exp(log_p)
     assert p.sum() == pytest.approx(1.0, abs=1e-12)
@@ -34,6 +34,7 @@ def test_packed_stream_is_a_distribution_matching_its_sampler(doc_len, window):
     counts = np.bincount([index[tuple(w)] for w in drawn], minlength=len(windows))
     assert 0.5 * np.abs(counts / counts.sum() - p).sum() < 0.05
     assert counts[p == 0].sum() == 0
+    assert (p > 0).all() == (noise > 0)  # the noisy stream emits every window
 
 
 def test_window_entropy_estimate_matches_enumeration():
@@ -85,6 +86,12 @@ def test_the_source_itself_scores_its_entropy_within_sampling_error():
     spread = math.hypot(result["true_nll_stderr"], result["true_window_entropy_stderr"])
     assert result["true_impossible_fraction"] == 0
     assert abs(result["true_nll_gap"]) < 4 * spread
+    # the δ-noisy source scores its own noisy windows at its entropy too
+    noisy = PackedStream(stream.source, stream.doc_len, stream.window, 0.05)
+    windows = noisy.sample_windows(2000, seed=12)
+    per_token = -noisy.log_likelihood(windows) / windows.shape[1]
+    entropy, stderr = noisy.window_entropy(4096, seed=13)
+    assert abs(per_token.mean() - entropy) < 4 * math.hypot(stderr, per_token.std() / 2000**0.5)
     # EOS tokens carry (almost) no information, so a token carries less than a symbol
     assert result["true_window_entropy"] < result["true_source_entropy_rate_per_symbol"]
 
@@ -92,12 +99,14 @@ def test_the_source_itself_scores_its_entropy_within_sampling_error():
 def test_true_nll_flags_impossible_samples_and_refuses_unknown_sources():
     tokenizer = char_tokenizer(HMM)
     eos, docs = [tokenizer.eos_id], load_documents(HMM)
-    rows = [
-        [tokenizer.mask_id] * 16,
-        tokenizer.encode(docs[0]) + eos + tokenizer.encode(docs[1]) + eos,
-    ]
+    two_docs = tokenizer.encode(docs[0]) + eos + tokenizer.encode(docs[1]) + eos
+    rows = [[tokenizer.mask_id] * 16, two_docs]
     result = true_nll(HMM, tokenizer, rows)
     assert result["true_impossible_fraction"] == 0.5 and math.isfinite(result["true_nll_per_token"])
+    assert result["true_noisy_impossible_fraction"] == 0.5  # MASK is never a stream symbol
+    misplaced = [two_docs[1:] + two_docs[:1]]  # EOS out of place: impossible, but not when noisy
+    result = true_nll(HMM, tokenizer, misplaced)
+    assert result["true_impossible_fraction"] == 1 and result["true_noisy_impossible_fraction"] == 0
     with pytest.raises(HdlmError, match="synthetic corpus"):
         true_nll(DataConfig(corpus="pydocs"), tokenizer, rows)
     with pytest.raises(HdlmError, match="data.seq_len"):

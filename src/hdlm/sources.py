@@ -117,11 +117,16 @@ class PackedStream:
     (phase k in 0..doc_len, hidden h): phase k < doc_len emits from B[h], phase doc_len emits EOS,
     and after it a new document starts at phase 0 with h ~ π0. Window j starts at phase
     j W mod (doc_len + 1): over many windows, uniform on the multiples of g = gcd(W, doc_len + 1).
+
+    `noise` δ > 0 makes it the δ-noisy stream: each token is replaced, independently, by a
+    uniform one of the S + 1 stream symbols with probability δ (emissions (1 - δ) e + δ u, the
+    same hidden chain), so every window of stream symbols has a finite likelihood.
     """
 
     source: HiddenMarkov
     doc_len: int
     window: int
+    noise: float = 0.0
 
     @property
     def eos(self) -> int:
@@ -150,9 +155,14 @@ class PackedStream:
         """law [N, doc_len + 1, H] times p(x | phase, hidden) for each row's symbol [N]."""
         emitted = (symbols >= 0) & (symbols < self.eos)
         weights = self.source.emission.T[np.where(emitted, symbols, 0)] * emitted[:, None]
+        end = (symbols == self.eos).astype(float)
+        if self.noise:  # a stream symbol (not BOS, MASK...) is possible anywhere
+            floor = self.noise / (self.eos + 1) * (symbols >= 0)
+            weights = (1 - self.noise) * weights + floor[:, None]
+            end = (1 - self.noise) * end + floor
         out = law.copy()
         out[:, : self.doc_len] *= weights[:, None, :]
-        out[:, self.doc_len] *= (symbols == self.eos)[:, None]
+        out[:, self.doc_len] *= end[:, None]
         return out
 
     def advance(self, law: np.ndarray) -> np.ndarray:
@@ -185,7 +195,12 @@ class PackedStream:
         per_window = -(-n * self.window // (self.doc_len + 1)) + 1
         docs = self.source.sample(per_window, self.doc_len, seed)
         stream = np.concatenate([docs, np.full((per_window, 1), self.eos)], axis=1).ravel()
-        return stream[: n * self.window].reshape(n, self.window)
+        windows = stream[: n * self.window].reshape(n, self.window)
+        if self.noise:
+            rng = np.random.default_rng([seed, 1])
+            hit = rng.random(windows.shape) < self.noise
+            windows = np.where(hit, rng.integers(0, self.eos + 1, windows.shape), windows)
+        return windows
 
     def window_entropy(
         self, n: int = 2048, seed: int = 1, length: int | None = None

@@ -18,6 +18,7 @@ from hdlm.errors import HdlmError
 from hdlm.sources import IMPOSSIBLE, PackedStream
 
 WINDOW_ENTROPY_SAMPLES = 4096  # fresh windows whose mean NLL estimates H(window) / window
+NOISE = 0.01  # δ of the δ-noisy source that also scores samples the source cannot emit
 
 
 def symbol_of_token(tokenizer, n_symbols: int) -> np.ndarray:
@@ -45,10 +46,12 @@ def window_reference(stream: PackedStream, length: int, seed: int = 12345) -> di
 def true_nll(data_config, tokenizer, rows: Sequence[Sequence[int]]) -> dict:
     """Exact NLL per token of sampled token `rows` (BOS removed) under the corpus' source.
 
-    Reports the token-weighted mean NLL over samples whose every token the source can emit, its
+    Reports the mean NLL per token over samples whose every token the source can emit, its
     standard error across samples, the share of samples with an impossible token (NLL = ∞,
     left out of the mean), the window entropy per token of the source (the NLL a perfect
-    sampler scores in expectation) and the gap between the two."""
+    sampler scores in expectation) and the gap between the two; and the same under the
+    δ-noisy source (`true_noisy_*`, δ = NOISE), where only BOS or MASK inside a sample is
+    impossible, so every sample counts and a misplaced EOS costs about log((S + 1) / δ)."""
     if data_config.corpus not in SYNTHETIC_CORPORA:
         raise HdlmError(
             f"true-nll needs a model trained on a synthetic corpus ({', '.join(SYNTHETIC_CORPORA)}"
@@ -62,6 +65,19 @@ def true_nll(data_config, tokenizer, rows: Sequence[Sequence[int]]) -> dict:
             "tokens (BOS included); set --length accordingly"
         )
     symbols = symbol_of_token(tokenizer, stream.source.n_symbols)[np.asarray(rows)]
+    exact = score(stream, symbols, "true")
+    noisy = PackedStream(stream.source, stream.doc_len, stream.window, NOISE)
+    return {
+        **exact,
+        **score(noisy, symbols, "true_noisy"),
+        "true_noise": NOISE,
+        "true_source_entropy_rate_per_symbol": stream.source.entropy_rate()[0],
+    }
+
+
+def score(stream: PackedStream, symbols: np.ndarray, prefix: str) -> dict:
+    """NLL per token of `symbols` [n, length] under `stream` (mean and standard error over the
+    samples of finite NLL, the share of infinite ones), its window entropy and the gap."""
     per_token = -stream.log_likelihood(symbols) / symbols.shape[1]
     finite = np.isfinite(per_token)
     valid = per_token[finite]
@@ -69,10 +85,10 @@ def true_nll(data_config, tokenizer, rows: Sequence[Sequence[int]]) -> dict:
     mean = float(valid.mean()) if len(valid) else math.inf
     stderr = float(valid.std(ddof=1) / math.sqrt(len(valid))) if len(valid) > 1 else math.nan
     return {
-        "true_nll_per_token": mean,
-        "true_nll_stderr": stderr,
-        "true_impossible_fraction": float(1 - finite.mean()),
-        **reference,
-        "true_nll_gap": mean - reference["true_window_entropy"],
-        "true_source_entropy_rate_per_symbol": stream.source.entropy_rate()[0],
+        f"{prefix}_nll_per_token": mean,
+        f"{prefix}_nll_stderr": stderr,
+        f"{prefix}_impossible_fraction": float(1 - finite.mean()),
+        f"{prefix}_window_entropy": reference["true_window_entropy"],
+        f"{prefix}_window_entropy_stderr": reference["true_window_entropy_stderr"],
+        f"{prefix}_nll_gap": mean - reference["true_window_entropy"],
     }
