@@ -139,7 +139,7 @@ def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> 
         xs, ys, xe, ye = [], [], [], []
         for label, entry in settings.items():
             (x, sx), (y, sy) = (
-                mean_se(entry["true_nll_per_token"]),
+                mean_se(entry["true_noisy_nll_per_token"]),
                 mean_se(entry["unigram_entropy"]),
             )
             if math.isnan(x) or math.isnan(y):
