@@ -154,12 +154,12 @@ def test_frontier_labels_do_not_overlap():
     from hdlm.report_seeds import place_labels
 
     fig, ax = plt.subplots()
-    points = [(1.0 + 0.001 * k, 2.0, f"setting-{k}") for k in range(8)]  # nearly one spot
+    points = [(1.0 + 0.001 * k, 2.0, f"setting-{k}", "C0") for k in range(8)]  # one spot
     ax.scatter([p[0] for p in points], [p[1] for p in points])
-    place_labels(ax, points)
+    left_out = place_labels(ax, points)
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
-    assert len(boxes) == 8
+    assert len(boxes) + left_out == 8 and len(boxes) >= 4
     clashes = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     assert clashes == 0
     plt.close(fig)

@@ -100,29 +100,34 @@ def sample_rows(summary: dict, groups: dict[str, list[dict]]) -> list[str]:
     return markdown(header, rows)
 
 
-def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 6) -> None:
-    """Annotate each (x, y, label) at the first of a ring of offsets whose box overlaps no
-    label placed before and no point marker (display coordinates), else at the last tried."""
+def place_labels(ax, points: list[tuple[float, float, str, str]], fontsize: int = 6) -> int:
+    """Annotate each (x, y, label, color) at the first of a ring of offsets whose box overlaps
+    no label placed before and no point marker (display coordinates); a label with no free spot
+    is left out (the tables list every point). Returns how many were left out."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     taken = []
-    markers = [ax.transData.transform((x, y)) for x, y, _ in points]
-    offsets = [(dx * r, dy * r) for r in (6, 14, 24) for dx, dy in
+    markers = [ax.transData.transform((x, y)) for x, y, _, _ in points]
+    offsets = [(dx * r, dy * r) for r in (4, 10, 18) for dx, dy in
                ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]  # fmt: skip
-    for x, y, label in points:
+    left_out = 0
+    for x, y, label, color in points:
         for dx, dy in offsets:
             text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points",
                                fontsize=fontsize, ha="left" if dx >= 0 else "right",
-                               va="bottom" if dy >= 0 else "top", alpha=0.8)  # fmt: skip
+                               va="bottom" if dy >= 0 else "top", color=color)  # fmt: skip
             box = text.get_window_extent(renderer).expanded(1.05, 1.1)
             clash = any(box.overlaps(b) for b in taken) or any(
                 box.contains(mx, my) for mx, my in markers
             )
-            if not clash or (dx, dy) == offsets[-1]:
+            if not clash:
                 taken.append(box)
                 break
             text.remove()
+        else:
+            left_out += 1
+    return left_out
 
 
 def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> None:
@@ -148,9 +153,10 @@ def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> 
             ys.append(y)
             xe.append(0 if math.isnan(sx) else sx)
             ye.append(0 if math.isnan(sy) else sy)
-            labelled.append((x, y, label))
+            labelled.append((x, y, label, f"C{len(ax.containers)}"))
         if xs:
-            ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="o", ms=4, capsize=2, label=name)
+            ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="o", ms=4, capsize=2, label=name,
+                        color=f"C{len(ax.containers)}")  # fmt: skip
     if reference is not None:
         ax.axvline(reference, color="k", ls="--", lw=0.8, label="source entropy (ideal)")
     ax.set_xlabel("NLL of samples under the δ-noisy source, nats/token (lower is better)")
@@ -159,7 +165,9 @@ def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> 
     ax.grid(alpha=0.3)
     if labelled:
         ax.legend(fontsize=8, loc="best")
-        place_labels(ax, labelled)
+        if place_labels(ax, labelled):
+            ax.text(0.01, 0.01, "crowded labels left out: see table.md", fontsize=6,
+                    transform=ax.transAxes)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
