@@ -56,6 +56,20 @@ def test_options_a_sampler_does_not_read_are_refused():
         settings(mdlm, order="random")
     with pytest.raises(HdlmError, match="--steps does not apply to a3 models"):
         settings(a3, steps=8)
+    eps = language_model("eps-hybrid")
+    with pytest.raises(HdlmError, match="--order does not apply to eps-hybrid models"):
+        settings(eps, order="random")
+    with pytest.raises(
+        HdlmError, match=r"--eta does not apply to eps-hybrid models \(sampler eps-chain"
+    ):
+        settings(eps, eta=0.1)
+    with pytest.raises(
+        HdlmError, match=r"--reveal does not apply to eps-hybrid models \(sampler acs"
+    ):
+        settings(eps, "acs", reveal="model")
+    used = settings(eps, "eps-chain", reveal="model", final="greedy")
+    assert (used["reveal"], used["final"]) == ("model", "greedy")
+    assert settings(eps)["sampler"] == "eps-chain"
     with pytest.raises(ConfigError, match="cannot draw from a 'gamma-hybrid' model"):
         check_sampler(family("gamma-hybrid"), "acs")
 

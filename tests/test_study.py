@@ -61,6 +61,9 @@ def test_a_tiny_study_trains_evaluates_and_reports_then_resumes(tmp_path, capsys
     assert set(data["a3"]["perplexity"]["by_order"]) == {"left-to-right", "random"}
     assert data["mdlm"]["samples"]["acs-eta0.25"]["gen_ppl"] > 1
     assert 0 <= data["a3"]["infill"]["accuracy"] <= 1
+    # --report-only rewrites the report from what is on disk
+    assert main(["study", "--config", str(path), "--report-only"]) == 0
+    assert "| ar | 1 |" in (results / "table.md").read_text()
     # a second run trains and evaluates nothing again
     stamps = {p: p.stat().st_mtime_ns for p in (results / "raw").rglob("*.json")}
     capsys.readouterr()
@@ -89,9 +92,74 @@ def test_setting_labels_are_file_names():
     )
 
 
-@pytest.mark.parametrize("name", ["study-tiny", "study-gpt2-small"])
+@pytest.mark.parametrize("name", ["study-tiny", "study-gpt2-small", "study-truth"])
 def test_the_shipped_studies_load(name):
     study = load_study(f"configs/{name}.yaml")
     assert {"ar", "mdlm", "block-diffusion", "eps-hybrid", "gamma-hybrid", "a3"} <= set(
         study.families
     )
+
+
+def test_seeds_name_runs_and_set_their_seed(tmp_path):
+    from hdlm.study import run_config, study_runs
+
+    study = load_study(write_study(tmp_path, seeds=2, reference=None,
+                                   samples={"n": 2, "metrics": ["entropy"]}))  # fmt: skip
+    runs = study_runs(study)
+    assert list(runs)[:3] == ["ar-seed0", "mdlm-seed0", "a3-seed0"] and len(runs) == 6
+    assert runs["mdlm-seed1"] == ("mdlm", 1)
+    config = run_config(study, "mdlm-seed1")
+    assert config.seed == 1 and config.out_path == tmp_path / "runs" / "mdlm-seed1"
+    with pytest.raises(ConfigError, match="gen-ppl metric needs a 'reference'"):
+        load_study(write_study(tmp_path, reference=None))
+
+
+def fake_run(family, seed, nll, entropy):
+    sample = {"true_noisy_nll_per_token": nll, "true_noisy_nll_gap": nll - 1.0,
+              "true_nll_per_token": nll, "true_impossible_fraction": 0.0,
+              "unigram_entropy": entropy, "distinct_2": 0.5, "true_window_entropy": 1.0,
+              "true_window_entropy_stderr": 0.01, "true_noisy_window_entropy": 1.1,
+              "true_noisy_window_entropy_stderr": 0.01,
+              "reference_unigram_entropy": 3.0}  # fmt: skip
+    return {
+        "family": family, "study_family": family, "seed": seed,
+        "perplexity": {"nelbo_per_token": 2.0 + seed,
+                       "nelbo_terms_per_token": {"diffusion": 1.5 + seed, "reconstruction": 0.5}},
+        "samples": {f"acs-eta{k}": dict(sample, true_noisy_nll_per_token=nll + k)
+                    for k in range(6)},
+    }  # fmt: skip
+
+
+def test_seeded_report_gives_means_and_standard_errors(tmp_path):
+    from hdlm.report_seeds import mean_se, write_seeded_report
+
+    study = load_study(write_study(tmp_path, seeds=3))
+    results = {f"mdlm-seed{k}": fake_run("mdlm", k, 1.2 + 0.1 * k, 3.0) for k in range(3)}
+    write_seeded_report(study, results, tmp_path / "out")
+    table = (tmp_path / "out" / "table.md").read_text()
+    # NELBO 2, 3, 4: mean 3, standard error 1 / sqrt(3) * 1 = 0.577
+    assert "| mdlm | 3 | 3.000 ± 0.577 | 2.500 ± 0.577 | 0.500 ± 0.000 |" in table
+    assert "| mdlm | acs-eta0 | 3 | 1.300 ± 0.058 |" in table
+    assert "| the source itself |" in table
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 1000
+    assert mean_se([1.0, float("inf"), 3.0]) == (2.0, 1.0)
+
+
+def test_frontier_labels_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hdlm.report_seeds import place_labels
+
+    fig, ax = plt.subplots()
+    points = [(1.0 + 0.001 * k, 2.0, f"setting-{k}", "C0") for k in range(8)]  # one spot
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    left_out = place_labels(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) + left_out == 8 and len(boxes) >= 4
+    clashes = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert clashes == 0
+    plt.close(fig)

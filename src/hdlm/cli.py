@@ -90,7 +90,7 @@ def _sampler_options(args: argparse.Namespace, temperature: float | None = None)
     from hdlm.sampling.a3_groups import parse_groups
 
     names = ["sampler", "temperature", "top_k", "top_p", "steps", "schedule", "eta", "order",
-             "group_size"]  # fmt: skip
+             "group_size", "reveal", "final"]  # fmt: skip
     options = {name: getattr(args, name) for name in names}
     options |= {
         "use_cache": False if args.no_cache else None,
@@ -366,10 +366,15 @@ def _import_overrides(config, overrides: list[str]):
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from hdlm.study import run_study
+    from hdlm.study import report_so_far, run_study
 
     only = args.only.split(",") if args.only else None
-    out = run_study(args.config, only=only, progress=not args.no_progress)
+    if args.report_only:
+        if only:
+            raise HdlmError("--report-only reports every run evaluated so far; drop --only")
+        out = report_so_far(args.config)
+    else:
+        out = run_study(args.config, only=only, progress=not args.no_progress)
     print(f"study written to {out}")
 
 
@@ -410,12 +415,18 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     p.add_argument("--top-p", type=nucleus, default=None)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--sampler", default=None,
-                   help="ar | ancestral | acs | remask | tweedie | euler | a3 (default: the "
-                   "family's own)")  # fmt: skip
+                   help="ar | ancestral | acs | remask | eps-chain | tweedie | euler | a3 "
+                   "(default: the family's own)")  # fmt: skip
     p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="steps of a flat schedule (128)")  # fmt: skip
     p.add_argument("--eta", type=probability, default=None, help="acs re-draw / remask strength")
+    p.add_argument("--reveal", default=None, choices=["mixture", "model"],
+                   help="eps-chain: reveal from (1-eps) p + eps u (default) or from p "
+                   "alone")  # fmt: skip
+    p.add_argument("--final", default=None, choices=["sample", "greedy", "none"],
+                   help="eps-chain: last step re-decodes every position: a draw (default), "
+                   "its argmax (MDLM's final denoise), or none")  # fmt: skip
     p.add_argument("--no-cache", action="store_true", default=None,
                    help="recompute everything each step")  # fmt: skip
     a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
@@ -617,7 +628,10 @@ def _study_and_plot_parsers(commands) -> None:
         "study", help="train every family at one budget, evaluate all, write table and plots"
     )
     p.add_argument("--config", required=True, help="study YAML, e.g. configs/study-tiny.yaml")
-    p.add_argument("--only", default=None, help="comma-separated families (default: all)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated families or runs NAME-seedK (default: all)")  # fmt: skip
+    p.add_argument("--report-only", action="store_true",
+                   help="report the evaluations done so far; train nothing")  # fmt: skip
     _add_progress(p)
     p.set_defaults(func=cmd_study)
     p = commands.add_parser("plot", help="draw what a model or schedule does")

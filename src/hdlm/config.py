@@ -101,8 +101,23 @@ class SyntheticConfig:
 
 
 @dataclass
+class HmmConfig:
+    """A seeded hidden Markov source (corpus `hmm`, `hdlm.sources.HiddenMarkov.random`):
+    `n_hidden` sticky hidden states (each kept with probability `stay`) emitting `n_symbols`
+    symbols from Dirichlet(`concentration`) rows; `n_docs` documents of `doc_len` symbols."""
+
+    n_hidden: int = 8
+    n_symbols: int = 32
+    stay: float = 0.9
+    concentration: float = 0.3
+    n_docs: int = 2000
+    doc_len: int = 62
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
-    corpus: str = "pydocs"  # pydocs | synthetic | a Hugging Face dataset name | a local path
+    corpus: str = "pydocs"  # pydocs | synthetic | hmm | a Hugging Face dataset name | a local path
     seq_len: int = 128  # tokens per training block, BOS included
     text_field: str = "text"  # column holding the text in HF / jsonl data
     hf_subset: str | None = None  # configuration name of a Hugging Face dataset
@@ -112,6 +127,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/hdlm"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    hmm: HmmConfig = field(default_factory=HmmConfig)
 
 
 @dataclass
@@ -132,7 +148,9 @@ class DiffusionConfig:
     # only, the continuous-time NELBO with t integrated out given the number of masked tokens
     time: Literal["discrete", "continuous", "count"] | None = None
     attention: Literal["schedule", "causal", "full", "two-copy"] | None = None
-    readout: Literal["aligned", "shifted"] | None = None  # output i predicts token i, or i + 1
+    # output i predicts token i (aligned), or i + 1 (shifted); shifted-copy: masked positions
+    # shifted, visible ones aligned (a visible token's own row copies it: ε-hybrid's t = 0+ term)
+    readout: Literal["aligned", "shifted", "shifted-copy"] | None = None
     eval_steps: int = 32  # NELBO evaluation: every step if S <= eval_steps, else stratified MC
     # attention=full: train with a causal mask whose future entries open at random, each with
     # probability step / mask_anneal_steps, so an AR parent moves to full attention smoothly
@@ -433,6 +451,11 @@ def validate_diffusion(config: RunConfig) -> None:
         raise ConfigError("family ar reads out shifted under causal attention; drop the "
                           "diffusion.attention / diffusion.readout overrides")  # fmt: skip
     from_spec(d.schedule, config.data.seq_len - 1)  # raises a ConfigError on a bad spec
+    if d.attention in ("two-copy", "causal") and d.readout == "shifted-copy":
+        raise ConfigError(
+            f"diffusion.readout=shifted-copy needs full or schedule attention, not {d.attention}; "
+            "use readout=shifted"
+        )
     if d.attention == "two-copy" and not d.schedule.startswith("block:"):
         raise ConfigError(
             "diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule; "

@@ -7,6 +7,8 @@ samples (docs/metrics.md).
 * `generative_perplexity`: perplexity of generated texts under a reference causal LM.
 * `mauve_score`: MAUVE between samples and held-out texts on all-MiniLM-L6-v2 sentence features.
 * `unigram_entropy`, `distinct_n`: degenerate repetition and diversity of token rows.
+* `true-nll` (synthetic corpora): samples scored by the exact likelihood of the corpus' source
+  (`hdlm.truth`).
 * `sample_metrics`: draw samples from a model and compute any of the above.
 * `middle_span`, `infill_metrics`: hide the middle of held-out blocks and score how a model
   fills it (span NLL: exact for A3, a bound for masked diffusion; greedy-fill accuracy).
@@ -32,7 +34,7 @@ from hdlm.errors import HdlmError
 from hdlm.hardware import autocast
 from hdlm.model import LanguageModel, load
 
-SAMPLE_METRICS = ("gen-ppl", "mauve", "entropy", "distinct")
+SAMPLE_METRICS = ("gen-ppl", "mauve", "entropy", "distinct", "true-nll")
 DISTINCT_N = (1, 2, 3)  # the n of the distinct-n values `sample_metrics` reports
 EVAL_EXTRA = "needs `pip install 'hdlm[eval]'`"
 
@@ -51,11 +53,12 @@ def perplexity(
     `mc_samples`: Monte Carlo draws per block of a diffusion bound (default
     `diffusion.eval_steps`, reported as `mc_samples`)."""
     blocks = blocks[:max_blocks] if max_blocks else blocks
-    total_nats, total_tokens = nelbo_sums(lm, blocks, batch_size, precision, progress, mc_samples)
-    nats = total_nats / total_tokens
+    terms, total_tokens = nelbo_term_sums(lm, blocks, batch_size, precision, progress, mc_samples)
+    nats = sum(terms.values()) / total_tokens
     exact = lm.family.objective in ("ar", "a3")
     return {
         "nelbo_per_token": nats,
+        "nelbo_terms_per_token": {name: value / total_tokens for name, value in terms.items()},
         "bits_per_token": nats / math.log(2),
         "perplexity": math.exp(nats),
         "tokens": total_tokens,
@@ -74,13 +77,31 @@ def nelbo_sums(
     mc_samples: int | None = None,
 ) -> tuple[float, int]:
     """(Σ NELBO in nats, Σ scored tokens) over `blocks`: sums, so that shards add up."""
-    total_nats, total_tokens = 0.0, 0
+    terms, total_tokens = nelbo_term_sums(lm, blocks, batch_size, precision, progress, mc_samples)
+    return sum(terms.values()), total_tokens
+
+
+@torch.no_grad()
+def nelbo_term_sums(
+    lm: LanguageModel,
+    blocks: torch.Tensor,
+    batch_size: int,
+    precision: str = "fp32",
+    progress: bool = False,
+    mc_samples: int | None = None,
+) -> tuple[dict[str, float], int]:
+    """({term: Σ nats}, Σ scored tokens) over `blocks` for each of the objective's
+    `nelbo_terms` (diffusion, reconstruction, prior; the NLL for ar and a3)."""
+    totals: dict[str, float] = {}
+    total_tokens = 0
     for start in tqdm(range(0, len(blocks), batch_size), desc="eval", disable=not progress):
         batch = blocks[start : start + batch_size].to(lm.device)
         with autocast(lm.device, precision):
-            total_nats += lm.nelbo(batch, samples=mc_samples).double().sum().item()
+            terms = lm.nelbo_terms(batch, samples=mc_samples)
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + value.double().sum().item()
         total_tokens += len(batch) * lm.objective.scored_tokens(batch)
-    return total_nats, total_tokens
+    return totals, total_tokens
 
 
 def middle_span(blocks: torch.Tensor, length: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -465,5 +486,9 @@ def sample_metrics(
             result[f"{prefix}unigram_entropy"] = unigram_entropy(of)
         if "distinct" in metrics:
             result.update({f"{prefix}distinct_{k}": distinct_n(of, k) for k in DISTINCT_N})
+    if "true-nll" in metrics:
+        from hdlm.truth import true_nll
+
+        result.update(true_nll(lm.config.data, lm.tokenizer, rows))
     result["examples"] = texts[:3]
     return result

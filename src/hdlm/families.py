@@ -78,7 +78,7 @@ FAMILIES: dict[str, Family] = {
             _masking("slide:16:16", "discrete", "schedule"), "slide annealing (HDLM)",
         ),
         Family(
-            "eps-hybrid", "diffusion", "transformer", HYPERSCHEDULE_SAMPLERS,
+            "eps-hybrid", "diffusion", "transformer", ("eps-chain", *HYPERSCHEDULE_SAMPLERS),
             _masking("flat:1000", "count", "full") | {"process": "eps-hybrid"},
             "masking plus ε uniform replacements (HDLM), exact NELBO",
         ),

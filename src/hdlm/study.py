@@ -53,11 +53,12 @@ class InfillSettings:
 @dataclass
 class StudyConfig:
     name: str = "study"
+    seeds: int = 1  # runs per family (train.seed... via the top-level `seed`), named NAME-seedK
     runs_dir: str = "runs/{name}"
     results_dir: str = "results/{name}"
     budget: list[str] = field(default_factory=list)  # overrides applied to every family
     families: dict[str, FamilyRun] = field(default_factory=dict)
-    reference: str = "ar"
+    reference: str | None = "ar"  # scores gen-ppl; None when no sample metric needs it
     perplexity: PerplexitySettings = field(default_factory=PerplexitySettings)
     samples: SampleSettings = field(default_factory=SampleSettings)
     sweep: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -82,9 +83,14 @@ def load_study(path: str | Path) -> StudyConfig:
         name: from_dict(FamilyRun, spec, f"families.{name}") for name, spec in families.items()
     }
     study = from_dict(StudyConfig, data)
+    if study.seeds < 1:
+        raise ConfigError(f"{path}: seeds={study.seeds} must be at least 1")
+    if study.reference is None and "gen-ppl" in study.samples.metrics:
+        raise ConfigError(f"{path}: the gen-ppl metric needs a 'reference' family (an ar run)")
+    named = [study.reference] if study.reference else []
     unknown = [
         name
-        for name in [study.reference, *study.sweep, *study.infill.families]
+        for name in [*named, *study.sweep, *study.infill.families]
         if name not in study.families
     ]
     if unknown:
@@ -92,17 +98,35 @@ def load_study(path: str | Path) -> StudyConfig:
             f"{path}: {', '.join(sorted(set(unknown)))} named in reference/sweep/infill but not "
             f"under 'families' ({', '.join(study.families)})"
         )
-    for name in study.families:
-        run_config(study, name)  # every family's config loads and validates before any work
+    for run in study_runs(study):
+        run_config(study, run)  # every run's config loads and validates before any work
     return study
 
 
-def run_config(study: StudyConfig, name: str):
-    """The run config of family `name`: its YAML, then the budget, then its own overrides."""
+def study_runs(study: StudyConfig) -> dict[str, tuple[str, int]]:
+    """Run name -> (family name, seed), seed by seed: with one seed a run is named after its
+    family, else NAME-seedK for K = 0..seeds-1 (so a study's first seed finishes first)."""
+    if study.seeds == 1:
+        return {name: (name, 0) for name in study.families}
+    return {f"{name}-seed{k}": (name, k) for k in range(study.seeds) for name in study.families}
+
+
+def run_config(study: StudyConfig, run: str):
+    """The run config of `run`: its family's YAML, then the budget, then the family's own
+    overrides, then its seed (when the study has several)."""
+    name, seed = study_runs(study)[run]
     family = study.families[name]
     own = [item.format(runs_dir=study.runs_path) for item in family.set]
-    overrides = [*study.budget, *own, f"name={name}", f"out_dir={study.runs_path / name}"]
+    seeded = [f"seed={seed}"] if study.seeds > 1 else []
+    overrides = [*study.budget, *own, *seeded, f"name={run}", f"out_dir={study.runs_path / run}"]
     return load_config(family.config, overrides)
+
+
+def reference_run(study: StudyConfig) -> str | None:
+    """The run that scores gen-PPL: the reference family's (first seed's) run."""
+    if study.reference is None:
+        return None
+    return study.reference if study.seeds == 1 else f"{study.reference}-seed0"
 
 
 def finished(run_dir: Path, steps: int) -> bool:
@@ -171,8 +195,8 @@ class Evaluator:
         return self._blocks
 
     def reference(self):
-        if self._reference is None:
-            self._reference = load(self.study.runs_path / self.study.reference)
+        if self._reference is None and reference_run(self.study) is not None:
+            self._reference = load(self.study.runs_path / reference_run(self.study))
         return self._reference
 
     def perplexity(self, name: str, lm) -> dict:
@@ -210,12 +234,14 @@ class Evaluator:
         tokens, hidden = middle_span(blocks, settings.length, settings.span)
         return infill_metrics(lm, tokens, hidden, progress=self.progress)
 
-    def family(self, name: str) -> dict:
-        """Every evaluation of family `name` (each cached in raw/<name>/)."""
-        lm = load(self.study.runs_path / name)
-        folder = self.raw / name
+    def family(self, run: str) -> dict:
+        """Every evaluation of `run` (each cached in raw/<run>/)."""
+        name, seed = study_runs(self.study)[run]
+        lm = load(self.study.runs_path / run)
+        folder = self.raw / run
         perplexity = cached(folder / "perplexity.json", lambda: self.perplexity(name, lm))
         result = {"family": lm.config.family, "perplexity": perplexity, "samples": {}}
+        result.update(study_family=name, seed=seed)
         for setting in self.study.sweep.get(name, []):
             label = setting_label(setting)
             path = folder / f"samples-{label}.json"
@@ -240,21 +266,24 @@ def training_summary(run_dir: Path) -> dict:
 def run_study(
     path: str | Path, only: list[str] | None = None, progress: bool = True, train_only=False
 ) -> Path:
-    """Run every stage of the study at `path` (or only the families in `only`)."""
+    """Run every stage of the study at `path` (or only the families or runs in `only`)."""
     study = load_study(path)
-    names = only or list(study.families)
-    missing = [name for name in names if name not in study.families]
+    runs = study_runs(study)
+    names = list(runs) if only is None else [r for r in runs if {r, runs[r][0]} & set(only)]
+    missing = [name for name in only or [] if name not in runs and name not in study.families]
     if missing:
         raise ConfigError(
             f"--only {','.join(missing)}: not in the study; choose from {', '.join(study.families)}"
+            f" or runs {', '.join(runs)}"
         )
     train_all(study, names, progress)
     if train_only:
         return study.runs_path
-    if not finished(
-        study.runs_path / study.reference, run_config(study, study.reference).train.steps
+    reference = reference_run(study)
+    if reference and not finished(
+        study.runs_path / reference, run_config(study, reference).train.steps
     ):
-        raise HdlmError(f"study: the reference run '{study.reference}' must be trained first")
+        raise HdlmError(f"study: the reference run '{reference}' must be trained first")
     evaluator = Evaluator(study, progress)
     results = {}
     for name in names:
@@ -262,8 +291,42 @@ def run_study(
         results[name] = evaluator.family(name)
         results[name]["training"] = training_summary(study.runs_path / name)
     out = study.results_path
-    if only is None:
+    if only is None and study.seeds > 1:
+        from hdlm.report_seeds import write_seeded_report
+
+        write_seeded_report(study, results, out)
+    elif only is None:
         from hdlm.report import write_report
 
         write_report(study, results, out)
     return out
+
+
+def report_so_far(path: str | Path) -> Path:
+    """Write the study's report from the evaluations already on disk, without training or
+    evaluating anything: runs whose evaluations are missing are left out, and so are sampler
+    settings not evaluated yet (a partial study's tables say how many seeds each cell has)."""
+    study = load_study(path)
+    raw = study.results_path / "raw"
+    results = {}
+    for run, (name, seed) in study_runs(study).items():
+        folder = raw / run
+        if not (folder / "perplexity.json").is_file():
+            continue
+        lm_family = run_config(study, run).family
+        results[run] = {
+            "family": lm_family, "study_family": name, "seed": seed,
+            "perplexity": json.loads((folder / "perplexity.json").read_text()),
+            "samples": {
+                label: json.loads((folder / f"samples-{label}.json").read_text())
+                for label in map(setting_label, study.sweep.get(name, []))
+                if (folder / f"samples-{label}.json").is_file()
+            },
+            "training": training_summary(study.runs_path / run),
+        }  # fmt: skip
+    if not results:
+        raise HdlmError(f"study: nothing evaluated yet under {raw}; run the study first")
+    from hdlm.report_seeds import write_seeded_report
+
+    write_seeded_report(study, results, study.results_path)
+    return study.results_path

@@ -55,6 +55,11 @@ class LanguageModel(nn.Module):
         tokens = tokens.to(self.device)
         return self.objective.nelbo(self.net, tokens, hidden=hidden, samples=samples)
 
+    def nelbo_terms(self, tokens: Tensor, samples: int | None = None) -> dict[str, Tensor]:
+        """The terms of `nelbo` per sequence [B] in nats: diffusion, reconstruction and prior
+        for diffusion families, the NLL for ar and a3 (`Objective.nelbo_terms`)."""
+        return self.objective.nelbo_terms(self.net, tokens.to(self.device), samples=samples)
+
     def score_choices(self, context: str, choices: list[str], **options) -> list:
         """log p(choice | context) of each choice, raw and length-normalised
         (`hdlm.scoring.score_choices`: exact for ar and a3, a bound for diffusion)."""

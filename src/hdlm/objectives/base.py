@@ -38,3 +38,9 @@ class Objective(ABC):
     @abstractmethod
     def nelbo(self, net, tokens: Tensor, hidden: Tensor | None = None, samples=None) -> Tensor:
         """Per-sequence NELBO [B] in nats."""
+
+    def nelbo_terms(
+        self, net, tokens: Tensor, hidden: Tensor | None = None, samples=None
+    ) -> dict[str, Tensor]:
+        """The NELBO's terms per sequence [B] in nats, summing to `nelbo` (here: one, the NLL)."""
+        return {"nll": self.nelbo(net, tokens, hidden=hidden, samples=samples)}

@@ -196,11 +196,25 @@ class DiffusionObjective(Objective):
         hidden: Tensor | None = None,
         samples: int | None = None,
     ) -> Tensor:
-        """Per-sequence NELBO [B] in nats: every step summed when there are at most
-        `samples` (default `eval_steps`), else `samples` stratified (low-discrepancy) draws of
-        the step or t per sequence, draw k in [k/n, (k+1)/n) (a fixed seed keeps it
-        reproducible). With `hidden` [B, L-1] (bool) it bounds -log p(x_hidden | the other
-        positions): only the hidden positions are noised (infilling; `time: count` models)."""
+        """Per-sequence NELBO [B] in nats: the sum of `nelbo_terms`. With `hidden` [B, L-1]
+        (bool) it bounds -log p(x_hidden | the other positions): only the hidden positions are
+        noised (infilling; `time: count` models)."""
+        return sum(self.nelbo_terms(net, tokens, generator, hidden, samples).values())
+
+    def nelbo_terms(
+        self,
+        net,
+        tokens: Tensor,
+        generator: torch.Generator | None = None,
+        hidden: Tensor | None = None,
+        samples: int | None = None,
+    ) -> dict[str, Tensor]:
+        """The NELBO's terms per sequence [B] in nats: `diffusion` (the reverse steps, or the
+        integral over t in (0, 1]: every step summed when there are at most `samples` (default
+        `eval_steps`), else `samples` stratified (low-discrepancy) draws of the step or t per
+        sequence, draw k in [k/n, (k+1)/n); a fixed seed keeps it reproducible),
+        `reconstruction` (the ε-hybrid's term at t = 0+, 0 otherwise) and `prior`
+        (KL(q(x_1 | x0) || p(x_1)), 0 unless a γ-hybrid's σ(1) is finite)."""
         generator = generator or torch.Generator(tokens.device).manual_seed(0)
         budget = self.options.eval_steps if samples is None else samples
         if budget < 1:
@@ -209,16 +223,21 @@ class DiffusionObjective(Objective):
         _, _, steps = self.step_index(tokens, torch.zeros(shape, device=tokens.device))
         exact = self.options.time == "discrete" and steps <= budget
         n = steps if exact else budget
-        total = torch.zeros(len(tokens), device=tokens.device)
+        diffusion = torch.zeros(len(tokens), device=tokens.device)
         for k in range(n):
             if exact:  # the midpoint of step k + 1
                 draws = torch.full(shape, (k + 0.5) / steps, device=tokens.device)
             else:
                 draws = (k + torch.rand(shape, generator=generator, device=tokens.device)) / n
-            total += self.terms(net, tokens, draws, generator, hidden) / n
+            diffusion += self.terms(net, tokens, draws, generator, hidden) / n
+        reconstruction = torch.zeros_like(diffusion)
         if self.needs_reconstruction:
-            total += self.reconstruction(net, tokens, generator, hidden)
-        return total
+            reconstruction = self.reconstruction(net, tokens, generator, hidden)
+        return {
+            "diffusion": diffusion,
+            "reconstruction": reconstruction,
+            "prior": torch.zeros_like(diffusion),
+        }
 
 
 class ScoreEntropyObjective(DiffusionObjective):
@@ -238,9 +257,10 @@ class ScoreEntropyObjective(DiffusionObjective):
         prior = self.prior(tokens).mean() / self.scored_tokens(tokens)
         return super().loss(net, tokens, generator) + prior
 
-    def nelbo(
+    def nelbo_terms(
         self, net, tokens: Tensor, generator=None, hidden: Tensor | None = None, samples=None
-    ) -> Tensor:
+    ) -> dict[str, Tensor]:
         if hidden is not None:
             raise HdlmError("no infilling NELBO for gamma-hybrid yet; use a3, mdlm or eps-hybrid")
-        return super().nelbo(net, tokens, generator, samples=samples) + self.prior(tokens)
+        terms = super().nelbo_terms(net, tokens, generator, samples=samples)
+        return terms | {"prior": self.prior(tokens).to(terms["diffusion"].dtype)}

@@ -8,7 +8,10 @@ noised); the schedule spans the L - 1 positions after it. Per `diffusion` option
   [BOS ; x_t]; `two-copy` over [BOS ; x_t ; x0] (BD3-LM's vectorised block layout); `full`
   annealed from causal in the first `mask_anneal_steps` training steps (`anneal`);
 * noise levels (0 for BOS and clean copies) when the model is noise-level conditioned;
-* read-out `aligned` (output i predicts token i) or `shifted` (output i - 1 predicts token i).
+* read-out `aligned` (output i predicts token i) or `shifted` (output i - 1 predicts token i), or
+  `shifted-copy`: shifted for masked positions, aligned for visible ones (a visible token's row
+  sees the token itself, so re-decoding it, the ε-hybrid's t = 0+ term, is a copy, not a
+  prediction from the next position's input).
 """
 
 from __future__ import annotations
@@ -48,8 +51,19 @@ class InputLayout:
 
     @property
     def shift(self) -> int:
-        """1 for the shifted read-out (output i - 1 predicts token i), 0 for aligned."""
-        return int(self.options.readout == "shifted")
+        """1 when masked positions read the row before (shifted, shifted-copy), 0 for aligned."""
+        return int(self.options.readout != "aligned")
+
+    @property
+    def copy(self) -> bool:
+        """Whether visible positions read their own row (read-out `shifted-copy`)."""
+        return self.options.readout == "shifted-copy"
+
+    def read_rows(self, x_t: Tensor) -> Tensor:
+        """shifted-copy: the output row predicting each position after BOS, [B, L-1]: the row
+        before a masked position, a visible position's own row."""
+        own = torch.arange(1, x_t.shape[1] + 1, device=x_t.device)
+        return own - (x_t == self.mask_id).long()
 
     @property
     def full_attention(self) -> bool:
@@ -94,6 +108,9 @@ class InputLayout:
             elif self.options.attention == "full" and net.training and self.opened < 1:
                 options.update(attn_mask=self.annealed_mask(length, tokens.device))
         out = net(inputs, noise_level=noise_level if self.conditioned else None, **options)
+        if self.copy:
+            rows = self.read_rows(x_t)
+            return out.gather(1, rows[..., None].expand(-1, -1, out.shape[-1]))
         return out[:, self.read_index(length, tokens.device)]
 
     def plain_logits(self, net, tokens: Tensor, t: Tensor) -> Tensor:

@@ -29,15 +29,16 @@ from hdlm.processes.base import (
     resample,
     reveal_fraction,
 )
-from hdlm.processes.eps_hybrid import EpsHybrid, revealed_token_kl
+from hdlm.processes.eps_hybrid import FINALS, REVEALS, EpsHybrid, revealed_token_kl
 from hdlm.processes.gamma_hybrid import GammaHybrid, SigmaSchedule, score_entropy
 from hdlm.processes.uniform import Uniform, log_push_forward, poisson_divergence, uniform_marginal
 
 __all__ = [
-    "CORRECTIONS", "T_EPS", "Absorbing", "EpsHybrid", "GammaHybrid", "NoiseProcess",
-    "SigmaSchedule", "Uniform", "alpha", "build_process", "clean_log_prob", "data_index",
-    "data_log_probs", "log1mexp", "log_push_forward", "poisson_divergence", "random_data_tokens",
-    "resample", "reveal_fraction", "revealed_token_kl", "score_entropy", "uniform_marginal",
+    "CORRECTIONS", "FINALS", "REVEALS", "T_EPS", "Absorbing", "EpsHybrid", "GammaHybrid",
+    "NoiseProcess", "SigmaSchedule", "Uniform", "alpha", "build_process", "clean_log_prob",
+    "data_index", "data_log_probs", "log1mexp", "log_push_forward", "poisson_divergence",
+    "random_data_tokens", "resample", "reveal_fraction", "revealed_token_kl", "score_entropy",
+    "uniform_marginal",
 ]  # fmt: skip
 
 

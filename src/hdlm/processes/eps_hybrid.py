@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,9 @@ from hdlm.processes.base import (
     reveal_fraction,
     xlogx,
 )
+
+REVEALS = ("mixture", "model")  # what `chain_step` reveals a token from
+FINALS = ("sample", "greedy", "none")  # `final_step`: reconstruction, its argmax, or nothing
 
 
 def revealed_token_kl(data_lp: Tensor, x0_index: Tensor, eps: float) -> Tensor:
@@ -66,8 +70,44 @@ class EpsHybrid(NoiseProcess):
     def has_reconstruction(self) -> bool:
         return self.eps > 0
 
-    # the sampler reveals tokens from p_θ as under masking (ancestral, ACS, remasking)
+    # the masking samplers (ancestral, ACS, remasking) reveal tokens from p_θ as under masking:
+    # the paper's heuristic, not the chain the NELBO bounds (`chain_step`, `final_step`)
     reverse_step = Absorbing.reverse_step
+
+    def chain_step(
+        self,
+        current: Tensor,
+        t: Tensor,
+        s: Tensor,
+        propose: Callable[[Tensor], Tensor],
+        generator: torch.Generator | None = None,
+        reveal: str = "mixture",
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One reverse step t -> s of the chain the continuous-time NELBO bounds (s >= 0 is
+        read as 0+): a masked token is revealed with probability (t - s) / t as a draw from
+        (1 - ε) p_θ(x0 | x_t) + ε u (`reveal="mixture"`; `"model"`: from p_θ alone), visible
+        tokens are kept. `propose(needed)` draws from p_θ(x0 | x_t) where `needed` (as in
+        `Absorbing.reverse_step`). Returns what `reverse_step` does.
+        """
+        if reveal not in REVEALS:
+            raise ValueError(f"unknown reveal '{reveal}'; use one of {REVEALS}")
+
+        def mixture(needed: Tensor) -> Tensor:
+            proposal = propose(needed)
+            if reveal == "model" or self.eps == 0:
+                return proposal
+            return resample(proposal, self.eps, self.mask_id, self.num_data, generator)
+
+        return Absorbing.reverse_step(self, current, t, s, mixture, generator)
+
+    def final_step(self, visible: Tensor, propose: Callable[[], Tensor], final: str) -> Tensor:
+        """The chain's last step 0+ -> 0: every position re-decoded from p_θ(x0 | x_{0+}), the
+        reconstruction the NELBO pays -log p_θ(x0 | x_{0+}) for (`final="sample"`), or its
+        argmax (`"greedy"`, MDLM's final denoising), or kept (`"none"`). `propose()` draws
+        from (`"greedy"`: argmax of) p_θ(x0 | x_{0+}) at every position of `visible`."""
+        if final not in FINALS:
+            raise ValueError(f"unknown final step '{final}'; use one of {FINALS}")
+        return visible if final == "none" else propose()
 
     def corrupt_visible(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The jump at t = 0+: each non-MASK token is resampled uniformly with probability eps.

@@ -3,6 +3,8 @@
 * `ar`: left to right with a KV cache (AR checkpoints; the speed baseline).
 * `ancestral`, `acs`, `remask`: the hyperschedule sampler (`sampling.hyperschedule`) with no
   correction, HDLM's Adaptive Correction Sampler, or ReMDM remasking; any schedule, any prompt.
+* `eps-chain`: the ε-hybrid's own reverse chain, the one its NELBO bounds
+  (`sampling.eps_chain`: reveal from (1 - ε) p_θ + ε u, then the final reconstruction).
 * `tweedie`, `euler`: τ-leaping for γ-hybrid checkpoints (`sampling.tau_leaping`), any schedule.
 
 Which family takes which sampler is the families table's (`hdlm.families`); which sampler reads
@@ -25,6 +27,7 @@ from hdlm.errors import HdlmError
 from hdlm.families import TAU_LEAPING_SAMPLERS, check_sampler
 from hdlm.sampling.a3 import decode, infill_template
 from hdlm.sampling.ar import sample_ar
+from hdlm.sampling.eps_chain import sample_eps_chain
 from hdlm.sampling.hyperschedule import sample_hyperschedule
 from hdlm.sampling.options import OPTIONS, sampler_options
 from hdlm.sampling.prompt import fixed_template, prompt_prefix
@@ -134,7 +137,8 @@ def fill(lm, tokens: Tensor, known: Tensor, sampler: str | None = None, **option
     `sampler` defaults to the family's own. `options`: temperature, top_k, top_p, seed, and the
     sampler's own (`sampling.options.OPTIONS`): use_cache, trace; steps / schedule (the
     hyperschedule the diffusion samplers walk), eta (their correction strength); order /
-    group_size / groups / eos_stop (A3 decoding, `sampling.a3.decode`).
+    group_size / groups / eos_stop (A3 decoding, `sampling.a3.decode`); reveal / final (the
+    eps-chain sampler's, `sampling.eps_chain`).
     """
     used = settings(lm, sampler, **options)
     sampler, trace = used["sampler"], options.get("trace")
@@ -158,6 +162,11 @@ def fill(lm, tokens: Tensor, known: Tensor, sampler: str | None = None, **option
     walk = from_spec(used["schedule"], tokens.shape[1] - 1)
     if sampler in TAU_LEAPING_SAMPLERS:
         return sample_tau_leaping(lm, tokens, known, generator, walk, sampler, **pick)
+    if sampler == "eps-chain":
+        return sample_eps_chain(
+            lm, tokens, known, generator, walk, used["reveal"], used["final"], used["use_cache"],
+            trace, **pick,
+        )  # fmt: skip
     # the masking samplers (families.HYPERSCHEDULE_SAMPLERS); the process refuses if it has no
     # reverse step (uniform)
     correction = "none" if sampler == "ancestral" else sampler

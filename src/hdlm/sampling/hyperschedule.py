@@ -22,6 +22,8 @@ same tokens, the same random draws, logits equal to float tolerance — only slo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -73,7 +75,7 @@ class NetworkView:
     def __init__(self, lm, tokens: Tensor, key: Tensor, use_cache: bool):
         self.net, self.mask_id = lm.net, lm.tokenizer.mask_id
         layout = lm.objective.layout
-        self.conditioned, self.shift = layout.conditioned, layout.shift
+        self.conditioned, self.shift, self.layout = layout.conditioned, layout.shift, layout
         self.key = torch.cat((key.new_full((1,), torch.iinfo(key.dtype).min), key))  # BOS first
         n, length = tokens.shape
         self.hidden = torch.zeros(n, length, lm.config.model.d_model, device=tokens.device)
@@ -116,7 +118,9 @@ class NetworkView:
         `settled` and `computed` [L] (host booleans) cover every position, BOS included: the
         computed ones run this step, seeing the settled ones and each other. When every position
         is computed (a flat schedule) that is full attention: no mask at all, SDPA's fast path."""
-        read = targets - self.shift
+        read = targets - self.shift  # [A], or [n, A] for the shifted-copy read-out
+        if self.layout.copy:
+            read = self.layout.read_rows(tokens[:, 1:]).cpu()[:, targets - 1]
         if not (settled | computed)[read].all():
             raise HdlmError(
                 "a shifted read-out needs the position before each active one computed; "
@@ -133,7 +137,10 @@ class NetworkView:
             self._run(tokens, every, levels, attn_mask=mask)
         elif torch.isin(read, positions).any():  # some read-out sits on an in-flight token
             self._run(tokens, positions.to(device), levels)
-        return self.hidden[:, read.to(device)]
+        if read.dim() == 1:
+            return self.hidden[:, read.to(device)]
+        index = read.to(device)[..., None].expand(-1, -1, self.hidden.shape[-1])
+        return self.hidden.gather(1, index)
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """log p_θ(x0 | x_t) [..., V] (MASK excluded) of hidden states [..., d]."""
@@ -151,10 +158,12 @@ def sample_hyperschedule(
     eta: float = 0.015,
     use_cache: bool = True,
     trace: Trace | None = None,
+    reverse_step=None,
     **pick,
 ) -> Tensor:
     """Fill the positions of `tokens` [n, L] where `known` [L] is False (BOS, a prompt or the
-    text around blanks are known) by walking `schedule`."""
+    text around blanks are known) by walking `schedule`. `reverse_step(current, t, s, propose,
+    generator)` replaces the process' own step with `correction` (e.g. `EpsHybrid.chain_step`)."""
     (n, length), device, mask_id = tokens.shape, tokens.device, lm.tokenizer.mask_id
     check_schedule_length(schedule, length)
     if correction not in CORRECTIONS:
@@ -168,6 +177,7 @@ def sample_hyperschedule(
     table = schedule.table.masked_fill(fixed, 0.0)
     levels_on_device = table.to(device)
     process = lm.objective.process
+    step = reverse_step or functools.partial(process.reverse_step, correction=correction, eta=eta)
     # Given tokens take the role clean tokens had in training: under full attention (flat,
     # MDLM-style training) they, and BOS, see and are seen by every position, so they are
     # recomputed with the active ones at every step; otherwise they are settled, cached once.
@@ -198,9 +208,7 @@ def sample_hyperschedule(
             return pick_tokens(view.log_probs(hidden[needed]), generator, **pick)
 
         t, s_level = levels_on_device[s - 1][on_device], levels_on_device[s][on_device]
-        updated, events = process.reverse_step(
-            current, t, s_level, propose, generator, correction, eta
-        )
+        updated, events = step(current, t, s_level, propose, generator)
         changed = bool(states.newly_settled.any()) or bool((updated != current).any())
         tokens[:, 1:][:, on_device] = updated
         last_active = active

@@ -12,20 +12,22 @@ from typing import Any
 
 from hdlm.errors import HdlmError
 
-DIFFUSION = ("ancestral", "acs", "remask", "tweedie", "euler")
+DIFFUSION = ("ancestral", "acs", "remask", "eps-chain", "tweedie", "euler")
 
 # option: (the samplers that use it, its default when not given)
 OPTIONS: dict[str, tuple[tuple[str, ...], Any]] = {
     "schedule": (DIFFUSION, None),  # None: the model's own (`schedule_spec`)
     "steps": (DIFFUSION, None),  # None: 128 for a flat schedule (`schedule_spec`)
     "eta": (("acs", "remask"), None),  # None: the sampler's default (`DEFAULT_ETA`)
-    "use_cache": (("ar", "ancestral", "acs", "remask", "a3"), True),
-    "trace": (("ancestral", "acs", "remask", "a3"), None),
+    "use_cache": (("ar", "ancestral", "acs", "remask", "eps-chain", "a3"), True),
+    "trace": (("ancestral", "acs", "remask", "eps-chain", "a3"), None),
     "order": (("a3",), None),  # None: left-to-right, unless groups are given
     "group_size": (("a3",), 1),
     "groups": (("a3",), None),
     "eos_stop": (("a3",), True),
     "blank_max": (("a3",), 8),
+    "reveal": (("eps-chain",), "mixture"),  # (1 - ε) p_θ + ε u, or "model": p_θ alone
+    "final": (("eps-chain",), "sample"),  # the reconstruction step: sample, greedy or none
 }
 # command-line spellings that are not "--" + the name with dashes
 FLAGS = {"use_cache": "--no-cache", "eos_stop": "--no-eos-stop"}

@@ -1,0 +1,207 @@
+"""The written result of a study with several seeds per family: every number is a mean over the
+seeds ± its standard error (`table.md`, `frontier.png`, `results.json`).
+
+Sample quality is judged by the source itself where the corpus is synthetic (`true-nll`): the
+frontier plots the exact NLL per token of the samples against their unigram entropy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from hdlm.report import bound_kind, markdown
+
+SAMPLE_COLUMNS = (  # (result key, column title, digits)
+    ("true_noisy_nll_per_token", "NLL, δ-noisy source", 3),
+    ("true_noisy_nll_gap", "gap to its entropy", 3),
+    ("true_nll_per_token", "NLL, exact source (possible samples)", 3),
+    ("true_impossible_fraction", "impossible under the exact source", 3),
+    ("unigram_entropy", "unigram entropy", 3),
+    ("distinct_2", "distinct-2", 3),
+)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt(n); nan for one value) of finite `values`."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)
+    return mean, math.sqrt(var / len(finite))
+
+
+def pm(values: list[float], digits: int = 3) -> str:
+    """`mean ± se (n)` of `values`; `–` when there is none."""
+    mean, se = mean_se(values)
+    if math.isnan(mean):
+        return "–"
+    n = sum(1 for v in values if v is not None and math.isfinite(v))
+    spread = "" if math.isnan(se) else f" ± {se:.{digits}f}"
+    return f"{mean:.{digits}f}{spread}" + (f" (n={n})" if n < len(values) else "")
+
+
+def by_family(results: dict) -> dict[str, list[dict]]:
+    """Run results grouped by study family, in the order the runs appear."""
+    groups: dict[str, list[dict]] = {}
+    for run, result in results.items():
+        groups.setdefault(result.get("study_family", run), []).append(result)
+    return groups
+
+
+def perplexity_rows(groups: dict[str, list[dict]]) -> list[str]:
+    rows = []
+    for name, runs in groups.items():
+        ppl = [r["perplexity"] for r in runs]
+        terms = [p.get("nelbo_terms_per_token", {}) for p in ppl]
+        rows.append([
+            name, str(len(runs)), pm([p["nelbo_per_token"] for p in ppl]),
+            pm([t.get("diffusion") for t in terms]), pm([t.get("reconstruction") for t in terms]),
+            bound_kind(runs[0]["family"] in ("ar", "a3")),
+        ])  # fmt: skip
+    header = ["family", "seeds", "test NELBO (nats/token)", "diffusion term",
+              "reconstruction term", "kind"]  # fmt: skip
+    return markdown(header, rows)
+
+
+def sample_summary(groups: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
+    """family -> sampler label -> {key: (mean, se), "n": seeds} over the seeds' samples."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, runs in groups.items():
+        labels = dict.fromkeys(label for r in runs for label in r["samples"])
+        for label in labels:
+            values = [r["samples"][label] for r in runs if label in r["samples"]]
+            entry = {key: [v.get(key) for v in values] for key, _, _ in SAMPLE_COLUMNS}
+            out.setdefault(name, {})[label] = entry | {"n": len(values)}
+    return out
+
+
+def sample_rows(summary: dict, groups: dict[str, list[dict]]) -> list[str]:
+    rows = [
+        [name, label, str(entry["n"]), *(pm(entry[key], d) for key, _, d in SAMPLE_COLUMNS)]
+        for name, settings in summary.items()
+        for label, entry in settings.items()
+    ]
+    first = next((s for runs in groups.values() for r in runs for s in r["samples"].values()), {})
+    if "true_noisy_window_entropy" in first:
+        rows.append([
+            "the source itself", "–", "–",
+            f"{first['true_noisy_window_entropy']:.3f} ± "
+            f"{first['true_noisy_window_entropy_stderr']:.3f}", "0",
+            f"{first['true_window_entropy']:.3f} ± {first['true_window_entropy_stderr']:.3f}",
+            "0", pm([first.get("reference_unigram_entropy")]),
+            pm([first.get("reference_distinct_2")]),
+        ])  # fmt: skip
+    header = ["family", "sampler", "seeds", *(title for _, title, _ in SAMPLE_COLUMNS)]
+    return markdown(header, rows)
+
+
+def place_labels(ax, points: list[tuple[float, float, str, str]], fontsize: int = 6) -> int:
+    """Annotate each (x, y, label, color) at the first of a ring of offsets whose box overlaps
+    no label placed before and no point marker (display coordinates); a label with no free spot
+    is left out (the tables list every point). Returns how many were left out."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    taken = []
+    markers = [ax.transData.transform((x, y)) for x, y, _, _ in points]
+    offsets = [(dx * r, dy * r) for r in (4, 10, 18) for dx, dy in
+               ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]  # fmt: skip
+    left_out = 0
+    for x, y, label, color in points:
+        for dx, dy in offsets:
+            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points",
+                               fontsize=fontsize, ha="left" if dx >= 0 else "right",
+                               va="bottom" if dy >= 0 else "top", color=color)  # fmt: skip
+            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            clash = any(box.overlaps(b) for b in taken) or any(
+                box.contains(mx, my) for mx, my in markers
+            )
+            if not clash:
+                taken.append(box)
+                break
+            text.remove()
+        else:
+            left_out += 1
+    return left_out
+
+
+def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> None:
+    """Unigram entropy (diversity) against the exact NLL per token of the samples under the
+    source (quality), means over seeds with standard-error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6.5))
+    labelled = []
+    for name, settings in summary.items():
+        xs, ys, xe, ye = [], [], [], []
+        for label, entry in settings.items():
+            (x, sx), (y, sy) = (
+                mean_se(entry["true_noisy_nll_per_token"]),
+                mean_se(entry["unigram_entropy"]),
+            )
+            if math.isnan(x) or math.isnan(y):
+                continue
+            xs.append(x)
+            ys.append(y)
+            xe.append(0 if math.isnan(sx) else sx)
+            ye.append(0 if math.isnan(sy) else sy)
+            labelled.append((x, y, label, f"C{len(ax.containers)}"))
+        if xs:
+            ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="o", ms=4, capsize=2, label=name,
+                        color=f"C{len(ax.containers)}")  # fmt: skip
+    if reference is not None:
+        ax.axvline(reference, color="k", ls="--", lw=0.8, label="source entropy (ideal)")
+    ax.set_xlabel("NLL of samples under the δ-noisy source, nats/token (lower is better)")
+    ax.set_ylabel("unigram entropy of samples, nats (diversity)")
+    ax.set_title("quality–diversity frontier, judged by the source (mean ± s.e. over seeds)")
+    ax.grid(alpha=0.3)
+    if labelled:
+        ax.legend(fontsize=8, loc="best")
+        if place_labels(ax, labelled):
+            ax.text(0.01, 0.01, "crowded labels left out: see table.md", fontsize=6,
+                    transform=ax.transAxes)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def write_seeded_report(study, results: dict, out: Path) -> None:
+    """table.md, frontier.png and results.json of a study with `study.seeds` runs per family."""
+    out.mkdir(parents=True, exist_ok=True)
+    groups = by_family(results)
+    summary = sample_summary(groups)
+    first = next((s for runs in groups.values() for r in runs for s in r["samples"].values()), {})
+    lines = [
+        f"# {study.name}",
+        "",
+        f"Every family trained {study.seeds} times (seeds 0..{study.seeds - 1}) with the same "
+        f"budget ({', '.join(study.budget)}). Each cell: mean ± standard error over the seeds. "
+        f"Perplexities on the first {study.perplexity.max_blocks} blocks of the "
+        f"{study.perplexity.split} split; {study.samples.n} samples of {study.samples.length} "
+        "tokens per sampler setting, scored by the exact likelihood of the corpus' source: under "
+        "the δ-noisy source (each token replaced by a uniform one with probability δ = 0.01, so "
+        "that every sample has a finite NLL; the gap is to that source's own entropy per token "
+        "of a window, what samples of it score) and under the exact source (NLL of the samples "
+        "it can emit; impossible: the share it cannot, e.g. an EOS out of place). Entropy: "
+        "nats; `the source itself`: its window entropies and held-out text's diversity.",
+        "",
+        "## Perplexity",
+        "",
+        *perplexity_rows(groups),
+        "",
+        "## Samples",
+        "",
+        *sample_rows(summary, groups),
+        "",
+    ]
+    (out / "table.md").write_text("\n".join(lines))
+    frontier_plot(summary, out / "frontier.png", first.get("true_noisy_window_entropy"))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
