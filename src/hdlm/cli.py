@@ -370,12 +370,16 @@ def cmd_study(args: argparse.Namespace) -> None:
 
     only = args.only.split(",") if args.only else None
     if args.report_only:
-        if only:
-            raise HdlmError("--report-only reports every run evaluated so far; drop --only")
+        if only or args.train_only:
+            raise HdlmError(
+                "--report-only reports every run evaluated so far; drop --only and --train-only"
+            )
         out = report_so_far(args.config)
     else:
-        out = run_study(args.config, only=only, progress=not args.no_progress)
-    print(f"study written to {out}")
+        out = run_study(
+            args.config, only=only, progress=not args.no_progress, train_only=args.train_only
+        )
+    print(f"study {'runs trained in' if args.train_only else 'written to'} {out}")
 
 
 def cmd_plot_schedule(args: argparse.Namespace) -> None:
@@ -632,6 +636,8 @@ def _study_and_plot_parsers(commands) -> None:
                    help="comma-separated families or runs NAME-seedK (default: all)")  # fmt: skip
     p.add_argument("--report-only", action="store_true",
                    help="report the evaluations done so far; train nothing")  # fmt: skip
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or resume) the runs and stop before evaluating them")  # fmt: skip
     _add_progress(p)
     p.set_defaults(func=cmd_study)
     p = commands.add_parser("plot", help="draw what a model or schedule does")

@@ -2,7 +2,9 @@
 seeds ± its standard error (`table.md`, `frontier.png`, `results.json`).
 
 Sample quality is judged by the source itself where the corpus is synthetic (`true-nll`): the
-frontier plots the exact NLL per token of the samples against their unigram entropy.
+frontier plots the exact NLL per token of the samples against their unigram entropy. On real
+text the judge is the study's reference model (`gen-ppl`, with MAUVE): the frontier plots
+generative perplexity against unigram entropy.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from hdlm.report import bound_kind, markdown
 
-SAMPLE_COLUMNS = (  # (result key, column title, digits)
+TRUE_NLL_COLUMNS = (  # (result key, column title, digits)
     ("true_noisy_nll_per_token", "NLL, δ-noisy source", 3),
     ("true_noisy_nll_gap", "gap to its entropy", 3),
     ("true_nll_per_token", "NLL, exact source (possible samples)", 3),
@@ -21,6 +23,18 @@ SAMPLE_COLUMNS = (  # (result key, column title, digits)
     ("unigram_entropy", "unigram entropy", 3),
     ("distinct_2", "distinct-2", 3),
 )
+GEN_PPL_COLUMNS = (
+    ("gen_ppl", "gen-PPL (judge)", 1),
+    ("mauve", "MAUVE", 3),
+    ("unigram_entropy", "unigram entropy", 3),
+    ("distinct_2", "distinct-2", 3),
+)
+
+
+def sample_columns(first: dict) -> tuple[tuple[str, str, int], ...]:
+    """The sample columns of a study: the source's exact NLL when its samples have one
+    (`true-nll`), else the judge's generative perplexity."""
+    return TRUE_NLL_COLUMNS if "true_noisy_nll_per_token" in first else GEN_PPL_COLUMNS
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -75,18 +89,25 @@ def sample_summary(groups: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
         labels = dict.fromkeys(label for r in runs for label in r["samples"])
         for label in labels:
             values = [r["samples"][label] for r in runs if label in r["samples"]]
-            entry = {key: [v.get(key) for v in values] for key, _, _ in SAMPLE_COLUMNS}
+            keys = {key for key, _, _ in (*TRUE_NLL_COLUMNS, *GEN_PPL_COLUMNS)}
+            entry = {key: [v.get(key) for v in values] for key in keys}
             out.setdefault(name, {})[label] = entry | {"n": len(values)}
     return out
 
 
+def first_sample(groups: dict[str, list[dict]]) -> dict:
+    """The first sample evaluation of the study (which metrics it has), {} when none."""
+    return next((s for runs in groups.values() for r in runs for s in r["samples"].values()), {})
+
+
 def sample_rows(summary: dict, groups: dict[str, list[dict]]) -> list[str]:
+    first = first_sample(groups)
+    columns = sample_columns(first)
     rows = [
-        [name, label, str(entry["n"]), *(pm(entry[key], d) for key, _, d in SAMPLE_COLUMNS)]
+        [name, label, str(entry["n"]), *(pm(entry[key], d) for key, _, d in columns)]
         for name, settings in summary.items()
         for label, entry in settings.items()
     ]
-    first = next((s for runs in groups.values() for r in runs for s in r["samples"].values()), {})
     if "true_noisy_window_entropy" in first:
         rows.append([
             "the source itself", "–", "–",
@@ -96,7 +117,12 @@ def sample_rows(summary: dict, groups: dict[str, list[dict]]) -> list[str]:
             "0", pm([first.get("reference_unigram_entropy")]),
             pm([first.get("reference_distinct_2")]),
         ])  # fmt: skip
-    header = ["family", "sampler", "seeds", *(title for _, title, _ in SAMPLE_COLUMNS)]
+    if columns is GEN_PPL_COLUMNS and first:
+        held_out = [
+            pm([first.get(f"reference_{key}")]) for key in ("unigram_entropy", "distinct_2")
+        ]
+        rows.append(["held-out text", "–", "–", "–", "–", *held_out])
+    header = ["family", "sampler", "seeds", *(title for _, title, _ in columns)]
     return markdown(header, rows)
 
 
@@ -130,9 +156,14 @@ def place_labels(ax, points: list[tuple[float, float, str, str]], fontsize: int 
     return left_out
 
 
-def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> None:
-    """Unigram entropy (diversity) against the exact NLL per token of the samples under the
-    source (quality), means over seeds with standard-error bars."""
+def frontier_plot(
+    summary: dict, path: Path, reference: float | None = None, quality: str = "true-nll"
+) -> None:
+    """Unigram entropy (diversity) against sample quality: the NLL per token of the samples
+    under the source (`quality="true-nll"`; `reference`: the source's own) or their generative
+    perplexity under the judge (`"gen-ppl"`, log axis); means over seeds with standard-error
+    bars."""
+    key = "true_noisy_nll_per_token" if quality == "true-nll" else "gen_ppl"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +175,7 @@ def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> 
         xs, ys, xe, ye = [], [], [], []
         for label, entry in settings.items():
             (x, sx), (y, sy) = (
-                mean_se(entry["true_noisy_nll_per_token"]),
+                mean_se(entry[key]),
                 mean_se(entry["unigram_entropy"]),
             )
             if math.isnan(x) or math.isnan(y):
@@ -159,9 +190,14 @@ def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> 
                         color=f"C{len(ax.containers)}")  # fmt: skip
     if reference is not None:
         ax.axvline(reference, color="k", ls="--", lw=0.8, label="source entropy (ideal)")
-    ax.set_xlabel("NLL of samples under the δ-noisy source, nats/token (lower is better)")
+    judge = "the source" if quality == "true-nll" else "the judge"
+    if quality == "true-nll":
+        ax.set_xlabel("NLL of samples under the δ-noisy source, nats/token (lower is better)")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel("generative perplexity under the judge AR model (lower is better)")
     ax.set_ylabel("unigram entropy of samples, nats (diversity)")
-    ax.set_title("quality–diversity frontier, judged by the source (mean ± s.e. over seeds)")
+    ax.set_title(f"quality–diversity frontier, judged by {judge} (mean ± s.e. over seeds)")
     ax.grid(alpha=0.3)
     if labelled:
         ax.legend(fontsize=8, loc="best")
@@ -173,25 +209,41 @@ def frontier_plot(summary: dict, path: Path, reference: float | None = None) -> 
     plt.close(fig)
 
 
+TRUE_NLL_INTRO = (
+    "scored by the exact likelihood of the corpus' source: under the δ-noisy source (each token "
+    "replaced by a uniform one with probability δ = 0.01, so that every sample has a finite "
+    "NLL; the gap is to that source's own entropy per token of a window, what samples of it "
+    "score) and under the exact source (NLL of the samples it can emit; impossible: the share "
+    "it cannot, e.g. an EOS out of place). Entropy: nats; `the source itself`: its window "
+    "entropies and held-out text's diversity."
+)
+
+
+def gen_ppl_intro(study) -> str:
+    return (
+        f"scored by the judge, the study's reference run `{study.reference}`: generative "
+        "perplexity (exp of its mean NLL per token of the samples), MAUVE against "
+        f"{study.samples.references} held-out blocks (its features), unigram entropy (nats) "
+        "and distinct-2; `held-out text`: the same diversity measures of real blocks."
+    )
+
+
 def write_seeded_report(study, results: dict, out: Path) -> None:
     """table.md, frontier.png and results.json of a study with `study.seeds` runs per family."""
     out.mkdir(parents=True, exist_ok=True)
     groups = by_family(results)
     summary = sample_summary(groups)
-    first = next((s for runs in groups.values() for r in runs for s in r["samples"].values()), {})
+    first = first_sample(groups)
+    quality = "true-nll" if sample_columns(first) is TRUE_NLL_COLUMNS else "gen-ppl"
     lines = [
         f"# {study.name}",
         "",
-        f"Every family trained {study.seeds} times (seeds 0..{study.seeds - 1}) with the same "
-        f"budget ({', '.join(study.budget)}). Each cell: mean ± standard error over the seeds. "
-        f"Perplexities on the first {study.perplexity.max_blocks} blocks of the "
-        f"{study.perplexity.split} split; {study.samples.n} samples of {study.samples.length} "
-        "tokens per sampler setting, scored by the exact likelihood of the corpus' source: under "
-        "the δ-noisy source (each token replaced by a uniform one with probability δ = 0.01, so "
-        "that every sample has a finite NLL; the gap is to that source's own entropy per token "
-        "of a window, what samples of it score) and under the exact source (NLL of the samples "
-        "it can emit; impossible: the share it cannot, e.g. an EOS out of place). Entropy: "
-        "nats; `the source itself`: its window entropies and held-out text's diversity.",
+        f"Every family trained with seeds 0..{study.seeds - 1} (unless the study gives it fewer) "
+        f"with the same budget ({', '.join(study.budget)}) and its own settings of the study "
+        "config. Each cell: mean ± standard error over the seeds. Perplexities on the first "
+        f"{study.perplexity.max_blocks} blocks of the {study.perplexity.split} split; "
+        f"{study.samples.n} samples of {study.samples.length} tokens per sampler setting, "
+        + (TRUE_NLL_INTRO if quality == "true-nll" else gen_ppl_intro(study)),
         "",
         "## Perplexity",
         "",
@@ -203,5 +255,6 @@ def write_seeded_report(study, results: dict, out: Path) -> None:
         "",
     ]
     (out / "table.md").write_text("\n".join(lines))
-    frontier_plot(summary, out / "frontier.png", first.get("true_noisy_window_entropy"))
+    reference = first.get("true_noisy_window_entropy")
+    frontier_plot(summary, out / "frontier.png", reference, quality)
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -25,6 +25,7 @@ from hdlm.model import load
 class FamilyRun:
     config: str  # a run config (configs/<family>-tiny.yaml)
     set: list[str] = field(default_factory=list)  # its own overrides; `{runs_dir}` is expanded
+    seeds: int | None = None  # its number of seeds, when not the study's (e.g. 1 for a judge)
 
 
 @dataclass
@@ -85,6 +86,12 @@ def load_study(path: str | Path) -> StudyConfig:
     study = from_dict(StudyConfig, data)
     if study.seeds < 1:
         raise ConfigError(f"{path}: seeds={study.seeds} must be at least 1")
+    for name, family in study.families.items():
+        if family.seeds is not None and not 1 <= family.seeds <= study.seeds:
+            raise ConfigError(
+                f"{path}: families.{name}.seeds={family.seeds} must lie in [1, {study.seeds}] "
+                "(the study's seeds)"
+            )
     if study.reference is None and "gen-ppl" in study.samples.metrics:
         raise ConfigError(f"{path}: the gen-ppl metric needs a 'reference' family (an ar run)")
     named = [study.reference] if study.reference else []
@@ -105,10 +112,16 @@ def load_study(path: str | Path) -> StudyConfig:
 
 def study_runs(study: StudyConfig) -> dict[str, tuple[str, int]]:
     """Run name -> (family name, seed), seed by seed: with one seed a run is named after its
-    family, else NAME-seedK for K = 0..seeds-1 (so a study's first seed finishes first)."""
+    family, else NAME-seedK for K = 0..seeds-1 (so a study's first seed finishes first); a
+    family with its own `seeds` has that many."""
     if study.seeds == 1:
         return {name: (name, 0) for name in study.families}
-    return {f"{name}-seed{k}": (name, k) for k in range(study.seeds) for name in study.families}
+    return {
+        f"{name}-seed{k}": (name, k)
+        for k in range(study.seeds)
+        for name, family in study.families.items()
+        if k < (family.seeds or study.seeds)
+    }
 
 
 def run_config(study: StudyConfig, run: str):
@@ -264,7 +277,10 @@ def training_summary(run_dir: Path) -> dict:
 
 
 def run_study(
-    path: str | Path, only: list[str] | None = None, progress: bool = True, train_only=False
+    path: str | Path,
+    only: list[str] | None = None,
+    progress: bool = True,
+    train_only: bool = False,
 ) -> Path:
     """Run every stage of the study at `path` (or only the families or runs in `only`)."""
     study = load_study(path)
