@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=configs/study-pydocs.yaml
+HDLM=${HDLM:-hdlm}  # e.g. HDLM="env PYTHONPATH=FROZEN/src python3 -m hdlm": a copy edits can't touch
 export OMP_NUM_THREADS=1
 mkdir -p runs/study-pydocs
 
@@ -15,14 +16,14 @@ queue() {  # queue NAME RUN...: train each run, then evaluate every run of the q
   local name=$1 trained=()
   shift
   for run in "$@"; do
-    hdlm study --config "$CONFIG" --only "$run" --train-only --no-progress
+    $HDLM study --config "$CONFIG" --only "$run" --train-only --no-progress
     trained+=("$run")
     if judge_done; then
-      hdlm study --config "$CONFIG" --only "$(IFS=,; echo "${trained[*]}")" --no-progress
+      $HDLM study --config "$CONFIG" --only "$(IFS=,; echo "${trained[*]}")" --no-progress
     fi
   done
   while ! judge_done; do sleep 60; done
-  hdlm study --config "$CONFIG" --only "$(IFS=,; echo "${trained[*]}")" --no-progress
+  $HDLM study --config "$CONFIG" --only "$(IFS=,; echo "${trained[*]}")" --no-progress
   echo "queue $name done"
 }
 
@@ -32,4 +33,4 @@ queue a judge-seed0 eps-hybrid-seed0 ar-seed1 gamma-hybrid-seed1 ar-seed2 \
 queue b mdlm-seed0 gamma-hybrid-seed0 ar-seed0 mdlm-seed1 eps-hybrid-seed1 mdlm-seed2 \
   eps-hybrid-seed2 gamma-hybrid-seed2 >runs/study-pydocs/queue-b.log 2>&1 &
 wait
-hdlm study --config "$CONFIG" --no-progress
+$HDLM study --config "$CONFIG" --no-progress
