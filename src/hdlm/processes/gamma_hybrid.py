@@ -44,6 +44,7 @@ from hdlm.errors import ConfigError
 from hdlm.processes import base
 from hdlm.processes.base import (
     NoiseProcess,
+    categorical,
     levels,
     log1mexp,
     random_data_tokens,
@@ -195,20 +196,29 @@ class GammaHybrid(NoiseProcess):
         floor = torch.log(r["resampled"]) - math.log(self.num_data)
         return torch.logaddexp(r["log_b"][..., None] + lp, floor[..., None])
 
+    def _data_rows(self, scores: Tensor, rows: Tensor) -> Tensor:
+        """The rows of `scores` [..., V] where the bool `rows` is True, [K, V] in float32, MASK
+        at -inf: one copy, written in place (the sampler's hot path passes over [L, V] rarely)."""
+        picked = scores[rows].float()  # bool indexing copies, so the fill cannot reach `scores`
+        picked[:, self.mask_id] = float("-inf")
+        return picked
+
     def _data_log_softmax(self, scores: Tensor) -> Tensor:
-        """log p̃ over V from log-probabilities or unnormalised log-scores [K, V]: the softmax over
-        the data ids (MASK dropped), its MASK entry set to 0 (a finite dummy), in float32."""
-        index = torch.tensor([self.mask_id], device=scores.device)
-        scores = scores.float().index_fill(-1, index, float("-inf"))
-        return (scores - scores.logsumexp(-1, keepdim=True)).index_fill(-1, index, 0.0)
+        """log p̃ over V from log-probabilities or unnormalised log-scores [K, V] (a copy the
+        caller owns, float32, MASK at -inf: `_data_rows`): the softmax over the data ids, its
+        MASK entry set to 0 (a finite dummy)."""
+        lp = scores - scores.logsumexp(-1, keepdim=True)
+        lp[:, self.mask_id] = 0.0
+        return lp
 
     def _clean_at(self, log_probs: Tensor, x: Tensor, rows: Tensor) -> Tensor:
         """log p̃(x) at the data ids x where the bool `rows` is True (0 elsewhere), normalising
-        only those rows of `log_probs` (log-probabilities or unnormalised log-scores)."""
-        index = torch.tensor([self.mask_id], device=log_probs.device)
+        only those rows of `log_probs` (log-probabilities or unnormalised log-scores, any float
+        dtype; the normaliser is computed in float32)."""
         at_x = log_probs.gather(-1, x[..., None])[..., 0].float()
-        scores = log_probs[rows].float().index_fill(-1, index, float("-inf"))
-        lse = torch.zeros_like(at_x).masked_scatter(rows, scores.logsumexp(-1))
+        lse = torch.zeros_like(at_x).masked_scatter(
+            rows, self._data_rows(log_probs, rows).logsumexp(-1)
+        )
         return torch.where(rows, at_x - lse, 0.0)
 
     def _noised_at(self, lp_x: Tensor, r: dict[str, Tensor]) -> Tensor:
@@ -364,7 +374,7 @@ class GammaHybrid(NoiseProcess):
         take a new token are renormalised over V and drawn (the coins are drawn before)."""
         rows = {name: value[jump] for name, value in r.items()}
         excluded = None if exclude is None else exclude[jump]
-        lp = self._data_log_softmax(log_probs[jump])
+        lp = self._data_log_softmax(self._data_rows(log_probs, jump))
         drawn = self._draw_noised(lp, rows, generator, excluded)
         return torch.zeros(jump.shape, dtype=drawn.dtype, device=jump.device).masked_scatter(
             jump, drawn
@@ -379,9 +389,7 @@ class GammaHybrid(NoiseProcess):
         log_p[..., self.mask_id] = float("-inf")
         if exclude is not None:
             log_p = log_p.scatter(-1, exclude[..., None], float("-inf"))
-        probs = log_p.softmax(-1)
-        flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-        return flat.reshape(probs.shape[:-1])
+        return categorical(log_p.softmax(-1), generator)
 
     def euler_step(
         self,

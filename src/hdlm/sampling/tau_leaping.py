@@ -36,13 +36,14 @@ def reshape_distribution(
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> Tensor:
-    """log p̃ after temperature (0: greedy, a point mass on the argmax), top-k and top-p."""
+    """log p̃ after temperature (0: greedy, a point mass on the argmax), top-k and top-p (those
+    in float32; unchanged log-scores keep the network's dtype)."""
     if temperature == 0:
         best = log_probs.argmax(-1, keepdim=True)
         return torch.full_like(log_probs, float("-inf")).scatter(-1, best, 0.0)
     if temperature == 1 and top_k is None and top_p is None:
         return log_probs
-    return filter_logits(log_probs / temperature, top_k, top_p).log_softmax(-1)
+    return filter_logits(log_probs.float() / temperature, top_k, top_p).log_softmax(-1)
 
 
 def tau_leaping(
@@ -112,11 +113,13 @@ def sample_tau_leaping(
     bos = tokens[:, :1]
 
     def denoise(x_t: Tensor, levels: Tensor, step: int) -> Tensor:
-        # unnormalised log-scores (MASK at -inf): the steps normalise only the rows they read
+        # unnormalised log-scores (MASK at -inf) in the network's dtype: the steps normalise,
+        # in float32, only the rows they read (a float copy of all [n, L, V] would cost more
+        # than a tenth of the step on CPU)
         tokens = torch.cat((bos, x_t), 1)
         steps = torch.full_like(x_t, step)
-        scores = layout.logits(lm.net, tokens, x_t, levels, steps).float()
-        scores[..., lm.tokenizer.mask_id] = float("-inf")
+        scores = layout.logits(lm.net, tokens, x_t, levels, steps)
+        scores[..., lm.tokenizer.mask_id] = float("-inf")  # in place: the head's fresh output
         return reshape_distribution(scores, **pick)
 
     x = tau_leaping(denoise, process, x, table, generator, method, layout.conditioned)

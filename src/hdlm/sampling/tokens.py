@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hdlm.processes.base import categorical
+
 CRITERIA = ("confidence", "entropy")
 
 
@@ -71,15 +73,3 @@ def certainty(log_probs: Tensor, criterion: str, **pick) -> Tensor:
     if criterion == "entropy":
         return -torch.special.entr(shaped.exp()).sum(-1)
     raise ValueError(f"unknown criterion {criterion!r}; one of {CRITERIA}")
-
-
-def categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One draw per row of `probs` [..., V] (nonnegative, any positive sum) by inversion: the
-    first v whose cumulative mass exceeds u · total, u ~ U[0, 1) (one uniform per row); entries
-    of zero mass are never drawn (their cumulative mass equals the one before them). 10-20×
-    faster than `torch.multinomial` on CPU for V = 4096."""
-    cumulative = probs.cumsum(-1)
-    u = torch.rand(probs.shape[:-1], generator=generator, device=probs.device, dtype=probs.dtype)
-    target = (u * cumulative[..., -1])[..., None]
-    # u < 1 keeps the rounded u · total below the total, so the draw is always in range
-    return torch.searchsorted(cumulative, target, right=True)[..., 0]
