@@ -15,6 +15,14 @@ from hdlm.processes.base import NoiseProcess, clean_log_prob, levels, reveal_fra
 CORRECTIONS = ("none", "acs", "remask")
 
 
+def step_coins(current: Tensor, probs, generator: torch.Generator | None) -> Tensor:
+    """One uniform coin per entry of `current` [n, A], or zeros (no draw) when every
+    probability of `probs` is 0 or 1, so deterministic steps leave the generator untouched."""
+    if any(((p > 0) & (p < 1)).any() for p in probs):
+        return torch.rand(current.shape, generator=generator, device=current.device)
+    return torch.zeros(current.shape, device=current.device)
+
+
 @dataclass(frozen=True)
 class Absorbing(NoiseProcess):
     """Masking (MDLM): q(x_t | x0) = alpha(t) e_x0 + (1 - alpha(t)) e_MASK."""
@@ -74,34 +82,30 @@ class Absorbing(NoiseProcess):
           and masked tokens revealed with ((1 - s) - (1 - σ)(1 - t)) / t instead of p.
         Random coins are drawn only where a probability lies strictly between 0 and 1, so a
         quenched-AR walk consumes the generator exactly as the AR sampler does. Returns the new
-        tokens and which positions were revealed, corrected (changed by a re-draw), remasked.
+        tokens and which positions were revealed, corrected (changed by a re-draw; `acs` only),
+        remasked (`remask` only).
         """
         if correction not in CORRECTIONS:
             raise ValueError(f"unknown correction '{correction}'; use one of {CORRECTIONS}")
         masked = current == self.mask_id
-        reveal_prob = reveal_fraction(t, s)
-        redraw_prob = torch.zeros_like(t)
-        remask_prob = torch.zeros_like(t)
+        probs = {"reveal": reveal_fraction(t, s)}  # only the events this correction has
         if correction == "acs":
-            redraw_prob = eta * (1 - reveal_prob)
+            probs["redraw"] = eta * (1 - probs["reveal"])
         elif correction == "remask":
             remask_prob = torch.minimum(torch.full_like(s, eta), s / (1 - t).clamp_min(base.T_EPS))
-            reveal_prob = ((1 - s) - (1 - remask_prob) * (1 - t)) / t
-        probs = torch.stack((reveal_prob, redraw_prob, remask_prob))
-        if ((probs > 0) & (probs < 1)).any():
-            coins = torch.rand(current.shape, generator=generator, device=current.device)
-        else:
-            coins = torch.zeros(current.shape, device=current.device)
-        reveal = masked & (coins < reveal_prob)
-        redraw = ~masked & (coins < redraw_prob)
-        remask = ~masked & (coins < remask_prob)
-        needed = reveal | redraw
-        proposal = current.masked_scatter(needed, propose(needed))
-        updated = torch.where(reveal | redraw, proposal, current)
-        updated = torch.where(remask, torch.full_like(current, self.mask_id), updated)
-        events = {
-            "revealed": reveal,
-            "corrected": redraw & (proposal != current),
-            "remasked": remask,
-        }
+            probs["remask"] = remask_prob
+            probs["reveal"] = ((1 - s) - (1 - remask_prob) * (1 - t)) / t
+        coins = step_coins(current, probs.values(), generator)
+        reveal = masked & (coins < probs["reveal"])
+        needed, events = reveal, {"revealed": reveal}
+        if "redraw" in probs:
+            redraw = ~masked & (coins < probs["redraw"])
+            needed = reveal | redraw
+        updated = current.masked_scatter(needed, propose(needed))
+        if "redraw" in probs:
+            events["corrected"] = redraw & (updated != current)
+        if "remask" in probs:
+            remask = ~masked & (coins < probs["remask"])
+            updated = torch.where(remask, torch.full_like(current, self.mask_id), updated)
+            events["remasked"] = remask
         return updated, events

@@ -23,6 +23,7 @@ same tokens, the same random draws, logits equal to float tolerance — only slo
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +128,6 @@ class NetworkView:
                 "use a schedule that settles left to right"
             )
         device = tokens.device
-        positions = computed.nonzero()[:, 0]
         if self.cache is None:
             every = torch.arange(tokens.shape[1], device=device)
             mask = None
@@ -135,8 +135,8 @@ class NetworkView:
                 seen = full_mask(self.key, settled[None], computed[None])
                 mask = seen[:, None].to(device)
             self._run(tokens, every, levels, attn_mask=mask)
-        elif torch.isin(read, positions).any():  # some read-out sits on an in-flight token
-            self._run(tokens, positions.to(device), levels)
+        elif computed[read].any():  # some read-out sits on an in-flight token
+            self._run(tokens, computed.nonzero()[:, 0].to(device), levels)
         if read.dim() == 1:
             return self.hidden[:, read.to(device)]
         index = read.to(device)[..., None].expand(-1, -1, self.hidden.shape[-1])
@@ -185,38 +185,71 @@ def sample_hyperschedule(
     view = NetworkView(lm, tokens, attention_keys(schedule, fixed & ~context[1:]), use_cache)
     view.commit(tokens, (known.cpu() & ~context).nonzero()[:, 0])
     hidden, changed, last_active = None, True, None
-    for s in range(1, schedule.num_steps + 1):
-        states = position_states(table[s - 1], table[s])
-        active = states.active
-        if not active.any():
-            continue
+    for plan in step_plans(table, context):
+        active, targets = plan.active, plan.targets
         # MDLM's trick: when no input changed since the last step, neither did the output
         same_inputs = not changed and not view.conditioned and torch.equal(active, last_active)
         if not same_inputs:
             levels = None
             if view.conditioned:
-                levels = F.pad(levels_on_device[s - 1], (1, 0)).expand(n, -1)
-            settled = F.pad(states.settled, (1, 0), value=True) & ~context
-            computed = F.pad(active, (1, 0), value=False) | context
-            targets = active.nonzero()[:, 0] + 1
-            hidden = view.hidden_at(tokens, levels, settled, computed, targets)
-        on_device = active.to(device)
-        current = tokens[:, 1:][:, on_device]
+                levels = F.pad(levels_on_device[plan.step - 1], (1, 0)).expand(n, -1)
+            hidden = view.hidden_at(tokens, levels, plan.settled, plan.computed, targets)
+        on_device = targets.to(device)
+        current = tokens[:, on_device]
 
         def propose(needed: Tensor, hidden: Tensor = hidden) -> Tensor:
             # only the rows that take a new token go through the read-out and the draw
             return pick_tokens(view.log_probs(hidden[needed]), generator, **pick)
 
-        t, s_level = levels_on_device[s - 1][on_device], levels_on_device[s][on_device]
-        updated, events = step(current, t, s_level, propose, generator)
-        changed = bool(states.newly_settled.any()) or bool((updated != current).any())
-        tokens[:, 1:][:, on_device] = updated
+        updated, events = step(current, plan.t.to(device), plan.s.to(device), propose, generator)
+        changed = len(plan.newly_settled) > 0 or bool((updated != current).any())
+        tokens[:, on_device] = updated
         last_active = active
-        if s < schedule.num_steps:
-            view.commit(tokens, states.newly_settled.nonzero()[:, 0] + 1)
+        if plan.step < schedule.num_steps:
+            view.commit(tokens, plan.newly_settled)
         if trace is not None:
             record(trace, tokens, active, events)
     return tokens
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What step `step` of a walk does, decided by the schedule alone (host tensors): its
+    `active` positions [L-1] (bool) and their token indices `targets` [A] (BOS = 0), their
+    levels before and after (`t`, `s` [A]), which positions are `settled` (cached context) and
+    `computed` (run this step) [L], and the token indices settling at it, `newly_settled` [K]."""
+
+    step: int
+    active: Tensor
+    targets: Tensor
+    t: Tensor
+    s: Tensor
+    settled: Tensor
+    computed: Tensor
+    newly_settled: Tensor
+
+
+def step_plans(table: Tensor, context: Tensor) -> list[StepPlan]:
+    """The plan of every step of `table` [S+1, L-1] that moves some position, computed for all
+    steps at once (a handful of tensor ops instead of a dozen per step on the hot path);
+    `context` [L]: positions computed at every step (BOS and given tokens under full
+    attention)."""
+    before, after = table[:-1], table[1:]
+    states = position_states(before, after)  # each [S, L-1]
+    settled = F.pad(states.settled, (1, 0), value=True) & ~context
+    computed = F.pad(states.active, (1, 0), value=False) | context
+    counts = states.active.sum(1).tolist()
+    targets = (states.active.nonzero()[:, 1] + 1).split(counts)
+    t, s = before[states.active].split(counts), after[states.active].split(counts)
+    newly = states.newly_settled
+    settling = (newly.nonzero()[:, 1] + 1).split(newly.sum(1).tolist())
+    return [
+        StepPlan(
+            k + 1, states.active[k], targets[k], t[k], s[k], settled[k], computed[k], settling[k]
+        )  # fmt: skip
+        for k in range(len(counts))
+        if counts[k]
+    ]
 
 
 def record(trace: Trace, tokens: Tensor, active: Tensor, events: dict[str, Tensor]) -> None:
