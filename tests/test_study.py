@@ -143,12 +143,14 @@ def test_seeded_report_on_real_text_uses_the_judge(tmp_path):
             "family": "mdlm", "study_family": "mdlm", "seed": k,
             "perplexity": {"nelbo_per_token": 5.0, "nelbo_terms_per_token": {"diffusion": 5.0}},
             "samples": {"acs": sample},
+            "infill": {"span_nll_per_token": 3.0 + k, "accuracy": 0.25},
         }  # fmt: skip
     write_seeded_report(study, results, tmp_path / "out")
     table = (tmp_path / "out" / "table.md").read_text()
     # gen-PPL 100, 120: mean 110, standard error 10
     assert "| mdlm | acs | 2 | 110.0 ± 10.0 | 0.500 ± 0.000 | 4.000 ± 0.000 |" in table
     assert "| held-out text |" in table and "judge, the study's reference run `ar`" in table
+    assert "| mdlm | 2 | 3.500 ± 0.500 | upper bound | 0.250 ± 0.000 |" in table
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 1000
 
 

@@ -82,6 +82,20 @@ def perplexity_rows(groups: dict[str, list[dict]]) -> list[str]:
     return markdown(header, rows)
 
 
+def infill_rows(groups: dict[str, list[dict]]) -> list[str]:
+    """Span NLL and greedy accuracy of infilling, mean ± s.e. over the seeds that have one."""
+    rows = []
+    for name, runs in groups.items():
+        fills = [r["infill"] for r in runs if "infill" in r]
+        if fills:
+            rows.append([
+                name, str(len(fills)), pm([f["span_nll_per_token"] for f in fills]),
+                bound_kind(runs[0]["family"] == "a3"), pm([f["accuracy"] for f in fills]),
+            ])  # fmt: skip
+    header = ["family", "seeds", "span NLL (nats/token)", "kind", "greedy accuracy"]
+    return markdown(header, rows) if rows else []
+
+
 def sample_summary(groups: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
     """family -> sampler label -> {key: (mean, se), "n": seeds} over the seeds' samples."""
     out: dict[str, dict[str, dict]] = {}
@@ -254,6 +268,15 @@ def write_seeded_report(study, results: dict, out: Path) -> None:
         *sample_rows(summary, groups),
         "",
     ]
+    infill = infill_rows(groups)
+    if infill:
+        lines += [
+            f"## Infilling (middle {study.infill.span} of {study.infill.length} tokens, "
+            f"{study.infill.blocks} held-out blocks)",
+            "",
+            *infill,
+            "",
+        ]
     (out / "table.md").write_text("\n".join(lines))
     reference = first.get("true_noisy_window_entropy")
     frontier_plot(summary, out / "frontier.png", reference, quality)

@@ -340,6 +340,8 @@ def report_so_far(path: str | Path) -> Path:
             },
             "training": training_summary(study.runs_path / run),
         }  # fmt: skip
+        if (folder / "infill.json").is_file():
+            results[run]["infill"] = json.loads((folder / "infill.json").read_text())
     if not results:
         raise HdlmError(f"study: nothing evaluated yet under {raw}; run the study first")
     from hdlm.report_seeds import write_seeded_report
