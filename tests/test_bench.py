@@ -1,5 +1,7 @@
 """The benchmark cases run (speed itself is measured by `hdlm bench`, not asserted here)."""
 
+import time
+
 import torch
 
 from hdlm import bench
@@ -49,3 +51,26 @@ def test_the_network_timer_counts_nested_calls_once():
     before = timer.seconds
     net.head(hidden)  # a separate read-out is network time too
     assert timer.seconds > before and timer.depth == 0
+
+
+def test_the_network_timer_counts_a3_two_stream_passes(monkeypatch):
+    """A3's forward pass is `two_stream`, not `forward`: its time is network time."""
+    from hdlm.model.a3 import A3Transformer
+
+    original, busy = A3Transformer.two_stream, 0.01
+
+    def slow_two_stream(self, *args, **kwargs):  # CPU work the timer must see
+        start = time.process_time()
+        while time.process_time() - start < busy:
+            pass
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(A3Transformer, "two_stream", slow_two_stream)
+    lm = bench.language_model("a3", SIZE, 16, "cpu")
+    timer = bench.NetworkTimer(lm.net, torch.device("cpu"))
+    passes = []
+    counting = lm.net.two_stream
+    lm.net.two_stream = lambda *a, **k: passes.append(1) or counting(*a, **k)
+    timer.on = True
+    lm.sample(1, 12, sampler="a3", eos_stop=False)
+    assert len(passes) >= 11 and timer.seconds >= busy * len(passes)

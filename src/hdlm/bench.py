@@ -25,6 +25,7 @@ import torch
 
 from hdlm.config import RunConfig, TokenizerConfig, complete
 from hdlm.hardware import autocast, clock, compile_network, matmul_flops, synchronize
+from hdlm.model.a3 import A3Transformer
 
 TRAIN_FAMILIES = {
     "ar": {},
@@ -118,9 +119,10 @@ def train_case(case: dict) -> dict:
 
 
 class NetworkTimer:
-    """Time spent inside the network's forward calls (the trunk and a separate read-out head),
-    with the benchmark's clock; nested calls (the head inside a full forward) count once. On
-    GPU every call boundary synchronises, so the share is of the synchronised run."""
+    """Time spent inside the network's forward calls (the trunk and a separate read-out head;
+    A3's `two_stream`, its forward pass by another name), with the benchmark's clock; nested
+    calls (the head inside a full forward) count once. On GPU every call boundary synchronises,
+    so the share is of the synchronised run."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device):
         self.seconds, self.depth, self.started = 0.0, 0, 0.0
@@ -133,6 +135,20 @@ class NetworkTimer:
                 module.register_forward_hook(self.leave),
             )
         ]
+        if isinstance(net, A3Transformer):  # this instance's two_stream, timed like a forward
+            net.two_stream = self.timed(net.two_stream)
+
+    def timed(self, method):
+        """`method` counted as a network call."""
+
+        def call(*args, **kwargs):
+            self.enter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.leave()
+
+        return call
 
     def enter(self, *_) -> None:
         if self.on and self.depth == 0:
