@@ -345,3 +345,23 @@ def test_eval_infill_from_the_cli_reports_the_settings(runs, capsys, tmp_path, m
     assert code == 0, err
     fill = json.loads(out)["infill"]["fill"]
     assert (fill["order"], fill["group_size"], fill["temperature"]) == ("entropy", 2, 0.5)
+
+
+@pytest.mark.parametrize("order, size", [("left-to-right", 1), ("left-to-right", 3), ("random", 2)])
+def test_rows_that_end_early_do_not_break_the_others(order, size):
+    """Rows end at different steps (EOS stop); from 64 positions on, topk over an ended row's
+    all -inf priorities returns index 0 (BOS), whose query row would be -1: the demo's crash."""
+    net = sharp_net(std=0.3)
+    hook = favour(net, EOS, 1.5)  # EOS now and then: rows end at different steps
+    length = 64  # the model's context
+    known = torch.arange(length) < 1
+    tokens = random_tokens(8, length)
+    cached = draw(net, tokens, known, order=order, group_size=size, stop_id=EOS)
+    with pytest.raises(HdlmError, match="longer than the model's context"):
+        draw(net, random_tokens(2, length + 1), torch.arange(length + 1) < 1, use_cache=False)
+    uncached = draw(net, tokens, known, use_cache=False, order=order, group_size=size,
+                    stop_id=EOS)  # fmt: skip
+    hook.remove()
+    assert torch.equal(cached, uncached) and not (cached == MASK).any()
+    ends = [int((row == EOS).nonzero()[0, 0]) for row in cached[:, 1:] if (row == EOS).any()]
+    assert len(set(ends)) > 1 and min(ends) < length // 2  # some row ended long before others

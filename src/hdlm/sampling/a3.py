@@ -59,11 +59,17 @@ def unknown_group(length: int) -> int:
     return length + 1
 
 
+def query_rows(targets: Tensor) -> Tensor:
+    """The row i - 1 that queries target i. A pick at BOS (i = 0: a row with nothing left to
+    commit this step, `commit` writes nothing there) is queried at row 0, a harmless dummy."""
+    return (targets - 1).clamp_min(0)
+
+
 def _query_inputs(tokens: Tensor, committed: Tensor, targets: Tensor, mask_id: int):
     """Query tokens, RoPE positions and gaps for target positions `targets` [n, R], given which
     positions are `committed` [n, L] (`model.a3`: the content input of i - 1, at i - 1, and the
     number of uncommitted positions between the nearest committed one and i)."""
-    previous = targets - 1
+    previous = query_rows(targets)
     visible = committed.gather(1, previous)
     query_tokens = torch.where(visible, tokens.gather(1, previous), mask_id)
     columns = torch.arange(tokens.shape[1], device=tokens.device)
@@ -100,7 +106,8 @@ class Decoding:
             logits = self._cached_logits(targets)
         else:
             logits = self.net.two_stream(**a3.stream_inputs(self.tokens, self.groups, self.mask_id))
-            logits = logits.gather(1, (targets - 1)[..., None].expand(-1, -1, logits.shape[-1]))
+            rows = query_rows(targets)[..., None].expand(-1, -1, logits.shape[-1])
+            logits = logits.gather(1, rows)
         return clean_log_probs(logits, self.mask_id)
 
     def _cached_logits(self, targets: Tensor) -> Tensor:
@@ -181,6 +188,7 @@ def decode(
     known = known.to(tokens.device)
     if not known[0]:
         raise HdlmError("position 0 (BOS) must be given")
+    net.check_context(None, tokens.shape[1])  # (the uncached passes index RoPE tables by position)
     plan = explicit_steps(groups, known) if groups is not None else None
     state = Decoding(net, tokens, known, mask_id, group_size, use_cache, stop_id)
     remaining = int((~known).sum())
@@ -199,7 +207,11 @@ def decode(
             live -= take
         else:
             take = min(group_size, remaining - step * group_size)
-            chosen = torch.where(state.open, priority, float("-inf")).topk(take, 1).indices
+            top = torch.where(state.open, priority, float("-inf")).topk(take, 1)
+            # a row with fewer open positions than `take` (it has ended) gets picks scored
+            # -inf, at arbitrary positions (topk's order among ties; index 0 for long rows):
+            # point them all at BOS, never open, as `_surest` does
+            chosen = torch.where(top.values > float("-inf"), top.indices, 0)
             log_probs = state.log_probs(chosen)
         committed = state.commit(chosen, pick_tokens(log_probs, generator, **pick))
         if trace is not None:
