@@ -68,20 +68,6 @@ def perplexity(
 
 
 @torch.no_grad()
-def nelbo_sums(
-    lm: LanguageModel,
-    blocks: torch.Tensor,
-    batch_size: int,
-    precision: str = "fp32",
-    progress: bool = False,
-    mc_samples: int | None = None,
-) -> tuple[float, int]:
-    """(Σ NELBO in nats, Σ scored tokens) over `blocks`: sums, so that shards add up."""
-    terms, total_tokens = nelbo_term_sums(lm, blocks, batch_size, precision, progress, mc_samples)
-    return sum(terms.values()), total_tokens
-
-
-@torch.no_grad()
 def nelbo_term_sums(
     lm: LanguageModel,
     blocks: torch.Tensor,
@@ -91,7 +77,8 @@ def nelbo_term_sums(
     mc_samples: int | None = None,
 ) -> tuple[dict[str, float], int]:
     """({term: Σ nats}, Σ scored tokens) over `blocks` for each of the objective's
-    `nelbo_terms` (diffusion, reconstruction, prior; the NLL for ar and a3)."""
+    `nelbo_terms` (diffusion, reconstruction, prior; the NLL for ar and a3): sums, so that
+    shards add up."""
     totals: dict[str, float] = {}
     total_tokens = 0
     for start in tqdm(range(0, len(blocks), batch_size), desc="eval", disable=not progress):

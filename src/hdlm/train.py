@@ -32,7 +32,7 @@ from hdlm import distributed
 from hdlm.config import RunConfig, to_dict
 from hdlm.data import Batches, Prefetcher, PreparedData, prepare_data
 from hdlm.errors import ConfigError, DataError
-from hdlm.evaluate import nelbo_sums
+from hdlm.evaluate import nelbo_term_sums
 from hdlm.files import write_text_atomic
 from hdlm.hardware import autocast, compile_network, pick_device, pick_precision
 from hdlm.model import LanguageModel
@@ -298,10 +298,11 @@ class Housekeeping:
         net = run.lm.net
         net.eval()
         with run.ema.applied(net) if run.ema is not None else contextlib.nullcontext():
-            sums = nelbo_sums(run.lm, distributed.shard(blocks), tc.batch_size // world,
-                              run.precision)  # fmt: skip
+            terms, tokens = nelbo_term_sums(
+                run.lm, distributed.shard(blocks), tc.batch_size // world, run.precision
+            )
         net.train()
-        nats, tokens = distributed.all_sum(list(sums), run.device)
+        nats, tokens = distributed.all_sum([sum(terms.values()), tokens], run.device)
         val = nats / tokens
         ppl = math.exp(min(val, MAX_LOGGED_NATS))
         self.log({"step": step, "val_loss": val, "val_ppl": ppl})
