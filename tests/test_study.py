@@ -185,6 +185,36 @@ def test_seeded_report_gives_means_and_standard_errors(tmp_path):
     assert mean_se([1.0, float("inf"), 3.0]) == (2.0, 1.0)
 
 
+def test_differences_pair_samplers_by_seed_and_compare_nelbo_with_the_baseline():
+    from hdlm.report_seeds import baseline_rows, paired_sampler_rows
+
+    def run(family, seed, nelbo, samples):
+        return {"family": family, "seed": seed, "perplexity": {"nelbo_per_token": nelbo},
+                "samples": {label: {"gen_ppl_nll_per_token": nll, "unigram_entropy": h,
+                                    "sampler_options": {"steps": steps}}
+                            for label, (steps, nll, h) in samples.items()}}  # fmt: skip
+
+    groups = {
+        "mdlm": [
+            run("mdlm", 0, 4.0, {"anc32": (32, 5.0, 4.0), "acs32": (32, 5.5, 4.1),
+                                 "anc128": (128, 4.0, 4.0), "acs128": (128, 4.1, 4.0)}),
+            run("mdlm", 1, 4.2, {"anc32": (32, 6.0, 4.0), "acs32": (32, 6.7, 4.3),
+                                 "anc128": (128, 4.5, 4.0)}),
+            run("mdlm", 2, 4.4, {"acs32": (32, 9.0, 9.0)}),  # no ancestral: not paired
+        ],
+        "eps-hybrid": [run("eps-hybrid", k, 4.5 + 0.1 * k, {}) for k in range(2)],
+    }  # fmt: skip
+    paired = "\n".join(paired_sampler_rows(groups, "gen_ppl_nll_per_token"))
+    # seed 0: +0.5, seed 1: +0.7 -> +0.6 ± 0.1; gen-PPL x exp(0.6) = 1.82; entropy +0.1, +0.3
+    assert "| mdlm | acs32 | anc32 | 2 | +0.600 ± 0.100 | 1.82 | +0.200 ± 0.100 |" in paired
+    assert "| mdlm | acs128 | anc128 | 1 | +0.100 | 1.11 | +0.000 |" in paired
+    assert "| mdlm | anc32 |" not in paired and "| mdlm | anc128 |" not in paired
+    nelbo = "\n".join(baseline_rows(groups, "mdlm"))
+    # eps 4.5, 4.6 (mean 4.55, se 0.05) minus mdlm 4.0, 4.2, 4.4 (4.2, se 0.115): +0.350 ± 0.126
+    assert "| eps-hybrid | 2 vs 3 | +0.350 ± 0.126 |" in nelbo
+    assert baseline_rows(groups, "ar") == []
+
+
 def test_frontier_labels_do_not_overlap():
     import matplotlib
 

@@ -49,14 +49,14 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / len(finite))
 
 
-def pm(values: list[float], digits: int = 3) -> str:
-    """`mean ± se (n)` of `values`; `–` when there is none."""
+def pm(values: list[float], digits: int = 3, sign: str = "") -> str:
+    """`mean ± se (n)` of `values` (`sign="+"`: always signed); `–` when there is none."""
     mean, se = mean_se(values)
     if math.isnan(mean):
         return "–"
     n = sum(1 for v in values if v is not None and math.isfinite(v))
     spread = "" if math.isnan(se) else f" ± {se:.{digits}f}"
-    return f"{mean:.{digits}f}{spread}" + (f" (n={n})" if n < len(values) else "")
+    return f"{mean:{sign}.{digits}f}{spread}" + (f" (n={n})" if n < len(values) else "")
 
 
 def by_family(results: dict) -> dict[str, list[dict]]:
@@ -138,6 +138,88 @@ def sample_rows(summary: dict, groups: dict[str, list[dict]]) -> list[str]:
         rows.append(["held-out text", "–", "–", "–", "–", *held_out])
     header = ["family", "sampler", "seeds", *(title for _, title, _ in columns)]
     return markdown(header, rows)
+
+
+def difference(a: list[float], b: list[float], digits: int = 3) -> str:
+    """`mean(a) - mean(b) ± sqrt(se_a² + se_b²)` of two independent groups of seeds."""
+    (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
+    if math.isnan(ma) or math.isnan(mb):
+        return "–"
+    spread = math.hypot(sa, sb)
+    return f"{ma - mb:+.{digits}f}" + ("" if math.isnan(spread) else f" ± {spread:.{digits}f}")
+
+
+def baseline_rows(groups: dict[str, list[dict]], baseline: str) -> list[str]:
+    """Each family's test NELBO minus the baseline family's (claim 1: hybrid noising beats
+    MDLM), mean ± the standard error of the difference; negative is better than the baseline."""
+    if baseline not in groups:
+        return []
+    nelbo = {n: [r["perplexity"]["nelbo_per_token"] for r in runs] for n, runs in groups.items()}
+    rows = [
+        [name, f"{len(values)} vs {len(nelbo[baseline])}", difference(values, nelbo[baseline])]
+        for name, values in nelbo.items()
+        if name != baseline
+    ]
+    return markdown(["family", "seeds", f"test NELBO minus {baseline}'s (nats/token)"], rows)
+
+
+def quality_key(first: dict) -> str:
+    """The per-token NLL that judges samples: the δ-noisy source's, else the judge model's."""
+    truth = "true_noisy_nll_per_token"
+    return truth if truth in first else "gen_ppl_nll_per_token"
+
+
+def paired_sampler_rows(groups: dict[str, list[dict]], key: str) -> list[str]:
+    """Each sampler setting against its family's first setting with the same steps and
+    hyperschedule (claim 2: ACS lowers generative perplexity at similar diversity), paired by
+    seed (same model, same sampling seed): the difference in the samples' NLL per token (`key`)
+    and in their unigram entropy, mean ± standard error over the seeds that have both."""
+    rows = []
+    for name, runs in groups.items():
+        baselines: dict[tuple, str] = {}
+        for label in dict.fromkeys(label for r in runs for label in r["samples"]):
+            options = next(r["samples"][label] for r in runs if label in r["samples"])
+            chosen = options.get("sampler_options", {})
+            base = baselines.setdefault((chosen.get("steps"), chosen.get("schedule")), label)
+            pairs = [r["samples"] for r in runs if label in r["samples"] and base in r["samples"]]
+            if base == label or not pairs:
+                continue
+            deltas = {
+                column: [s[label].get(column, math.nan) - s[base].get(column, math.nan)
+                         for s in pairs]
+                for column in (key, "unigram_entropy")
+            }  # fmt: skip
+            ratio = math.exp(mean_se(deltas[key])[0]) if key == "gen_ppl_nll_per_token" else None
+            ratio_cell = [] if ratio is None else [f"{ratio:.2f}"]
+            rows.append([
+                name, label, base, str(len(pairs)), pm(deltas[key], sign="+"), *ratio_cell,
+                pm(deltas["unigram_entropy"], sign="+"),
+            ])  # fmt: skip
+    judge = "judge" if key == "gen_ppl_nll_per_token" else "δ-noisy source"
+    header = ["family", "sampler", "against", "seeds", f"Δ NLL of samples ({judge}, nats/token)",
+              *(["gen-PPL ×"] if key == "gen_ppl_nll_per_token" else []),
+              "Δ unigram entropy"]  # fmt: skip
+    return markdown(header, rows) if rows else []
+
+
+def comparison_lines(study, groups: dict[str, list[dict]], first: dict) -> list[str]:
+    """The differences the claims are about, with their standard errors."""
+    lines = []
+    if study.baseline and study.baseline in groups:
+        table = baseline_rows(groups, study.baseline)
+        lines += [f"### Test NELBO against {study.baseline}", "", *table, ""]
+    paired = paired_sampler_rows(groups, quality_key(first)) if first else []
+    if paired:
+        lines += [
+            "### Samplers against the family's first setting at the same steps (paired by seed)",
+            "",
+            "Negative Δ NLL: the samples are more likely (better); Δ unigram entropy: more "
+            "diverse when positive.",
+            "",
+            *paired,
+            "",
+        ]
+    return ["## Differences", "", *lines] if lines else []
 
 
 def place_labels(ax, points: list[tuple[float, float, str, str]], fontsize: int = 6) -> int:
@@ -268,6 +350,7 @@ def write_seeded_report(study, results: dict, out: Path) -> None:
         *sample_rows(summary, groups),
         "",
     ]
+    lines += comparison_lines(study, groups, first)
     infill = infill_rows(groups)
     if infill:
         lines += [

@@ -60,6 +60,7 @@ class StudyConfig:
     budget: list[str] = field(default_factory=list)  # overrides applied to every family
     families: dict[str, FamilyRun] = field(default_factory=dict)
     reference: str | None = "ar"  # scores gen-ppl; None when no sample metric needs it
+    baseline: str | None = None  # the family every other's NELBO is compared with (e.g. mdlm)
     perplexity: PerplexitySettings = field(default_factory=PerplexitySettings)
     samples: SampleSettings = field(default_factory=SampleSettings)
     sweep: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -94,7 +95,7 @@ def load_study(path: str | Path) -> StudyConfig:
             )
     if study.reference is None and "gen-ppl" in study.samples.metrics:
         raise ConfigError(f"{path}: the gen-ppl metric needs a 'reference' family (an ar run)")
-    named = [study.reference] if study.reference else []
+    named = [name for name in (study.reference, study.baseline) if name]
     unknown = [
         name
         for name in [*named, *study.sweep, *study.infill.families]
@@ -102,8 +103,8 @@ def load_study(path: str | Path) -> StudyConfig:
     ]
     if unknown:
         raise ConfigError(
-            f"{path}: {', '.join(sorted(set(unknown)))} named in reference/sweep/infill but not "
-            f"under 'families' ({', '.join(study.families)})"
+            f"{path}: {', '.join(sorted(set(unknown)))} named in reference/baseline/sweep/infill "
+            f"but not under 'families' ({', '.join(study.families)})"
         )
     for run in study_runs(study):
         run_config(study, run)  # every run's config loads and validates before any work
@@ -324,6 +325,8 @@ def report_so_far(path: str | Path) -> Path:
     settings not evaluated yet (a partial study's tables say how many seeds each cell has)."""
     study = load_study(path)
     raw = study.results_path / "raw"
+    written = study.results_path / "results.json"  # keeps the training summaries of runs gone
+    before = json.loads(written.read_text()) if written.is_file() else {}
     results = {}
     for run, (name, seed) in study_runs(study).items():
         folder = raw / run
@@ -338,8 +341,11 @@ def report_so_far(path: str | Path) -> Path:
                 for label in map(setting_label, study.sweep.get(name, []))
                 if (folder / f"samples-{label}.json").is_file()
             },
-            "training": training_summary(study.runs_path / run),
         }  # fmt: skip
+        if (study.runs_path / run / "metrics.jsonl").is_file():
+            results[run]["training"] = training_summary(study.runs_path / run)
+        elif "training" in before.get(run, {}):
+            results[run]["training"] = before[run]["training"]
         if (folder / "infill.json").is_file():
             results[run]["infill"] = json.loads((folder / "infill.json").read_text())
     if not results:
