@@ -185,3 +185,40 @@ def test_fused_cross_entropy_equals_log_softmax_and_gather_with_its_gradient():
     torch.testing.assert_close(fused, reference)
     torch.testing.assert_close(fused_grad, reference_grad.to(fused_grad.dtype))
     assert (fused_grad[..., MASK] == 0).all() and torch.equal(logits.detach(), before)
+
+
+def test_visible_weights_are_hdlms_lambda_weights():
+    from hdlm.processes.eps_hybrid import EpsHybrid
+
+    hybrid = EpsHybrid(eps=0.1, mask_id=MASK, vocab_size=V)
+    x0, x_t = torch.tensor([1, 2, 3]), torch.tensor([1, MASK, 0])
+    weights = hybrid.visible_weights(x0, x_t, torch.full((3,), 0.5), lam=2.0)
+    # clean: λ ε / (1 - t) = 0.4; masked: 0; corrupted: λ (1 - ε) / (1 - t) = 3.6
+    torch.testing.assert_close(weights, torch.tensor([0.4, 0.0, 3.6]))
+
+
+@pytest.mark.parametrize("time", ["count", "continuous"])
+def test_visible_weight_trains_visible_positions_and_leaves_the_nelbo_alone(time):
+    net, plain = make(family="eps-hybrid", eps=0.3, time=time)
+    _, weighted = make(family="eps-hybrid", eps=0.3, time=time, visible_weight=1.0)
+    tokens = random_tokens(8)
+    draws = torch.linspace(0.2, 0.8, 8)  # some positions masked, some visible in every row
+
+    def terms(objective, lam):
+        generator = torch.Generator().manual_seed(0)
+        return objective.terms(net, tokens, draws, generator, visible_weight=lam)
+
+    with torch.no_grad():
+        extra = terms(plain, 1.0) - terms(plain, 0.0)
+        assert (extra > 0).all()  # every row keeps some visible positions at these draws
+        torch.testing.assert_close(terms(plain, 2.0) - terms(plain, 0.0), 2 * extra)
+        torch.testing.assert_close(weighted.nelbo(net, tokens), plain.nelbo(net, tokens))
+        seed = torch.Generator().manual_seed
+        assert weighted.loss(net, tokens, seed(2)) > plain.loss(net, tokens, seed(2))
+
+
+def test_visible_weight_needs_the_eps_hybrid():
+    from hdlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="visible_weight=1.0 .* needs diffusion.process"):
+        make(family="mdlm", visible_weight=1.0)

@@ -158,6 +158,10 @@ class DiffusionConfig:
     mask_anneal_steps: int = 0
     # continuous-time ε-hybrid training: share of the rows that estimate the t = 0+ term
     reconstruction_fraction: float = 0.25
+    # ε-hybrid training only: HDLM's λ, the weight of its reference code's extra term that
+    # trains the output at visible positions at every level (what ACS re-draws from; the NELBO
+    # trains it at t = 0+ only). 0: the pure NELBO; the reference code uses 1. Not in the NELBO.
+    visible_weight: float = 0.0
 
 
 @dataclass
@@ -488,6 +492,11 @@ def validate_diffusion(config: RunConfig) -> None:
     if not 0 < d.reconstruction_fraction < 1:
         raise ConfigError(
             f"diffusion.reconstruction_fraction={d.reconstruction_fraction} must lie in (0, 1)"
+        )
+    if d.visible_weight < 0 or (d.visible_weight and d.process != "eps-hybrid"):
+        raise ConfigError(
+            f"diffusion.visible_weight={d.visible_weight} must be >= 0 and trains the "
+            f"ε-hybrid's visible positions: it needs diffusion.process=eps-hybrid (got {d.process})"
         )
     if d.eval_steps < 1:
         raise ConfigError(f"diffusion.eval_steps={d.eval_steps} must be at least 1")

@@ -78,8 +78,21 @@ class DiffusionObjective(Objective):
 
     # -- NELBO ---------------------------------------------------------------------------------
 
+    def visible_terms(self, logits: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, lam: float):
+        """HDLM's extra training term (`diffusion.visible_weight` = λ > 0; not part of the
+        NELBO): at visible positions λ w -log p_θ(x0 | x_t) / (1 - t), w = 1 - ε where x_t is
+        corrupted and ε where it is clean (`EpsHybrid.visible_weights`), per position [B, L-1]."""
+        nll = MaskedCrossEntropy.apply(logits, x0, self.mask_id)
+        return self.process.visible_weights(x0, x_t, t, lam) * nll
+
     def count_terms(
-        self, net, tokens: Tensor, draws: Tensor, generator, hidden: Tensor | None = None
+        self,
+        net,
+        tokens: Tensor,
+        draws: Tensor,
+        generator,
+        hidden: Tensor | None = None,
+        visible_weight: float = 0.0,
     ) -> Tensor:
         """`time: count`: the continuous-time NELBO of a flat schedule with t integrated out.
 
@@ -101,12 +114,18 @@ class DiffusionObjective(Objective):
         logits = self.layout.logits(net, tokens, x_t, hidden * (count / size)[:, None], ones)
         weight = (size / count)[:, None].float()
         loss = self.position_terms(logits, x0, x_t, ones.float(), weight, "count")
+        if visible_weight:  # t = k / C: the masked share
+            t = (count / size)[:, None].expand_as(loss)
+            loss = loss + self.visible_terms(logits, x0, x_t, t, visible_weight)
         return torch.where(hidden, loss, 0.0).sum(-1)
 
-    def terms(self, net, tokens: Tensor, draws: Tensor, generator, hidden=None) -> Tensor:
-        """Per-sequence NELBO estimate [B] from one draw per sequence (or per block)."""
+    def terms(
+        self, net, tokens: Tensor, draws: Tensor, generator, hidden=None, visible_weight=0.0
+    ) -> Tensor:
+        """Per-sequence NELBO estimate [B] from one draw per sequence (or per block); with
+        `visible_weight` > 0 plus HDLM's visible-position training term (`visible_terms`)."""
         if self.options.time == "count":
-            return self.count_terms(net, tokens, draws, generator, hidden)
+            return self.count_terms(net, tokens, draws, generator, hidden, visible_weight)
         if hidden is not None:
             raise HdlmError(
                 "the infilling NELBO needs diffusion.time=count (mdlm, eps-hybrid); this model "
@@ -117,8 +136,10 @@ class DiffusionObjective(Objective):
         t, s_or_rate = self.levels(tokens, step, frac)
         x_t = self.process.corrupt(x0, t, generator)
         logits = self.layout.logits(net, tokens, x_t, t, step)
-        loss = self.position_terms(logits, x0, x_t, t, s_or_rate, self.options.time)
-        return weight * loss.sum(-1)
+        loss = weight * self.position_terms(logits, x0, x_t, t, s_or_rate, self.options.time)
+        if visible_weight:  # an expectation over the level itself: no step weight
+            loss = loss + self.visible_terms(logits, x0, x_t, t, visible_weight)
+        return loss.sum(-1)
 
     def reconstruction(self, net, tokens: Tensor, generator, hidden=None) -> Tensor:
         """Continuous time only: the NELBO's term at t = 0+ (ε-hybrid's jump), per sequence
@@ -147,18 +168,23 @@ class DiffusionObjective(Objective):
             return (len(tokens), -(-(tokens.shape[1] - 1 + self.layout.block_offset) // width))
         return (len(tokens),)
 
-    def diffusion_terms(self, net, tokens: Tensor, generator) -> Tensor:
-        """Per-sequence estimate of the NELBO without its reconstruction term, [B]."""
+    def diffusion_terms(self, net, tokens: Tensor, generator, visible_weight=0.0) -> Tensor:
+        """Per-sequence estimate of the NELBO without its reconstruction term, [B] (plus the
+        visible-position training term when `visible_weight` > 0)."""
         draws = self.draws(self.draw_shape(tokens), generator, tokens.device)
-        return self.terms(net, tokens, draws, generator)
+        return self.terms(net, tokens, draws, generator, visible_weight=visible_weight)
 
     def loss(self, net, tokens: Tensor, generator) -> Tensor:
-        """NELBO estimate per scored token, averaged over the batch (the training loss)."""
+        """NELBO estimate per scored token, averaged over the batch (the training loss), plus
+        HDLM's visible-position term when `diffusion.visible_weight` > 0."""
+        lam = self.options.visible_weight
         if not self.needs_reconstruction:
-            return self.diffusion_terms(net, tokens, generator).mean() / self.scored_tokens(tokens)
-        return self.split_nelbo(net, tokens, generator).mean() / self.scored_tokens(tokens)
+            estimate = self.diffusion_terms(net, tokens, generator, lam)
+        else:
+            estimate = self.split_nelbo(net, tokens, generator, lam)
+        return estimate.mean() / self.scored_tokens(tokens)
 
-    def split_nelbo(self, net, tokens: Tensor, generator) -> Tensor:
+    def split_nelbo(self, net, tokens: Tensor, generator, visible_weight: float = 0.0) -> Tensor:
         """Unbiased per-sequence NELBO D + R at the cost of one forward pass per sequence.
 
         A random subset of n = round(qB) rows (q = `reconstruction_fraction`, 1 <= n < B)
@@ -172,8 +198,8 @@ class DiffusionObjective(Objective):
         """
         batch = len(tokens)
         if batch == 1:
-            return self.diffusion_terms(net, tokens, generator) + self.reconstruction(
-                net, tokens, generator
+            return self.diffusion_terms(net, tokens, generator, visible_weight) + (
+                self.reconstruction(net, tokens, generator)
             )
         n_rec = min(max(round(self.options.reconstruction_fraction * batch), 1), batch - 1)
         p = n_rec / batch
@@ -181,7 +207,8 @@ class DiffusionObjective(Objective):
         rec, diff = order[:n_rec], order[n_rec:]
         estimate = torch.empty(batch, device=tokens.device)
         estimate[rec] = self.reconstruction(net, tokens[rec], generator) / p
-        estimate[diff] = self.diffusion_terms(net, tokens[diff], generator) / (1 - p)
+        diffusion = self.diffusion_terms(net, tokens[diff], generator, visible_weight)
+        estimate[diff] = diffusion / (1 - p)
         return estimate
 
     @property

@@ -176,8 +176,15 @@ class EpsHybrid(NoiseProcess):
         t = levels(t, x0, log_probs).clamp(base.T_EPS, 1 - base.T_EPS)
         dt = levels(dt, x0, log_probs)
         nll = -clean_log_prob(log_probs, x0, self.mask_id)
-        visible = torch.where(x_t == x0, lam * self.eps, lam * (1 - self.eps))
-        if visible_over_one_minus_t:
-            visible = visible / (1 - t)
+        visible = self.visible_weights(x0, x_t, t if visible_over_one_minus_t else 0 * t, lam)
         weight = torch.where(x_t == self.mask_id, 1 / t, visible)
         return dt * weight * nll
+
+    def visible_weights(self, x0: Tensor, x_t: Tensor, t: Tensor, lam: float) -> Tensor:
+        """The reference code's weight of -log p_θ(x0 | x_t) at visible positions: λ (1 - ε)
+        where x_t is corrupted (x_t != x0), λ ε where it is clean, divided by (1 - t); 0 at
+        masked positions. It trains the output of visible tokens at every level t (the
+        proposals ACS re-draws from), which the NELBO trains only at t = 0+."""
+        weight = torch.where(x_t == x0, lam * self.eps, lam * (1 - self.eps))
+        weight = weight / (1 - t).clamp_min(base.T_EPS)
+        return torch.where(x_t == self.mask_id, 0.0, weight)
