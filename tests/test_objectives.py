@@ -222,3 +222,27 @@ def test_visible_weight_needs_the_eps_hybrid():
 
     with pytest.raises(ConfigError, match="visible_weight=1.0 .* needs diffusion.process"):
         make(family="mdlm", visible_weight=1.0)
+
+
+@pytest.mark.parametrize("mask_id", [4, 10])
+def test_fused_reveal_kl_equals_the_unfused_kl_with_its_gradient(mask_id):
+    from hdlm.processes.base import data_index, data_log_probs
+    from hdlm.processes.eps_hybrid import RevealKL, revealed_token_kl
+    from hdlm.readout import clean_log_probs
+
+    torch.manual_seed(0)
+    vocab, eps = 11, 0.05
+    logits = (3 * torch.randn(4, 100, vocab)).requires_grad_()  # 400 rows: several chunks
+    x0 = torch.randint(0, vocab - 1, (4, 100))
+    x0 = x0 + (x0 >= mask_id).long()  # data ids only
+    rows = torch.rand(4, 100) < 0.6
+    weights = torch.rand(4, 100)
+    data = data_log_probs(clean_log_probs(logits.clone(), mask_id), mask_id)  # fills in place
+    kl = revealed_token_kl(data, data_index(x0, mask_id), eps)
+    reference = torch.where(rows, kl, 0.0)
+    (grad,) = torch.autograd.grad((reference * weights).sum(), logits)
+    fused = RevealKL.apply(logits, x0, rows, mask_id, eps)
+    (fused_grad,) = torch.autograd.grad((fused * weights).sum(), logits)
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_grad, grad, atol=1e-6, rtol=1e-5)
+    assert (fused[~rows] == 0).all() and (fused_grad[~rows] == 0).all()
