@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import MASK, L, V, random_tokens, tiny_objective
 
 from hdlm.processes import clean_log_prob
@@ -225,24 +226,50 @@ def test_visible_weight_needs_the_eps_hybrid():
 
 
 @pytest.mark.parametrize("mask_id", [4, 10])
-def test_fused_reveal_kl_equals_the_unfused_kl_with_its_gradient(mask_id):
-    from hdlm.processes.base import data_index, data_log_probs
-    from hdlm.processes.eps_hybrid import RevealKL, revealed_token_kl
+def test_fused_mixture_kl_equals_the_unfused_terms_with_their_gradient(mask_id):
+    from hdlm.processes.base import MixtureKL, data_index, data_log_probs
     from hdlm.readout import clean_log_probs
 
     torch.manual_seed(0)
-    vocab, eps = 11, 0.05
+    vocab = 11
     logits = (3 * torch.randn(4, 100, vocab)).requires_grad_()  # 400 rows: several chunks
-    x0 = torch.randint(0, vocab - 1, (4, 100))
-    x0 = x0 + (x0 >= mask_id).long()  # data ids only
+    x0, x = (torch.randint(0, vocab - 1, (4, 100)) for _ in range(2))
+    x0, x = (ids + (ids >= mask_id).long() for ids in (x0, x))  # data ids only
     rows = torch.rand(4, 100) < 0.6
-    weights = torch.rand(4, 100)
+    b = torch.rand(4, 100).clamp_min(0.05)
+    b[0] = 1.0  # no mixture at all: the plain cross-entropy
+    weights = torch.rand(2, 4, 100)
     data = data_log_probs(clean_log_probs(logits.clone(), mask_id), mask_id)  # fills in place
-    kl = revealed_token_kl(data, data_index(x0, mask_id), eps)
-    reference = torch.where(rows, kl, 0.0)
-    (grad,) = torch.autograd.grad((reference * weights).sum(), logits)
-    fused = RevealKL.apply(logits, x0, rows, mask_id, eps)
-    (fused_grad,) = torch.autograd.grad((fused * weights).sum(), logits)
-    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+    floor = ((1 - b) / (vocab - 1))[..., None]
+    log_mix = torch.logaddexp(data + b.log()[..., None], floor.log())
+    target = floor + b[..., None] * F.one_hot(data_index(x0, mask_id), vocab - 1)
+    kl = (torch.xlogy(target, target) - target * log_mix).sum(-1)  # KL(π || P)
+    at_x = log_mix.gather(-1, data_index(x, mask_id)[..., None])[..., 0]
+    reference = [torch.where(rows, kl, 0.0), torch.where(rows, at_x, 0.0)]
+    loss = sum((w * r).sum() for w, r in zip(weights, reference, strict=True))
+    (grad,) = torch.autograd.grad(loss, logits)
+    fused = MixtureKL.apply(logits, x0, x, rows, b, mask_id)
+    (fused_grad,) = torch.autograd.grad(
+        sum((w * f).sum() for w, f in zip(weights, fused, strict=True)), logits
+    )
+    for f, r in zip(fused, reference, strict=True):
+        torch.testing.assert_close(f, r, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused_grad, grad, atol=1e-6, rtol=1e-5)
-    assert (fused[~rows] == 0).all() and (fused_grad[~rows] == 0).all()
+    assert (fused_grad[~rows] == 0).all()
+
+
+@pytest.mark.parametrize("family", ["eps-hybrid", "gamma-hybrid"])
+def test_the_hybrids_fused_rate_terms_equal_their_rate_loss(family):
+    _, objective = make(family=family, time="continuous", eps=0.3, gamma=0.2)
+    process = objective.process
+    torch.manual_seed(1)
+    logits = 2 * torch.randn(3, 16, V)
+    x0 = torch.randint(0, MASK, (3, 16))
+    t, dt = torch.rand(3, 16), torch.rand(3, 16)
+    x_t = process.corrupt(x0, t)
+    log_probs = logits.clone()
+    log_probs[..., MASK] = float("-inf")
+    expected = process.rate_loss(log_probs.log_softmax(-1), x0, x_t, t, dt)
+    fused = process.rate_loss_of_logits(logits, x0, x_t, t, dt)
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-4)
+    assert (expected[x_t != MASK] != 0).any() == (family == "gamma-hybrid")

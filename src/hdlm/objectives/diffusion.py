@@ -10,7 +10,6 @@ from hdlm.errors import HdlmError
 from hdlm.objectives.base import Objective
 from hdlm.objectives.layout import InputLayout
 from hdlm.processes import Absorbing, build_process
-from hdlm.processes.eps_hybrid import EpsHybrid, RevealKL
 from hdlm.readout import MaskedCrossEntropy, clean_log_probs
 
 
@@ -66,21 +65,18 @@ class DiffusionObjective(Objective):
     def position_terms(self, logits: Tensor, x0: Tensor, x_t: Tensor, t, s_or_rate, time: str):
         """The process' NELBO term per position [B, L-1]: `step_loss` (time `discrete`) or
         `rate_loss`. Under `Absorbing` only -log p_θ(x0 | x_t) enters, so it comes from the
-        fused cross-entropy instead of full log-probabilities; the ε-hybrid's rate term from
-        the fused reveal KL (`RevealKL`, masked rows only)."""
+        fused cross-entropy instead of full log-probabilities; in continuous time the hybrids
+        fuse theirs too (`rate_loss_of_logits`)."""
         if isinstance(self.process, Absorbing):
             nll = MaskedCrossEntropy.apply(logits, x0, self.mask_id)
             if time == "discrete":
                 return self.process.step_loss_of_nll(nll, x_t, t, s_or_rate)
             return self.process.rate_loss_of_nll(nll, x_t, t, s_or_rate)
-        if isinstance(self.process, EpsHybrid) and self.process.eps > 0 and time != "discrete":
-            masked = x_t == self.mask_id  # the only rows with a rate term
-            kl = RevealKL.apply(logits, x0, masked, self.mask_id, self.process.eps)
-            return self.process.rate_loss_of_kl(kl, x_t, t, s_or_rate)
-        log_probs = clean_log_probs(logits, self.mask_id)
         if time == "discrete":
-            return self.process.step_loss(log_probs, x0, x_t, t, s_or_rate)
-        return self.process.rate_loss(log_probs, x0, x_t, t, s_or_rate)
+            return self.process.step_loss(
+                clean_log_probs(logits, self.mask_id), x0, x_t, t, s_or_rate
+            )
+        return self.process.rate_loss_of_logits(logits, x0, x_t, t, s_or_rate)
 
     # -- NELBO ---------------------------------------------------------------------------------
 

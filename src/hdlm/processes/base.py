@@ -139,6 +139,15 @@ class NoiseProcess(ABC):
     ) -> Tensor:
         """lim_{h -> 0} step_loss(t, t - dt h) / h: the continuous-time NELBO integrand, dt >= 0."""
 
+    def rate_loss_of_logits(
+        self, logits: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, dt: Tensor
+    ) -> Tensor:
+        """`rate_loss` from the network's logits [..., V] (MASK excluded from the clean-token
+        distribution); the hybrids override it with a fused form (`MixtureKL`)."""
+        logits = logits.float().clone()  # the fill below must not reach the caller's tensor
+        logits[..., self.mask_id] = float("-inf")
+        return self.rate_loss(logits.log_softmax(-1), x0, x_t, t, dt)
+
     def reverse_step(self, *args, **kwargs):
         """A sampler's step t -> s; processes no sampler can walk do not have one."""
         raise HdlmError(
@@ -162,3 +171,71 @@ def categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     target = (u * cumulative[..., -1])[..., None]
     # u < 1 keeps the rounded u · total below the total, so the draw is always in range
     return torch.searchsorted(cumulative, target, right=True)[..., 0]
+
+
+CHUNK = 128  # rows per chunk of the fused losses: a [128, V] float32 block stays in cache
+
+
+class MixtureKL(torch.autograd.Function):
+    """Per row, from the logits z [..., V] (MASK excluded) with p = softmax(z) over the N data
+    ids, the mixture P = b p + (1 - b) u and the target π = b e_x0 + (1 - b) u (u uniform):
+
+        kl = KL(π || P) = Σ π log π - Σ_v π_v log P_v,    at_x = log P_x,
+
+    at the rows where `rows` [...] is True (0 elsewhere); b [...] per row. The ε-hybrid's reveal
+    term is kl with b = 1 - ε, the γ-hybrid's score entropy needs kl and at_x. Computed in float32
+    by chunks of rows, recomputed in the backward, so no [rows, V] float32 tensor is stored (the
+    fused form of log_softmax, logaddexp, gather and sum; same values). The gradient in the logits
+    is a - p Σ a, a_v = (∂/∂ log P_v) · b p_v / P_v."""
+
+    @staticmethod
+    def chunks(logits: Tensor, picked: Tensor, mask_id: int, b: Tensor):
+        """(rows, b, floor, log p, log P) per chunk of the `picked` rows; MASK: log p = -inf,
+        log P = 0 (a finite dummy)."""
+        num_data = logits.shape[-1] - 1
+        for start in range(0, len(picked), CHUNK):
+            index = picked[start : start + CHUNK]
+            block = logits.index_select(0, index).float()
+            block[:, mask_id] = float("-inf")
+            log_p = block.log_softmax(-1)
+            b_rows = b[index]
+            floor = (1 - b_rows) / num_data
+            log_mix = torch.logaddexp(log_p + b_rows.log()[:, None], floor.log()[:, None])
+            log_mix[:, mask_id] = 0.0
+            yield index, b_rows, floor, log_p, log_mix
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, x0: Tensor, x: Tensor, rows: Tensor, b: Tensor, mask_id: int):
+        flat = logits.flatten(0, -2)
+        x0_flat, x_flat, b_flat = x0.flatten(), x.flatten(), b.flatten().float()
+        picked = rows.flatten().nonzero()[:, 0]
+        num_data = logits.shape[-1] - 1
+        kl = torch.zeros(x0_flat.shape, device=logits.device)
+        at_x = torch.zeros_like(kl)
+        for index, b_rows, floor, _, log_mix in MixtureKL.chunks(flat, picked, mask_id, b_flat):
+            neg_entropy = xlogx(b_rows + floor) + (num_data - 1) * xlogx(floor)
+            at_x0 = log_mix.gather(1, x0_flat[index, None]).squeeze(1)
+            kl[index] = neg_entropy - b_rows * at_x0 - floor * log_mix.sum(-1)
+            at_x[index] = log_mix.gather(1, x_flat[index, None]).squeeze(1)
+        ctx.save_for_backward(logits, x0_flat, x_flat, picked, b_flat)
+        ctx.mask_id = mask_id
+        return kl.view(x0.shape), at_x.view(x0.shape)
+
+    @staticmethod
+    def backward(ctx, grad_kl: Tensor, grad_at_x: Tensor):
+        logits, x0_flat, x_flat, picked, b_flat = ctx.saved_tensors
+        flat, grad_kl, grad_at_x = logits.flatten(0, -2), grad_kl.flatten(), grad_at_x.flatten()
+        out = torch.zeros_like(flat)
+        for index, b_rows, floor, log_p, log_mix in MixtureKL.chunks(
+            flat, picked, ctx.mask_id, b_flat
+        ):
+            rows = torch.arange(len(index), device=flat.device)
+            # ∂ loss / ∂ log P_v: -π_v for kl, 1[v = x] for at_x
+            d_log_mix = (-floor * grad_kl[index])[:, None].expand_as(log_p).clone()
+            d_log_mix[rows, x0_flat[index]] -= b_rows * grad_kl[index]
+            d_log_mix[rows, x_flat[index]] += grad_at_x[index]
+            # ∂ log P_v / ∂ log p_v = b p_v / P_v, in log space (1 when b = 1; 0 at MASK)
+            a = d_log_mix * (log_p + b_rows.log()[:, None] - log_mix).exp()
+            p = log_p.exp_()
+            out[index] = (a - p * a.sum(-1, keepdim=True)).to(out.dtype)
+        return out.view_as(logits), None, None, None, None, None

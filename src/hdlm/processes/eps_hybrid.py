@@ -12,6 +12,7 @@ from torch import Tensor
 from hdlm.processes import base
 from hdlm.processes.absorbing import Absorbing
 from hdlm.processes.base import (
+    MixtureKL,
     NoiseProcess,
     clean_log_prob,
     data_index,
@@ -21,7 +22,6 @@ from hdlm.processes.base import (
     reveal_fraction,
     xlogx,
 )
-from hdlm.readout import MaskedCrossEntropy
 
 REVEALS = ("mixture", "model")  # what `chain_step` reveals a token from
 FINALS = ("sample", "greedy", "none")  # `final_step`: reconstruction, its argmax, or nothing
@@ -45,59 +45,6 @@ def revealed_token_kl(data_lp: Tensor, x0_index: Tensor, eps: float) -> Tensor:
 
 def _log_tensor(p: float, like: Tensor) -> Tensor:
     return torch.tensor(p, dtype=like.dtype, device=like.device).log()
-
-
-class RevealKL(torch.autograd.Function):
-    """`revealed_token_kl` straight from the logits [..., V] at the rows where `rows` [...] is
-    True (0 elsewhere), in float32 by chunks of rows: the fused, memory-light form of
-    `clean_log_probs` + `data_log_probs` + `revealed_token_kl` (same values), as
-    `MaskedCrossEntropy` is for -log p_θ(x0). With m_v = log((1 - ε) p_v + ε / N) over the data
-    ids and π = (1 - ε) e_x0 + ε / N, KL = Σ π log π - Σ π_v m_v, and its gradient in the logits
-    is a - p Σ a with a_v = -π_v (1 - ε) p_v / e^{m_v}."""
-
-    @staticmethod
-    def chunks(logits: Tensor, rows: Tensor, x0: Tensor, mask_id: int, eps: float):
-        """(row indices, x0, p_θ over the vocabulary (MASK 0), m (MASK 0)) per chunk."""
-        floor = eps / (logits.shape[-1] - 1)
-        for start in range(0, len(rows), MaskedCrossEntropy.CHUNK):
-            index = rows[start : start + MaskedCrossEntropy.CHUNK]
-            block = logits.index_select(0, index).float()
-            block[:, mask_id] = float("-inf")
-            log_p = block.log_softmax(-1)
-            model = torch.logaddexp(log_p + math.log1p(-eps), torch.tensor(math.log(floor)))
-            model[:, mask_id] = 0.0
-            yield index, x0[index], log_p.exp_(), model
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, x0: Tensor, rows: Tensor, mask_id: int, eps: float):
-        flat, x0_flat = logits.flatten(0, -2), x0.flatten()
-        picked = rows.flatten().nonzero()[:, 0]
-        num_data = logits.shape[-1] - 1
-        floor = eps / num_data
-        neg_entropy = xlogx(1 - eps + floor) + (num_data - 1) * xlogx(floor)
-        kl = torch.zeros(x0_flat.shape, device=logits.device)
-        for index, target, _, model in RevealKL.chunks(flat, picked, x0_flat, mask_id, eps):
-            at_x0 = model.gather(1, target[:, None]).squeeze(1)
-            kl[index] = neg_entropy - (1 - eps) * at_x0 - floor * model.sum(-1)
-        ctx.save_for_backward(logits, x0_flat, picked)
-        ctx.mask_id, ctx.eps = mask_id, eps
-        return kl.view(x0.shape)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        logits, x0_flat, picked = ctx.saved_tensors
-        flat, grad, eps = logits.flatten(0, -2), grad.flatten(), ctx.eps
-        floor = eps / (logits.shape[-1] - 1)
-        out = torch.zeros_like(flat)
-        for index, target, p, model in RevealKL.chunks(flat, picked, x0_flat, ctx.mask_id, eps):
-            # a_v = -π_v r_v, r_v = (1 - ε) p_v / e^{m_v}; MASK: p = 0, so a = 0 there
-            share = p * (1 - eps) / model.exp_()
-            share[:, ctx.mask_id] = 0.0
-            a = -floor * share
-            rows = torch.arange(len(index), device=flat.device)
-            a[rows, target] -= (1 - eps) * share[rows, target]
-            out[index] = ((a - p * a.sum(-1, keepdim=True)) * grad[index, None]).to(out.dtype)
-        return out.view_as(logits), None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -209,10 +156,16 @@ class EpsHybrid(NoiseProcess):
         )
         return torch.where(x_t == self.mask_id, dt / t.clamp_min(base.T_EPS) * reveal, 0.0)
 
-    def rate_loss_of_kl(self, kl: Tensor, x_t: Tensor, t: Tensor, dt: Tensor) -> Tensor:
-        """`rate_loss` from the reveal KL per position [B, L] (`RevealKL`, masked rows)."""
-        t, dt = levels(t, x_t, kl), levels(dt, x_t, kl)
-        return torch.where(x_t == self.mask_id, dt / t.clamp_min(base.T_EPS) * kl, 0.0)
+    def rate_loss_of_logits(
+        self, logits: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, dt: Tensor
+    ) -> Tensor:
+        """`rate_loss` straight from the logits: the reveal KL of the masked rows only, fused
+        (`MixtureKL` with b = 1 - ε; same values)."""
+        masked = x_t == self.mask_id
+        b = torch.full(x0.shape, 1 - self.eps, device=x0.device)
+        kl, _ = MixtureKL.apply(logits, x0, x0, masked, b, self.mask_id)
+        t, dt = levels(t, x0, kl), levels(dt, x0, kl)
+        return torch.where(masked, dt / t.clamp_min(base.T_EPS) * kl, 0.0)
 
     def official_rate_loss(
         self,

@@ -43,6 +43,7 @@ from torch import Tensor
 from hdlm.errors import ConfigError
 from hdlm.processes import base
 from hdlm.processes.base import (
+    MixtureKL,
     NoiseProcess,
     categorical,
     levels,
@@ -310,18 +311,39 @@ class GammaHybrid(NoiseProcess):
                  φ(y) = e^y - 1 - y,
         with π = b e_x0 + (1 - b) u, P = b p̃ + (1 - b) u at σ(t), c = 1 / (e^{(1-γ)σ} - 1).
         """
-        t = levels(t, x0, log_probs).clamp(base.T_EPS, 1 - base.T_EPS)
-        dt = levels(dt, x0, log_probs)
-        r = self.rates(self.schedule.sigma(t))
-        speed = dt * self.schedule.rate(t)
+        t, speed, r = self._rate_levels(t, dt, x0, log_probs)
         log_p = self._noised(self._clean(log_probs), r)
         kl = self._kl_to_noised(log_p, x0, r)
+        x = torch.where(x_t == self.mask_id, x0, x_t)
+        return self._score_entropy(kl, log_p.gather(-1, x[..., None])[..., 0], x0, x_t, r, speed)
+
+    def rate_loss_of_logits(
+        self, logits: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, dt: Tensor
+    ) -> Tensor:
+        """`rate_loss` straight from the logits, fused (`MixtureKL` with b at σ(t): the KL on
+        every row that pays one, log P at the visible token; same values)."""
+        like = torch.zeros(x0.shape, device=x0.device)
+        t, speed, r = self._rate_levels(t, dt, x0, like)
+        masked = x_t == self.mask_id
+        rows = torch.ones_like(masked) if self.gamma > 0 else masked
+        x = torch.where(masked, x0, x_t)
+        kl, log_p_x = MixtureKL.apply(logits, x0, x, rows, r["b"], self.mask_id)
+        return self._score_entropy(kl, log_p_x, x0, x_t, r, speed)
+
+    def _rate_levels(self, t, dt, x0: Tensor, like: Tensor):
+        """(t clamped to [T_EPS, 1 - T_EPS], dt σ'(t), the rates at σ(t)) in `like`'s dtype."""
+        t = levels(t, x0, like).clamp(base.T_EPS, 1 - base.T_EPS)
+        speed = levels(dt, x0, like) * self.schedule.rate(t)
+        return t, speed, self.rates(self.schedule.sigma(t))
+
+    def _score_entropy(self, kl, log_p_x, x0: Tensor, x_t: Tensor, r, speed) -> Tensor:
+        """`rate_loss` from KL(π || P) per position and log P(x) at x = x0 (masked) or x_t."""
         masked = x_t == self.mask_id
         loss = torch.where(masked, speed * (1 - self.gamma) * r["c"] * kl, 0.0)
         if self.gamma > 0:
             x = torch.where(masked, x0, x_t)
             pi_x = self._pi(x, x0, r)
-            y = torch.log(pi_x) - log_p.gather(-1, x[..., None])[..., 0]
+            y = torch.log(pi_x) - log_p_x
             weight = speed * self.gamma / (self.num_data * pi_x)
             loss = torch.where(masked, loss, weight * (torch.expm1(y) - y + kl))
         return loss
