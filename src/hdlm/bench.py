@@ -31,6 +31,7 @@ TRAIN_FAMILIES = {
     "ar": {},
     "mdlm": {},
     "eps-hybrid": {},
+    "gamma-hybrid": {},
     "block-diffusion": {"schedule": "block:16:16"},
     "slide": {"schedule": "slide:16:16"},
     "a3": {},
