@@ -67,13 +67,15 @@ def run_case(tree: str, family: str, shape: tuple[int, ...]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--old", required=True, help="the older tree's src directory")
+    parser.add_argument("--old", help="the older tree's src directory (required)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--case", nargs=6, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.case:
         print(json.dumps(time_step(args.case[0], *map(int, args.case[1:]))))
         return
+    if not args.old or not (Path(args.old) / "hdlm").is_dir():
+        parser.error(f"--old {args.old}: give the src directory of an older hdlm checkout")
     trees = {"before": args.old, "after": str(Path(__file__).resolve().parents[1] / "src")}
     times: dict[tuple, list[float]] = {}
     for _ in range(args.rounds):
