@@ -225,7 +225,7 @@ def test_nelbo_bounds_the_chain_and_the_samples_of_the_eps_chain_sampler():
     tokens = torch.tensor([[BOS, *x] for x in OUTCOMES])
     lm.objective.options.eval_steps = 20
     generator = torch.Generator().manual_seed(0)
-    runs = torch.stack([lm.objective.nelbo(lm.net, tokens, generator) for _ in range(40)])
+    runs = torch.stack([lm.objective.nelbo(lm.net, tokens, generator=generator) for _ in range(40)])
     exact = torch.tensor([nelbo[tuple(x)] for x in OUTCOMES], dtype=torch.float64)
     error = (runs.double().mean(0) - exact).abs() / (runs.double().std(0) / math.sqrt(40))
     assert error.max() < 4.5

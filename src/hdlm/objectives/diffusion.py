@@ -221,22 +221,22 @@ class DiffusionObjective(Objective):
         self,
         net,
         tokens: Tensor,
-        generator: torch.Generator | None = None,
         hidden: Tensor | None = None,
         samples: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Per-sequence NELBO [B] in nats: the sum of `nelbo_terms`. With `hidden` [B, L-1]
         (bool) it bounds -log p(x_hidden | the other positions): only the hidden positions are
         noised (infilling; `time: count` models)."""
-        return sum(self.nelbo_terms(net, tokens, generator, hidden, samples).values())
+        return sum(self.nelbo_terms(net, tokens, hidden, samples, generator).values())
 
     def nelbo_terms(
         self,
         net,
         tokens: Tensor,
-        generator: torch.Generator | None = None,
         hidden: Tensor | None = None,
         samples: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """The NELBO's terms per sequence [B] in nats: `diffusion` (the reverse steps, or the
         integral over t in (0, 1]: every step summed when there are at most `samples` (default
@@ -287,9 +287,9 @@ class ScoreEntropyObjective(DiffusionObjective):
         return super().loss(net, tokens, generator) + prior
 
     def nelbo_terms(
-        self, net, tokens: Tensor, generator=None, hidden: Tensor | None = None, samples=None
+        self, net, tokens: Tensor, hidden: Tensor | None = None, samples=None, generator=None
     ) -> dict[str, Tensor]:
         if hidden is not None:
             raise HdlmError("no infilling NELBO for gamma-hybrid yet; use a3, mdlm or eps-hybrid")
-        terms = super().nelbo_terms(net, tokens, generator, samples=samples)
+        terms = super().nelbo_terms(net, tokens, samples=samples, generator=generator)
         return terms | {"prior": self.prior(tokens).to(terms["diffusion"].dtype)}
