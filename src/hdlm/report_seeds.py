@@ -253,12 +253,16 @@ def place_labels(ax, points: list[tuple[float, float, str, str]], fontsize: int 
 
 
 def frontier_plot(
-    summary: dict, path: Path, reference: float | None = None, quality: str = "true-nll"
+    summary: dict,
+    path: Path,
+    reference: float | None = None,
+    quality: str = "true-nll",
+    held_out_entropy: float | None = None,
 ) -> None:
     """Unigram entropy (diversity) against sample quality: the NLL per token of the samples
     under the source (`quality="true-nll"`; `reference`: the source's own) or their generative
     perplexity under the judge (`"gen-ppl"`, log axis); means over seeds with standard-error
-    bars."""
+    bars; `held_out_entropy`: real text's unigram entropy, a horizontal line."""
     key = "true_noisy_nll_per_token" if quality == "true-nll" else "gen_ppl"
     import matplotlib
 
@@ -286,6 +290,8 @@ def frontier_plot(
                         color=f"C{len(ax.containers)}")  # fmt: skip
     if reference is not None:
         ax.axvline(reference, color="k", ls="--", lw=0.8, label="source entropy (ideal)")
+    if held_out_entropy is not None:
+        ax.axhline(held_out_entropy, color="grey", ls=":", lw=0.8, label="held-out text")
     judge = "the source" if quality == "true-nll" else "the judge"
     if quality == "true-nll":
         ax.set_xlabel("NLL of samples under the δ-noisy source, nats/token (lower is better)")
@@ -362,5 +368,6 @@ def write_seeded_report(study, results: dict, out: Path) -> None:
         ]
     (out / "table.md").write_text("\n".join(lines))
     reference = first.get("true_noisy_window_entropy")
-    frontier_plot(summary, out / "frontier.png", reference, quality)
+    held_out = first.get("reference_unigram_entropy")
+    frontier_plot(summary, out / "frontier.png", reference, quality, held_out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
