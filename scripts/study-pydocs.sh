@@ -30,7 +30,7 @@ queue() {  # queue NAME RUN...: train each run, then evaluate every run of the q
 # seed 0 first (the judge costs about three runs); the two queues take about equal time (the
 # eps- and gamma-hybrid train at about half of mdlm's and ar's tokens/s)
 queue a judge-seed0 eps-hybrid-seed0 mdlm-seed1 gamma-hybrid-seed1 ar-seed1 gamma-hybrid-seed2 \
-  >>runs/study-pydocs/queue-a.log 2>&1 &
+  eps-hybrid-visible-seed0 >>runs/study-pydocs/queue-a.log 2>&1 &
 queue b mdlm-seed0 gamma-hybrid-seed0 ar-seed0 eps-hybrid-seed1 eps-hybrid-seed2 mdlm-seed2 \
   ar-seed2 >>runs/study-pydocs/queue-b.log 2>&1 &
 wait
