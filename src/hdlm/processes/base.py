@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from hdlm.errors import HdlmError
+from hdlm.readout import MaskedCrossEntropy, clean_log_probs
 
 T_EPS = 1e-6
 """Levels are clamped to [T_EPS, 1 - T_EPS] where a formula divides by t or by 1 - t."""
@@ -144,9 +145,7 @@ class NoiseProcess(ABC):
     ) -> Tensor:
         """`rate_loss` from the network's logits [..., V] (MASK excluded from the clean-token
         distribution); the hybrids override it with a fused form (`MixtureKL`)."""
-        logits = logits.float().clone()  # the fill below must not reach the caller's tensor
-        logits[..., self.mask_id] = float("-inf")
-        return self.rate_loss(logits.log_softmax(-1), x0, x_t, t, dt)
+        return self.rate_loss(clean_log_probs(logits, self.mask_id), x0, x_t, t, dt)
 
     def reverse_step(self, *args, **kwargs):
         """A sampler's step t -> s; processes no sampler can walk do not have one."""
@@ -173,9 +172,6 @@ def categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.searchsorted(cumulative, target, right=True)[..., 0]
 
 
-CHUNK = 128  # rows per chunk of the fused losses: a [128, V] float32 block stays in cache
-
-
 class MixtureKL(torch.autograd.Function):
     """Per row, from the logits z [..., V] (MASK excluded) with p = softmax(z) over the N data
     ids, the mixture P = b p + (1 - b) u and the target π = b e_x0 + (1 - b) u (u uniform):
@@ -193,8 +189,8 @@ class MixtureKL(torch.autograd.Function):
         """(rows, b, floor, log p, log P) per chunk of the `picked` rows; MASK: log p = -inf,
         log P = 0 (a finite dummy)."""
         num_data = logits.shape[-1] - 1
-        for start in range(0, len(picked), CHUNK):
-            index = picked[start : start + CHUNK]
+        for start in range(0, len(picked), MaskedCrossEntropy.CHUNK):
+            index = picked[start : start + MaskedCrossEntropy.CHUNK]
             block = logits.index_select(0, index).float()
             block[:, mask_id] = float("-inf")
             log_p = block.log_softmax(-1)

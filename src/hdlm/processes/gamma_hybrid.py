@@ -315,7 +315,7 @@ class GammaHybrid(NoiseProcess):
         log_p = self._noised(self._clean(log_probs), r)
         kl = self._kl_to_noised(log_p, x0, r)
         x = torch.where(x_t == self.mask_id, x0, x_t)
-        return self._score_entropy(kl, log_p.gather(-1, x[..., None])[..., 0], x0, x_t, r, speed)
+        return self._score_entropy(kl, log_p.gather(-1, x[..., None])[..., 0], x, x0, x_t, r, speed)
 
     def rate_loss_of_logits(
         self, logits: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, dt: Tensor
@@ -328,7 +328,7 @@ class GammaHybrid(NoiseProcess):
         rows = torch.ones_like(masked) if self.gamma > 0 else masked
         x = torch.where(masked, x0, x_t)
         kl, log_p_x = MixtureKL.apply(logits, x0, x, rows, r["b"], self.mask_id)
-        return self._score_entropy(kl, log_p_x, x0, x_t, r, speed)
+        return self._score_entropy(kl, log_p_x, x, x0, x_t, r, speed)
 
     def _rate_levels(self, t, dt, x0: Tensor, like: Tensor):
         """(t clamped to [T_EPS, 1 - T_EPS], dt σ'(t), the rates at σ(t)) in `like`'s dtype."""
@@ -336,12 +336,11 @@ class GammaHybrid(NoiseProcess):
         speed = levels(dt, x0, like) * self.schedule.rate(t)
         return t, speed, self.rates(self.schedule.sigma(t))
 
-    def _score_entropy(self, kl, log_p_x, x0: Tensor, x_t: Tensor, r, speed) -> Tensor:
+    def _score_entropy(self, kl, log_p_x, x, x0: Tensor, x_t: Tensor, r, speed) -> Tensor:
         """`rate_loss` from KL(π || P) per position and log P(x) at x = x0 (masked) or x_t."""
         masked = x_t == self.mask_id
         loss = torch.where(masked, speed * (1 - self.gamma) * r["c"] * kl, 0.0)
         if self.gamma > 0:
-            x = torch.where(masked, x0, x_t)
             pi_x = self._pi(x, x0, r)
             y = torch.log(pi_x) - log_p_x
             weight = speed * self.gamma / (self.num_data * pi_x)
