@@ -5,9 +5,9 @@ import dataclasses
 import torch
 
 from hdlm.config import RunConfig, TokenizerConfig, complete
+from hdlm.data.tokenizer import build_tokenizer
 from hdlm.model import LanguageModel, Transformer
 from hdlm.objectives import build_objective
-from hdlm.tokenizer import build_tokenizer
 
 # the tiny block the objective, gamma and A3 tests share: 23 ids with MASK last, BOS + 16 tokens
 V, MASK, L = 23, 22, 17

@@ -13,6 +13,7 @@ from helpers import MASK, L, V, random_tokens
 import hdlm
 from hdlm import a3
 from hdlm.config import A3Stage, RunConfig, complete, load_config
+from hdlm.data.tokenizer import TokenizerConfig, build_tokenizer
 from hdlm.errors import ConfigError, HdlmError
 from hdlm.model import LanguageModel, Transformer
 from hdlm.model.a3 import A3Transformer
@@ -25,7 +26,6 @@ from hdlm.sampling.a3 import (
     parse_infill,
 )
 from hdlm.sampling.ar import sample_ar
-from hdlm.tokenizer import TokenizerConfig, build_tokenizer
 
 
 def make_config(vocab=V, length=L, **a3_options):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hdlm.config import DataConfig, SyntheticConfig, TokenizerConfig
-from hdlm.data import (
+from hdlm.data.corpora import (
     PYDOCS_DIR,
     Batches,
     Prefetcher,
@@ -20,8 +20,8 @@ from hdlm.data import (
     synthetic_alphabet,
     tokenize_split,
 )
+from hdlm.data.tokenizer import EOS, build_tokenizer
 from hdlm.errors import DataError
-from hdlm.tokenizer import EOS, build_tokenizer
 
 
 def test_pack_blocks_loses_and_duplicates_nothing():

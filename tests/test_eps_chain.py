@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from hdlm.config import RunConfig, TokenizerConfig, complete
+from hdlm.data.tokenizer import build_tokenizer
 from hdlm.errors import HdlmError
 from hdlm.model import LanguageModel
 from hdlm.schedules import from_spec
-from hdlm.tokenizer import build_tokenizer
 
 TOKENIZER = build_tokenizer(TokenizerConfig(kind="char"), ["a"])
 MASK, N, POSITIONS = TOKENIZER.mask_id, 3, 3

@@ -12,9 +12,9 @@ import hdlm
 from hdlm.cli import main
 from hdlm.config import RunConfig, load_config
 from hdlm.data import synthetic_alphabet
+from hdlm.data.tokenizer import EOS, Tokenizer
 from hdlm.model import LanguageModel
 from hdlm.model.hf import import_hf
-from hdlm.tokenizer import EOS, Tokenizer
 from hdlm.train import train
 from tests.test_cli import TINY
 

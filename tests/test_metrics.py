@@ -11,6 +11,7 @@ import torch
 
 from hdlm.cli import main
 from hdlm.config import RunConfig, TokenizerConfig, complete
+from hdlm.data.tokenizer import build_tokenizer
 from hdlm.errors import HdlmError
 from hdlm.evaluate import (
     distinct_n,
@@ -21,7 +22,6 @@ from hdlm.evaluate import (
     unigram_entropy,
 )
 from hdlm.model import LanguageModel
-from hdlm.tokenizer import build_tokenizer
 
 CHARS = build_tokenizer(TokenizerConfig(kind="char"), [string.ascii_lowercase + " ."])
 V = CHARS.vocab_size  # 28 characters, UNK, EOS and MASK

@@ -13,6 +13,7 @@ from test_zero_shot import run
 
 import hdlm.sampling
 from hdlm.config import TokenizerConfig
+from hdlm.data.tokenizer import build_tokenizer
 from hdlm.model import LanguageModel
 from hdlm.story import (
     encode_story,
@@ -22,7 +23,6 @@ from hdlm.story import (
     story_infill_metrics,
     token_accuracy,
 )
-from hdlm.tokenizer import build_tokenizer
 
 STORIES = [
     ["ab cd.", "ef gh.", "ij kl.", "mn op.", "qr st."],

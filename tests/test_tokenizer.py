@@ -5,8 +5,8 @@ import pytest
 import tokenizers
 
 from hdlm.config import TokenizerConfig
+from hdlm.data.tokenizer import EOS, MASK, Tokenizer, build_tokenizer
 from hdlm.errors import DataError
-from hdlm.tokenizer import EOS, MASK, Tokenizer, build_tokenizer
 
 TEXTS = [
     "Hello world",

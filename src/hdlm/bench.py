@@ -54,8 +54,8 @@ A3_BENCH_OPTIONS = {"eos_stop": False}  # random weights: decode every position
 
 def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
     """A randomly initialised model of `family` (speed does not depend on the weights)."""
+    from hdlm.data.tokenizer import build_tokenizer
     from hdlm.model import LanguageModel
-    from hdlm.tokenizer import build_tokenizer
 
     config = RunConfig(family=family)
     config.data.seq_len = seq_len

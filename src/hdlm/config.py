@@ -102,7 +102,7 @@ class SyntheticConfig:
 
 @dataclass
 class HmmConfig:
-    """A seeded hidden Markov source (corpus `hmm`, `hdlm.sources.HiddenMarkov.random`):
+    """A seeded hidden Markov source (corpus `hmm`, `hdlm.data.sources.HiddenMarkov.random`):
     `n_hidden` sticky hidden states (each kept with probability `stay`) emitting `n_symbols`
     symbols from Dirichlet(`concentration`) rows; `n_docs` documents of `doc_len` symbols."""
 

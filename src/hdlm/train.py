@@ -31,6 +31,7 @@ from tqdm import tqdm
 from hdlm import distributed
 from hdlm.config import RunConfig, to_dict
 from hdlm.data import Batches, Prefetcher, PreparedData, prepare_data
+from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import ConfigError, DataError
 from hdlm.evaluate import nelbo_term_sums
 from hdlm.files import write_text_atomic
@@ -38,7 +39,6 @@ from hdlm.hardware import autocast, compile_network, pick_device, pick_precision
 from hdlm.model import LanguageModel
 from hdlm.model.checkpoint import resolve_checkpoint, save_checkpoint
 from hdlm.model.hf import resolve_architecture
-from hdlm.tokenizer import Tokenizer
 from hdlm.train_support import (
     EMA,
     StopSignal,

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from hdlm.data import SYNTHETIC_CORPORA, packed_stream, synthetic_alphabet
+from hdlm.data.sources import IMPOSSIBLE, PackedStream
 from hdlm.errors import HdlmError
-from hdlm.sources import IMPOSSIBLE, PackedStream
 
 WINDOW_ENTROPY_SAMPLES = 4096  # fresh windows whose mean NLL estimates H(window) / window
 NOISE = 0.01  # δ of the δ-noisy source that also scores samples the source cannot emit

@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hdlm.config import RunConfig, from_dict, to_dict, with_presets
+from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import CheckpointError, ConfigError
 from hdlm.files import temporary_sibling
-from hdlm.tokenizer import Tokenizer
 from hdlm.version import __version__
 
 CONFIG, WEIGHTS, TOKENIZER, STATE, MANIFEST = (

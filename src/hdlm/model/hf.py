@@ -7,8 +7,8 @@ model.safetensors.index.json, or pytorch_model.bin) and tokenizer.json, for the 
 their function. Weights are read one tensor at a time (`hf_io.WeightFiles`) into tensors
 preallocated in the checkpoint's own dtype, so an import holds about one copy of the model.
 
-The vocabulary: the tokenizer keeps the directory's special tokens (`hdlm.tokenizer`); MASK is a
-reserved special token of the vocabulary when there is one (Llama-3), else appended. Embedding
+The vocabulary: the tokenizer keeps the directory's special tokens (`hdlm.data.tokenizer`); MASK
+is a reserved special token of the vocabulary when there is one (Llama-3), else appended. Embedding
 rows past the checkpoint's, and rows of tokens hdlm added (an appended MASK), start at the mean
 of the others; rows the checkpoint pads its embeddings with beyond the tokenizer are dropped.
 
@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from hdlm.config import ModelConfig, RunConfig, complete, validate_model
+from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import CheckpointError
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.model.hf_arch import (
@@ -44,7 +45,6 @@ from hdlm.model.hf_arch import (
 )
 from hdlm.model.hf_io import WeightFiles
 from hdlm.model.transformer import Transformer
-from hdlm.tokenizer import Tokenizer
 
 VOCAB_ROWS = ("embed.weight", "head.weight")
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from hdlm.config import A3Config, RunConfig, apply_overrides, complete, from_dict, to_dict
+from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import CheckpointError, ConfigError, HdlmError
 from hdlm.families import Family, family
 from hdlm.model import hf, official
@@ -17,7 +18,6 @@ from hdlm.model.a3 import A3Transformer
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.model.transformer import Transformer
 from hdlm.objectives import build_objective
-from hdlm.tokenizer import Tokenizer
 
 # the network classes the families table names
 NETWORKS: dict[str, type[Transformer]] = {"transformer": Transformer, "a3": A3Transformer}

@@ -39,10 +39,10 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from hdlm.config import DiffusionConfig, ModelConfig, RunConfig, complete
+from hdlm.data.tokenizer import EOS, Tokenizer, TokenizerConfig, build_tokenizer
 from hdlm.errors import CheckpointError
 from hdlm.model.hf_arch import SUPPORTED
 from hdlm.model.transformer import Transformer
-from hdlm.tokenizer import EOS, Tokenizer, TokenizerConfig, build_tokenizer
 
 FORMATS = ("hdlm-epsilon", "hdlm-gamma", "mdlm", "sedd", "bd3lm")
 GPT2_TEXT_TOKENS = 50257

@@ -5,7 +5,7 @@
 
 Corpora: `pydocs` (the Python documentation's prose, offline), `synthetic` (a random Markov
 chain whose entropy is known exactly), `hmm` (a hidden Markov source with exact likelihoods,
-`hdlm.sources`), a local file or folder, or a Hugging Face dataset name.
+`hdlm.data.sources`), a local file or folder, or a Hugging Face dataset name.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import torch
 from tqdm import tqdm
 
 from hdlm.config import DataConfig, SyntheticConfig
+from hdlm.data.sources import HiddenMarkov, PackedStream
+from hdlm.data.tokenizer import Tokenizer, build_tokenizer
 from hdlm.errors import DataError
 from hdlm.files import atomic_path
-from hdlm.sources import HiddenMarkov, PackedStream
-from hdlm.tokenizer import Tokenizer, build_tokenizer
 
 PYDOCS_DIR = "/usr/share/doc/python3.11-doc/html/_sources"  # Debian package python3.11-doc
 TEXT_SUFFIXES = (".txt", ".md")  # one document per file
