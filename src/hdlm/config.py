@@ -454,24 +454,24 @@ def validate_diffusion(config: RunConfig) -> None:
     if config.family == "ar" and (d.attention, d.readout) != ("causal", "shifted"):
         raise ConfigError("family ar reads out shifted under causal attention; drop the "
                           "diffusion.attention / diffusion.readout overrides")  # fmt: skip
-    from_spec(d.schedule, config.data.seq_len - 1)  # raises a ConfigError on a bad spec
+    kind = from_spec(d.schedule, config.data.seq_len - 1).kind  # a ConfigError if it is bad
     if d.attention in ("two-copy", "causal") and d.readout == "shifted-copy":
         raise ConfigError(
             f"diffusion.readout=shifted-copy needs full or schedule attention, not {d.attention}; "
             "use readout=shifted"
         )
-    if d.attention == "two-copy" and not d.schedule.startswith("block:"):
+    if d.attention == "two-copy" and kind != "block":
         raise ConfigError(
             "diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule; "
             "use attention=schedule for other schedules"
         )
-    if d.time == "continuous" and d.process == "eps-hybrid" and not d.schedule.startswith("flat"):
+    if d.time == "continuous" and d.process == "eps-hybrid" and kind != "flat":
         raise ConfigError(
             "continuous-time eps-hybrid needs a flat schedule (its t=0+ term assumes every "
             "position settles at once); use diffusion.time=discrete with this schedule"
         )
     if d.time == "count" and (
-        not d.schedule.startswith("flat")
+        kind != "flat"
         or d.process not in ("absorbing", "eps-hybrid")
         or config.model.time_conditioning
     ):

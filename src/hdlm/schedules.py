@@ -74,6 +74,10 @@ class Hyperschedule:
 
     table: torch.Tensor
     name: str = "custom"
+    kind: str = "custom"  # quenched_ar | flat | block | slide | file | custom
+    width: int | None = None  # block and slide: positions per block / in the band
+    steps: int | None = None  # flat: S; block: steps per block; slide: tau
+    offset: int = 0  # block: how much narrower the first block is
 
     def __post_init__(self) -> None:
         _check_table(self.table)
@@ -176,11 +180,11 @@ def _check_positive(**values: int) -> None:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _staggered(name: str, start: torch.Tensor, tau: int) -> Hyperschedule:
+def _staggered(spec: ScheduleSpec, start: torch.Tensor, tau: int) -> Hyperschedule:
     """T[s, i] = clip(1 - (s - start[i]) / tau, 0, 1) for s = 0..max(start) + tau."""
     steps = torch.arange(int(start.max()) + tau + 1)[:, None]
     steps_left = (tau - (steps - start)).clamp(0, tau)  # integers, so 0 and 1 come out exact
-    return Hyperschedule(steps_left.float() / tau, name)
+    return Hyperschedule(steps_left.float() / tau, spec.name, *spec[:4])
 
 
 def quenched_ar(length: int) -> Hyperschedule:
@@ -189,13 +193,14 @@ def quenched_ar(length: int) -> Hyperschedule:
     Step s turns position s-1 from noise to clean in one go.
     """
     _check_positive(length=length)
-    return _staggered("quenched_ar", torch.arange(length), 1)
+    return _staggered(ScheduleSpec("quenched_ar", 1, 1), torch.arange(length), 1)
 
 
 def flat(length: int, steps: int) -> Hyperschedule:
     """Ordinary (MDLM-like) diffusion: S = steps, T[s, i] = 1 - s/S at every position."""
     _check_positive(length=length, steps=steps)
-    return _staggered(f"flat:{steps}", torch.zeros(length, dtype=torch.long), steps)
+    spec = ScheduleSpec("flat", None, steps)
+    return _staggered(spec, torch.zeros(length, dtype=torch.long), steps)
 
 
 def block(length: int, width: int, steps_per_block: int, offset: int = 0) -> Hyperschedule:
@@ -212,8 +217,7 @@ def block(length: int, width: int, steps_per_block: int, offset: int = 0) -> Hyp
     if not 0 <= offset < width:
         raise ConfigError(f"block offset {offset} must lie in [0, width={width})")
     start = steps_per_block * ((torch.arange(length) + offset) // width)
-    name = f"block:{width}:{steps_per_block}" + (f":{offset}" if offset else "")
-    return _staggered(name, start, steps_per_block)
+    return _staggered(ScheduleSpec("block", width, steps_per_block, offset), start, steps_per_block)
 
 
 def slide(length: int, width: int, tau: int) -> Hyperschedule:
@@ -245,7 +249,7 @@ def slide(length: int, width: int, tau: int) -> Hyperschedule:
     """
     _check_positive(length=length, width=width, tau=tau)
     start = torch.arange(length) * tau // width
-    return _staggered(f"slide:{width}:{tau}", start, tau)
+    return _staggered(ScheduleSpec("slide", width, tau), start, tau)
 
 
 def from_table(table: object, name: str = "custom") -> Hyperschedule:
@@ -264,12 +268,6 @@ _LOADERS = {
     ".npy": np.load,
     ".csv": lambda path: np.loadtxt(path, delimiter=",", ndmin=2),
 }
-_BUILDERS = {
-    "quenched_ar": (quenched_ar, 0),
-    "flat": (flat, 1),
-    "block": (block, (2, 3)),
-    "slide": (slide, 2),
-}
 
 
 def _load_table(path: Path, length: int) -> Hyperschedule:
@@ -281,7 +279,7 @@ def _load_table(path: Path, length: int) -> Hyperschedule:
         table = _LOADERS[path.suffix](path)
     except Exception as error:
         raise ConfigError(f"cannot read schedule file {path}: {error}") from None
-    schedule = from_table(table, name=f"file:{path}")
+    schedule = Hyperschedule(from_table(table).table, f"file:{path}", "file")
     if schedule.length != length:
         raise ConfigError(
             f"schedule file {path} has {schedule.length} columns but sequences have length "
@@ -290,22 +288,74 @@ def _load_table(path: Path, length: int) -> Hyperschedule:
     return schedule
 
 
+class ScheduleSpec(NamedTuple):
+    """A schedule spec string, parsed (`parse_spec`): its kind and numbers (None where the kind
+    has none), or the table file's `path`."""
+
+    kind: str
+    width: int | None = None
+    steps: int | None = None
+    offset: int = 0
+    path: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The spec string, e.g. "block:16:4" (`parse_spec(spec.name) == spec`)."""
+        numbers = {
+            "quenched_ar": (),
+            "flat": (self.steps,),
+            "block": (self.width, self.steps) + ((self.offset,) if self.offset else ()),
+            "slide": (self.width, self.steps),
+            "file": (self.path,),
+        }[self.kind]
+        return ":".join(map(str, (self.kind, *numbers)))
+
+
+def spec_fields(spec: str) -> tuple[str, list[str]]:
+    """A `KIND[:A[:B...]]` spec string split into its kind and its fields (strings), the syntax
+    of the schedule specs here and of the γ-hybrid's σ schedules (`SigmaSchedule.parse`)."""
+    kind, *fields = spec.strip().split(":")
+    return kind, fields
+
+
+_ARITIES = {"quenched_ar": (0,), "flat": (1,), "block": (2, 3), "slide": (2,)}
+
+
+def parse_spec(spec: str) -> ScheduleSpec:
+    """The kind and numbers of a CLI/config schedule string (see SPEC_SYNTAX), without building
+    the table: the one parser of schedule specs."""
+    kind, _, rest = spec.strip().partition(":")
+    if kind == "file" and rest:
+        return ScheduleSpec("file", path=rest)
+    kind, args = spec_fields(spec)
+    if len(args) not in _ARITIES.get(kind, ()) or not all(arg.isdigit() for arg in args):
+        raise ConfigError(f"bad schedule {spec!r}; use one of: {SPEC_SYNTAX}")
+    numbers = list(map(int, args))
+    if kind == "flat":
+        return ScheduleSpec(kind, steps=numbers[0])
+    if kind in ("block", "slide"):
+        return ScheduleSpec(kind, *numbers)
+    return ScheduleSpec(kind)
+
+
 def from_spec(spec: str, length: int) -> Hyperschedule:
     """Parse a CLI/config string (see SPEC_SYNTAX) into a hyperschedule over `length` positions.
 
     Examples: "quenched_ar", "flat:128", "block:16:8" (width 16, 8 steps per block),
     "slide:8:4" (width 8, tau 4), "file:tables/mine.npy". A built-in schedule's `.name` is its
-    spec, so `from_spec(schedule.name, schedule.length)` rebuilds it.
+    spec, so `from_spec(schedule.name, schedule.length)` rebuilds it; its kind and numbers are
+    its `kind`, `width`, `steps`, `offset`.
     """
-    kind, _, rest = spec.strip().partition(":")
-    if kind == "file" and rest:
-        return _load_table(Path(rest), length)
-    args = rest.split(":") if rest else []
-    build, arity = _BUILDERS.get(kind, (None, -1))
-    arities = arity if isinstance(arity, tuple) else (arity,)
-    if build is None or len(args) not in arities or not all(arg.isdigit() for arg in args):
-        raise ConfigError(f"bad schedule {spec!r}; use one of: {SPEC_SYNTAX}")
-    return build(length, *map(int, args))
+    parsed = parse_spec(spec)
+    if parsed.kind == "file":
+        return _load_table(Path(parsed.path), length)
+    if parsed.kind == "quenched_ar":
+        return quenched_ar(length)
+    if parsed.kind == "flat":
+        return flat(length, parsed.steps)
+    if parsed.kind == "block":
+        return block(length, parsed.width, parsed.steps, parsed.offset)
+    return slide(length, parsed.width, parsed.steps)
 
 
 def plot_schedule(schedule: Hyperschedule, path: str | Path) -> Path:

@@ -367,6 +367,10 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if embeddings else n - self.embed.weight.numel()
 
+    def new_cache(self, batch: int, device) -> KVCache:
+        """An empty KV cache for `batch` sequences, in the network's dtype."""
+        return KVCache.empty(self.config, batch, device, self.embed.weight.dtype)
+
     def check_context(self, cache: KVCache | None, length: int) -> int:
         """The cache length, after checking that `length` more positions fit the context."""
         offset = cache.length if cache is not None else 0

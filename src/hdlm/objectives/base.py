@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from hdlm.denoiser import Denoiser
+
 
 class Objective(ABC):
     """A family's loss and likelihood bound over blocks [B, L] whose column 0 is BOS.
@@ -17,8 +19,13 @@ class Objective(ABC):
       (exact for AR and A3); with `hidden` [B, L-1] the bound on -log p(x_hidden | the rest),
       where defined; `samples`: Monte Carlo draws per sequence of an estimated bound;
     * `at_step(step)`: switch to the curriculum stage of a training step (A3); None when the
-      objective has no stages.
+      objective has no stages;
+    * `denoiser(net, eos_id)`: what the samplers receive (`hdlm.denoiser.Denoiser`): the
+      network with this objective's input `layout` and noise `process` (None where it has none).
     """
+
+    layout = None  # an `InputLayout` (diffusion objectives, and AR's hyperschedule twin)
+    process = None  # a `NoiseProcess` (likewise)
 
     def __init__(self, config, mask_id: int) -> None:
         self.config, self.mask_id = config, mask_id
@@ -30,6 +37,10 @@ class Objective(ABC):
 
     def at_step(self, step: int) -> str | None:
         return None
+
+    def denoiser(self, net, eos_id: int | None = None) -> Denoiser:
+        """The object every sampler walks: `net` read as this objective trains it."""
+        return Denoiser(net, self.mask_id, eos_id, self.layout, self.process)
 
     @abstractmethod
     def loss(self, net, tokens: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor
 from hdlm import masks
 from hdlm.errors import ConfigError, HdlmError
 from hdlm.readout import clean_log_probs
-from hdlm.schedules import Hyperschedule, from_spec
+from hdlm.schedules import Hyperschedule, from_spec, parse_spec
 
 
 class InputLayout:
@@ -77,16 +77,15 @@ class InputLayout:
 
     def block_width(self) -> tuple[int, int]:
         """(width, steps per block) of a block schedule, needed by the two-copy layout."""
-        kind, *numbers = self.options.schedule.split(":")
-        if kind != "block":
+        spec = parse_spec(self.options.schedule)
+        if spec.kind != "block":
             raise ConfigError("diffusion.attention=two-copy needs a block:WIDTH:STEPS schedule")
-        return int(numbers[0]), int(numbers[1])
+        return spec.width, spec.steps
 
     @property
     def block_offset(self) -> int:
         """The OFFSET of a block:WIDTH:STEPS:OFFSET schedule (0 when not given)."""
-        numbers = self.options.schedule.split(":")[1:]
-        return int(numbers[2]) if len(numbers) > 2 else 0
+        return parse_spec(self.options.schedule).offset
 
     def logits(self, net, tokens: Tensor, x_t: Tensor, t: Tensor, step: Tensor) -> Tensor:
         """The network's output rows that predict the positions after BOS, [B, L-1, V], for the

@@ -11,7 +11,9 @@ One noise level per position, t in [0, 1] (0 clean, 1 fully noised):
 
 Each process owns `corrupt` (sample q(x_t | x0)), `step_loss` (the exact KL of a discrete reverse
 step t -> s), `rate_loss` (the continuous-time integrand), `prior_loss` and, for the processes a
-sampler can walk, `reverse_step`. `base.py` holds the conventions and shared helpers.
+sampler can walk, the reverse steps of a protocol of `hdlm.denoiser` (`MaskingReverse`:
+`Absorbing`, `EpsHybrid`; `ChainReverse`: `EpsHybrid`; `LeapingReverse`: `GammaHybrid`).
+`base.py` holds the conventions and shared helpers.
 """
 
 from __future__ import annotations

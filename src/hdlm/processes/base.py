@@ -28,7 +28,6 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from hdlm.errors import HdlmError
 from hdlm.readout import MaskedCrossEntropy, clean_log_probs
 
 T_EPS = 1e-6
@@ -146,13 +145,6 @@ class NoiseProcess(ABC):
         """`rate_loss` from the network's logits [..., V] (MASK excluded from the clean-token
         distribution); the hybrids override it with a fused form (`MixtureKL`)."""
         return self.rate_loss(clean_log_probs(logits, self.mask_id), x0, x_t, t, dt)
-
-    def reverse_step(self, *args, **kwargs):
-        """A sampler's step t -> s; processes no sampler can walk do not have one."""
-        raise HdlmError(
-            f"no sampler walks the {type(self).__name__} process; train with a masking process "
-            "(absorbing, eps-hybrid) or the gamma-hybrid family"
-        )
 
     def prior_loss(self, x0: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """KL(q(x_1 | x0) || p(x_1)) per position: 0 when level 1 is the prior itself (every

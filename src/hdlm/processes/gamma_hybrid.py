@@ -27,7 +27,7 @@ which is exact when p̃ is the posterior given the *other* positions, turns into
 
 `rate_loss` is SEDD's diffusion-weighted denoising score entropy with these scores in closed form
 (O(V) per position, no V x V matrix); `step_loss` the exact KL of a discrete reverse step; both are
-NELBO terms, and `prior_loss` completes the bound when σ(1) is finite. `reverse_step` is the
+NELBO terms, and `prior_loss` completes the bound when σ(1) is finite. `tweedie_step` is the
 analytic (Tweedie) τ-leaping step, which is exactly the model's discrete reverse step, and
 `euler_step` SEDD's Euler step. Shapes and dtypes follow `hdlm.processes`.
 """
@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from hdlm.errors import ConfigError
+from hdlm.schedules import spec_fields
 from hdlm.processes import base
 from hdlm.processes.base import (
     MixtureKL,
@@ -73,7 +74,7 @@ class SigmaSchedule:
 
     @classmethod
     def parse(cls, spec: str) -> SigmaSchedule:
-        kind, *numbers = spec.split(":")
+        kind, numbers = spec_fields(spec)
         try:
             values = [float(n) for n in numbers]
         except ValueError:
@@ -349,7 +350,7 @@ class GammaHybrid(NoiseProcess):
 
     # -- reverse steps ---------------------------------------------------------------------------
 
-    def reverse_step(
+    def tweedie_step(
         self,
         log_probs: Tensor,
         x_t: Tensor,
@@ -424,7 +425,7 @@ class GammaHybrid(NoiseProcess):
         reverse rates frozen at t (clamped to 1 - T_EPS); the total is capped at 1. From MASK the
         jump rate is (1 - γ) σ' c, from visible x it is γ σ' (1 - P(x)) / (N P(x)); the target
         is drawn from P restricted to y != x. Exact at γ = 0 with the log-linear schedule (MDLM's
-        (t - s) / t); use `reverse_step` for the last step to s = 0 (the sampler does)."""
+        (t - s) / t); use `tweedie_step` for the last step to s = 0 (the sampler does)."""
         t, s = levels(t, x_t, log_probs), levels(s, x_t, log_probs)
         moving = t > s
         tc = t.clamp(base.T_EPS, 1 - base.T_EPS)
