@@ -7,19 +7,19 @@ from helpers import language_model
 from hdlm.cli import main
 from hdlm.config import RunConfig, complete
 from hdlm.errors import ConfigError, HdlmError
-from hdlm.families import FAMILIES, check_sampler, family
+from hdlm.families import FAMILIES, family
 from hdlm.model import LanguageModel, Transformer
 from hdlm.model.a3 import A3Transformer
 from hdlm.objectives import OBJECTIVES
 from hdlm.sampling import settings
-from hdlm.sampling.options import OPTIONS
+from hdlm.sampling.registry import SAMPLERS, check_sampler, samplers_of
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_row_builds_its_objective_network_and_samplers(name):
     row = family(name)
-    samplers = {s for samplers, _ in OPTIONS.values() for s in samplers}
-    assert row.objective in OBJECTIVES and set(row.samplers) <= samplers | {"tweedie", "euler"}
+    assert row.objective in OBJECTIVES and SAMPLERS[row.default_sampler].walks(row)
+    assert set(samplers_of(row)) <= set(SAMPLERS)
     lm = language_model(name, **({"schedule": "slide:4:3"} if name == "hyperschedule" else {}))
     assert isinstance(lm, LanguageModel) and lm.family is row
     assert isinstance(lm.objective, OBJECTIVES[row.objective])

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from hdlm.errors import HdlmError
+from hdlm.sampling.options import Option, in_range, interval
+from hdlm.sampling.registry import SAMPLERS, cli_options, readers
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,7 +34,6 @@ class Parser(argparse.ArgumentParser):
 
 def bounded(kind: type, low: float, high: float = math.inf, low_open: bool = False):
     """An argparse type: a finite `kind` in [low, high] ((low, high] with `low_open`)."""
-    lower = "(" if low_open else "["
 
     def parse(text: str):
         try:
@@ -40,10 +41,8 @@ def bounded(kind: type, low: float, high: float = math.inf, low_open: bool = Fal
         except ValueError:
             what = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
-        too_low = value <= low if low_open else value < low
-        if not math.isfinite(value) or too_low or value > high:
-            upper = "∞)" if high == math.inf else f"{high:g}]"
-            raise argparse.ArgumentTypeError(f"{text} must lie in {lower}{low:g}, {upper}")
+        if not in_range(value, low, high, low_open):
+            raise argparse.ArgumentTypeError(f"{text} must lie in {interval(low, high, low_open)}")
         return value
 
     return parse
@@ -87,19 +86,19 @@ def _sampler_options(args: argparse.Namespace, temperature: float | None = None)
     """The keyword arguments of `LanguageModel.sample` that `_add_sampler_options` defines and
     the user gave (the others keep the sampler's defaults; `temperature` when --temperature is
     not given)."""
-    from hdlm.sampling.a3_groups import parse_groups
-
-    names = ["sampler", "temperature", "top_k", "top_p", "steps", "schedule", "eta", "order",
-             "group_size", "reveal", "final"]  # fmt: skip
-    options = {name: getattr(args, name) for name in names}
-    options |= {
-        "use_cache": False if args.no_cache else None,
-        "groups": parse_groups(args.groups) if args.groups is not None else None,
-        "eos_stop": False if args.no_eos_stop else None,
-    }
+    options = {name: getattr(args, name) for name in ("sampler", "temperature", "top_k", "top_p")}
+    for option in cli_options().values():
+        value = getattr(args, option.name, None)  # (`cli=False` options have no flag here)
+        options[option.name] = option.parse(value) if value and option.parse else value
     if options["temperature"] is None:
         options["temperature"] = temperature
     return {name: value for name, value in options.items() if value is not None}
+
+
+def _flag(name: str) -> str:
+    """The command-line spelling of a keyword of `LanguageModel.sample`."""
+    option = cli_options().get(name)
+    return option.flag if option else "--" + name.replace("_", "-")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -154,10 +153,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     metrics = _eval_metrics(args.metrics)
     sampling = _sampler_options(args)
     if sampling and not {"infill", "story-infill", *SAMPLE_METRICS} & set(metrics):
-        from hdlm.sampling.options import flag
-
         raise HdlmError(
-            f"{flag(next(iter(sampling)))} changes how samples are drawn, but --metrics "
+            f"{_flag(next(iter(sampling)))} changes how samples are drawn, but --metrics "
             f"{args.metrics} draws none (infill, story-infill, {', '.join(SAMPLE_METRICS)} do)"
         )
     lm = _load(args)
@@ -408,10 +405,10 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
 
 
-def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """How `hdlm sample` and `hdlm eval` draw tokens; returns the A3 group for more options.
-    Sampler-specific options default to None (not given): `hdlm.sampling.options` says which
-    sampler reads which, and refuses one the loaded model's sampler does not read."""
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """How `hdlm sample`, `eval` and `harness` draw tokens: the token choice, the sampler, and
+    every option a sampler of the registry declares (`hdlm.sampling.registry`). Sampler options
+    default to None (not given): the chosen sampler refuses one it does not declare."""
     p.add_argument("--temperature", type=nonnegative_float, default=None,
                    help="0 = greedy (default 1; 0 for eval --metrics infill and "
                    "story-infill)")  # fmt: skip
@@ -419,35 +416,31 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     p.add_argument("--top-p", type=nucleus, default=None)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--sampler", default=None,
-                   help="ar | ancestral | acs | remask | eps-chain | tweedie | euler | a3 "
-                   "(default: the family's own)")  # fmt: skip
-    p.add_argument("--schedule", default=None, help="hyperschedule to walk, e.g. block:16:4")
-    p.add_argument("--steps", type=positive_int, default=None,
-                   help="steps of a flat schedule (128)")  # fmt: skip
-    p.add_argument("--eta", type=probability, default=None, help="acs re-draw / remask strength")
-    p.add_argument("--reveal", default=None, choices=["mixture", "model"],
-                   help="eps-chain: reveal from (1-eps) p + eps u (default) or from p "
-                   "alone")  # fmt: skip
-    p.add_argument("--final", default=None, choices=["sample", "greedy", "none"],
-                   help="eps-chain: last step re-decodes every position: a draw (default), "
-                   "its argmax (MDLM's final denoise), or none")  # fmt: skip
-    p.add_argument("--no-cache", action="store_true", default=None,
-                   help="recompute everything each step")  # fmt: skip
-    a3 = p.add_argument_group("A3 decoding (a3 checkpoints)")
-    a3.add_argument("--order", default=None,
-                    choices=["left-to-right", "random", "confidence", "entropy"],
-                    help="left-to-right (default) | random | confidence | entropy (the last two: "
-                    "commit the positions whose sampled distribution is surest)")  # fmt: skip
-    a3.add_argument("--group-size", type=positive_int, default=None,
-                    help="tokens committed per step (default 1)")  # fmt: skip
-    a3.add_argument("--groups", default=None,
-                    help="explicit order instead of --order: groups of positions (BOS = 0) in "
-                    "decoding order, e.g. '1-3,4-7,8+10,9' (',' between groups, '+' within, A-B "
-                    "ranges), or @FILE")  # fmt: skip
-    a3.add_argument("--no-eos-stop", action="store_true", default=None,
-                    help="keep decoding after EOS (default: a row ends at its first generated "
-                    "EOS)")  # fmt: skip
-    return a3
+                   help=f"{' | '.join(SAMPLERS)} (default: the family's own)")  # fmt: skip
+    group = p.add_argument_group("sampler options (each read by the samplers in brackets)")
+    for option in cli_options().values():
+        if option.cli:
+            _add_sampler_option(group, option)
+
+
+def _add_sampler_option(group: argparse._ArgumentGroup, option: Option) -> None:
+    """One sampler option as a flag; its help names the samplers that read it and their
+    defaults, e.g. `[acs 0.015, remask 0.02]`."""
+    defaults = {s.name: o.default for s in SAMPLERS.values() for o in s.options if o is not None
+                and o.name == option.name}  # fmt: skip
+    which = ", ".join(
+        name if defaults[name] in (None, True) else f"{name} {defaults[name]}"
+        for name in readers(option.name)
+    )
+    text = f"{option.help} [{which}]"
+    if option.kind is bool:  # a --no-... switch
+        group.add_argument(option.flag, dest=option.name, action="store_const", const=False,
+                           default=None, help=text)  # fmt: skip
+        return
+    kind = {"choices": option.choices} if option.choices else {}
+    if option.kind in (int, float):
+        kind["type"] = bounded(option.kind, option.low, option.high, option.low_open)
+    group.add_argument(option.flag, dest=option.name, default=None, help=text, **kind)
 
 
 def _train_parser(commands) -> None:
@@ -474,12 +467,12 @@ def _sample_parser(commands) -> None:
     p.add_argument("--trace", default=None,
                    help="draw what each step did (denoising, or the group A3 committed) to "
                    ".html/.png/.svg")  # fmt: skip
-    a3 = _add_sampler_options(p)
-    a3.add_argument("--infill", default=None,
-                    help="text with blanks to fill: ___ = free length (1..--blank-max, A3), "
-                    "___[N] = N tokens")  # fmt: skip
-    a3.add_argument("--blank-max", type=positive_int, default=None,
-                    help="longest free-length blank (default 8)")  # fmt: skip
+    _add_sampler_options(p)
+    p.add_argument("--infill", default=None,
+                   help="text with blanks to fill: ___ = free length (1..--blank-max, A3), "
+                   "___[N] = N tokens")  # fmt: skip
+    p.add_argument("--blank-max", type=positive_int, default=None,
+                   help="longest free-length blank (default 8; a3)")  # fmt: skip
     p.set_defaults(func=cmd_sample)
 
 

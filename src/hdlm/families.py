@@ -1,12 +1,13 @@
 """The families table: the one place that knows which families exist and what each one is.
 
 A family is a row of configuration, not a code path: which objective trains it, which network it
-runs, the samplers that can draw from it (the first is its default), and the preset of its
+runs, the sampler it is drawn with by default, and the preset of its
 `diffusion` section (schedule, process, time, attention, read-out; keys a config leaves unset take
 these values). `ar` carries a preset too: quenched AR + masking + causal attention + shifted
 read-out *is* an AR model (design.md §2), which is how the hyperschedule sampler walks AR
 checkpoints. Everything else asks this table: config validation, `LanguageModel`, the samplers,
-the study, the trainer. (Which sampler reads which option is `hdlm.sampling.options`'.)
+the study, the trainer. Which other samplers can draw from a family is the samplers' own
+declaration (`hdlm.sampling.registry.samplers_of`).
 
 This module is data only (it imports nothing of hdlm but its errors), so that `hdlm.config` can
 use it without reaching above itself.
@@ -19,22 +20,15 @@ from dataclasses import dataclass, field
 
 from hdlm.errors import ConfigError
 
-HYPERSCHEDULE_SAMPLERS = ("ancestral", "acs", "remask")  # masking reverse steps (+ corrections)
-TAU_LEAPING_SAMPLERS = ("tweedie", "euler")  # γ-hybrid reverse steps (SEDD)
-
 
 @dataclass(frozen=True)
 class Family:
     name: str
     objective: str  # "ar" | "diffusion" | "score-entropy" | "a3" (`hdlm.objectives.OBJECTIVES`)
     network: str  # "transformer" | "a3" (`hdlm.model.NETWORKS`)
-    samplers: tuple[str, ...]  # the first one is the default
+    default_sampler: str  # a name of the sampler registry (`hdlm.sampling.SAMPLERS`)
     diffusion: dict[str, str] | None = field(default=None)  # preset; None: no diffusion section
     summary: str = ""
-
-    @property
-    def default_sampler(self) -> str:
-        return self.samplers[0]
 
     @property
     def is_a3(self) -> bool:
@@ -60,39 +54,39 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
-            "ar", "ar", "transformer", ("ar", *HYPERSCHEDULE_SAMPLERS),
+            "ar", "ar", "transformer", "ar",
             _masking("quenched_ar", "discrete", "causal") | {"readout": "shifted"},
             "next-token prediction (its hyperschedule twin: quenched AR, causal, shifted)",
         ),
         Family(
-            "mdlm", "diffusion", "transformer", HYPERSCHEDULE_SAMPLERS,
+            "mdlm", "diffusion", "transformer", "ancestral",
             _masking("flat:1000", "count", "full"), "masked diffusion (MDLM)",
         ),
         Family(
-            "block-diffusion", "diffusion", "transformer", HYPERSCHEDULE_SAMPLERS,
+            "block-diffusion", "diffusion", "transformer", "ancestral",
             _masking("block:16:16", "discrete", "two-copy"),
             "blocks denoised left to right, trained on the [noisy ; clean] layout (BD3-LM)",
         ),
         Family(
-            "slide", "diffusion", "transformer", HYPERSCHEDULE_SAMPLERS,
+            "slide", "diffusion", "transformer", "ancestral",
             _masking("slide:16:16", "discrete", "schedule"), "slide annealing (HDLM)",
         ),
         Family(
-            "eps-hybrid", "diffusion", "transformer", ("eps-chain", *HYPERSCHEDULE_SAMPLERS),
+            "eps-hybrid", "diffusion", "transformer", "eps-chain",
             _masking("flat:1000", "count", "full") | {"process": "eps-hybrid"},
             "masking plus ε uniform replacements (HDLM), exact NELBO",
         ),
         Family(
-            "gamma-hybrid", "score-entropy", "transformer", TAU_LEAPING_SAMPLERS,
+            "gamma-hybrid", "score-entropy", "transformer", "tweedie",
             _masking("flat:1000", "continuous", "full") | {"process": "gamma-hybrid"},
             "the γ-hybrid CTMC (HDLM), score entropy, τ-leaping",
         ),
         Family(
-            "hyperschedule", "diffusion", "transformer", HYPERSCHEDULE_SAMPLERS,
+            "hyperschedule", "diffusion", "transformer", "ancestral",
             _masking(None, "discrete", "schedule"), "any schedule, including a custom table",
         ),
         Family(
-            "a3", "a3", "a3", ("a3",), None,
+            "a3", "a3", "a3", "a3", None,
             "any-order, any-subset autoregression with two-stream attention (A3)",
         ),
     )
@@ -106,15 +100,3 @@ def family(name: str) -> Family:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(f"unknown family '{name}'; {hint}choose one of {', '.join(FAMILIES)}")
     return FAMILIES[name]
-
-
-def check_sampler(row: Family, sampler: str) -> None:
-    """Refuse a sampler the family cannot be drawn with, naming the ones it can."""
-    known = {s for f in FAMILIES.values() for s in f.samplers}
-    if sampler not in known:
-        raise ConfigError(f"unknown sampler '{sampler}'; choose one of {', '.join(sorted(known))}")
-    if sampler not in row.samplers:
-        raise ConfigError(
-            f"the {sampler} sampler cannot draw from a '{row.name}' model; "
-            f"use --sampler {' or '.join(row.samplers)}"
-        )

@@ -18,6 +18,7 @@ from hdlm.model.a3 import A3Transformer
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
 from hdlm.model.transformer import Transformer
 from hdlm.objectives import build_objective
+from hdlm.sampling import sample
 
 # the network classes the families table names
 NETWORKS: dict[str, type[Transformer]] = {"transformer": Transformer, "a3": A3Transformer}
@@ -31,6 +32,7 @@ class LanguageModel(nn.Module):
         self.config, self.tokenizer = config, tokenizer
         self.objective = build_objective(config, tokenizer.mask_id)
         self.net = NETWORKS[self.family.network](config.model)
+        self.denoiser = self.objective.denoiser(self.net, tokenizer.eos_id)  # what samplers walk
 
     @property
     def family(self) -> Family:
@@ -98,11 +100,10 @@ class LanguageModel(nn.Module):
         a3 = from_dict(A3Config, apply_overrides(to_dict(self.config.a3), mine), "a3")
         self.config = complete(dataclasses.replace(self.config, a3=a3))
         self.objective = build_objective(self.config, self.tokenizer.mask_id)
+        self.denoiser = self.objective.denoiser(self.net, self.tokenizer.eos_id)
 
     def sample(self, n: int = 1, length: int | None = None, **options) -> Tensor:
         """Token ids [n, length]; see `hdlm.sampling.sample` for the options."""
-        from hdlm.sampling import sample
-
         return sample(self, n, length, **options)
 
     def decode(self, tokens: Tensor) -> list[str]:

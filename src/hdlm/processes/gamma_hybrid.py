@@ -41,7 +41,6 @@ import torch
 from torch import Tensor
 
 from hdlm.errors import ConfigError
-from hdlm.schedules import spec_fields
 from hdlm.processes import base
 from hdlm.processes.base import (
     MixtureKL,
@@ -52,6 +51,7 @@ from hdlm.processes.base import (
     random_data_tokens,
     xlogx,
 )
+from hdlm.schedules import spec_fields
 
 SIGMA_SYNTAX = "loglinear[:EPS] | geometric[:SIGMA_MIN:SIGMA_MAX]"
 

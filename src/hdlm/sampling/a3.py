@@ -37,7 +37,6 @@ from torch import Tensor
 
 from hdlm import a3
 from hdlm.errors import HdlmError
-from hdlm.model.transformer import KVCache
 from hdlm.readout import clean_log_probs
 from hdlm.sampling.a3_groups import explicit_steps
 from hdlm.sampling.prompt import check_length, layout, parse_infill
@@ -95,7 +94,7 @@ class Decoding:
         self.pending = self.columns[known].expand(n, -1)  # content rows the next pass commits
         self.cache = self.visible = None
         if use_cache:
-            self.cache = KVCache.empty(net.config, n, device, net.embed.weight.dtype)
+            self.cache = net.new_cache(n, device)
             if stop_id is not None:  # cache slots later rows may attend to (see `commit`)
                 self.visible = torch.ones(n, net.config.max_len, dtype=torch.bool, device=device)
 

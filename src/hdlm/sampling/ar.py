@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from hdlm.model.transformer import KVCache, Transformer
 from hdlm.readout import clean_log_probs
 from hdlm.sampling.tokens import pick_tokens
+
+if TYPE_CHECKING:  # the sampler reaches the network only through what the denoiser hands it
+    from hdlm.model.transformer import Transformer
 
 
 @torch.no_grad()
@@ -26,9 +30,7 @@ def sample_ar(
     `use_cache=False` recomputes the whole sequence each step (same tokens, slower). MASK is
     never drawn.
     """
-    cache = None
-    if use_cache:
-        cache = KVCache.empty(net.config, len(prefix), prefix.device, net.embed.weight.dtype)
+    cache = net.new_cache(len(prefix), prefix.device) if use_cache else None
     logits = net(prefix, cache=cache, commit=True)[:, -1]
     tokens = prefix
     while tokens.shape[1] < length:

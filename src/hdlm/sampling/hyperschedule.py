@@ -11,10 +11,13 @@ Walk the steps s = 1..S of a hyperschedule T over the positions after BOS. At st
   a masked one is revealed with probability p = (t - s) / t, its token drawn from p_θ(x0 | x_t);
 * untouched positions (still fully noised) are not computed at all.
 
-The reverse step itself is the process' (`Absorbing.reverse_step`), with its corrections of
-visible in-flight tokens (never of settled or given tokens): `acs` (HDLM's Adaptive Correction
-Sampler) re-draws each with probability η (1 - p), `remask` (ReMDM) masks it again. The model's
-input layout (attention, read-out, noise levels) is its objective's `InputLayout`.
+The reverse step itself is the process' (`denoiser.MaskingReverse.reverse_step`), with its
+corrections of visible in-flight tokens (never of settled or given tokens): `acs` (HDLM's
+Adaptive Correction Sampler) re-draws each with probability η (1 - p), `remask` (ReMDM) masks it
+again. The model's input layout (attention, read-out, noise levels) is the denoiser's
+`InputLayout`. `ScheduleWalker` is what every sampler that walks a hyperschedule declares (the
+`schedule` and `steps` options); `MaskingSampler` the samplers of this loop (`ancestral`, `acs`,
+`remask` in `sampling.samplers`).
 
 `use_cache=False` runs the whole sequence every step with the equivalent attention mask: the
 same tokens, the same random draws, logits equal to float tolerance — only slower.
@@ -24,18 +27,69 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hdlm.denoiser import Denoiser, MaskingReverse
 from hdlm.errors import HdlmError
-from hdlm.model.transformer import KVCache
 from hdlm.processes import CORRECTIONS
-from hdlm.readout import clean_log_probs
+from hdlm.sampling.options import SCHEDULE, STEPS, TRACE, USE_CACHE
+from hdlm.sampling.registry import Sampler
 from hdlm.sampling.tokens import pick_tokens
 from hdlm.sampling.trace import Trace
-from hdlm.schedules import Hyperschedule, position_states
+from hdlm.schedules import Hyperschedule, from_spec, parse_spec, position_states
+
+DEFAULT_STEPS = 128  # steps of the flat schedule a flat-trained model walks unless told
+
+
+def schedule_spec(denoiser: Denoiser, spec: str | None, steps: int | None) -> str:
+    """The schedule to walk: `spec`, else the one the model was trained with (a flat one with
+    `steps` (default 128) steps for flat-trained models, quenched AR for AR models). `steps`
+    for any other schedule would be ignored, so it is an error."""
+    if spec is None:
+        spec = denoiser.layout.options.schedule  # ar: its twin's, quenched AR
+        if parse_spec(spec).kind == "flat":
+            return f"flat:{steps or DEFAULT_STEPS}"
+    if steps is not None:
+        raise HdlmError(
+            f"--steps sets the steps of a flat schedule, but this sampler walks {spec}; "
+            "give the steps in --schedule instead (e.g. flat:64, block:16:4)"
+        )
+    return spec
+
+
+class ScheduleWalker(Sampler):
+    """A sampler that walks a hyperschedule over the positions after BOS: `schedule` (default
+    the model's own) or a flat one of `steps` steps (`schedule_spec`)."""
+
+    def resolve(self, denoiser: Denoiser, options: dict[str, Any]) -> dict[str, Any]:
+        steps = options.pop("steps")
+        return options | {"schedule": schedule_spec(denoiser, options["schedule"], steps)}
+
+    @staticmethod
+    def walk(options: dict[str, Any], tokens: Tensor) -> Hyperschedule:
+        """The resolved schedule over the positions after BOS of `tokens` [n, L]."""
+        return from_spec(options["schedule"], tokens.shape[1] - 1)
+
+
+class MaskingSampler(ScheduleWalker):
+    """The samplers of this module's loop: the process' masking reverse step with `correction`
+    (`Absorbing.reverse_step`) of strength `eta` where they declare it."""
+
+    objectives = ("ar", "diffusion")
+    processes = ("absorbing", "eps-hybrid")
+    needs = MaskingReverse
+    options = (SCHEDULE, STEPS, USE_CACHE, TRACE)
+    correction: ClassVar[str]
+
+    def run(self, denoiser, tokens, known, generator, options, pick, trace) -> Tensor:
+        return sample_hyperschedule(
+            denoiser, tokens, known, generator, self.walk(options, tokens), self.correction,
+            options.get("eta", 0.0), options["use_cache"], trace, **pick,
+        )  # fmt: skip
 
 
 def check_schedule_length(schedule: Hyperschedule, length: int) -> None:
@@ -73,17 +127,14 @@ class NetworkView:
     The read-out head runs only on the rows that need a token (see `sample_hyperschedule`).
     """
 
-    def __init__(self, lm, tokens: Tensor, key: Tensor, use_cache: bool):
-        self.net, self.mask_id = lm.net, lm.tokenizer.mask_id
-        layout = lm.objective.layout
+    def __init__(self, denoiser: Denoiser, tokens: Tensor, key: Tensor, use_cache: bool):
+        self.denoiser, self.net = denoiser, denoiser.net
+        layout = denoiser.layout
         self.conditioned, self.shift, self.layout = layout.conditioned, layout.shift, layout
         self.key = torch.cat((key.new_full((1,), torch.iinfo(key.dtype).min), key))  # BOS first
         n, length = tokens.shape
-        self.hidden = torch.zeros(n, length, lm.config.model.d_model, device=tokens.device)
-        self.cache = None
-        if use_cache:
-            dtype = lm.net.embed.weight.dtype
-            self.cache = KVCache.empty(lm.config.model, n, tokens.device, dtype)
+        self.hidden = torch.zeros(n, length, self.net.config.d_model, device=tokens.device)
+        self.cache = self.net.new_cache(n, tokens.device) if use_cache else None
 
     def _run(self, tokens, index, levels, attn_mask=None, commit=False) -> None:
         """Forward the token positions `index` (after the cache), keeping their hidden states.
@@ -144,12 +195,12 @@ class NetworkView:
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """log p_θ(x0 | x_t) [..., V] (MASK excluded) of hidden states [..., d]."""
-        return clean_log_probs(self.net.head(hidden), self.mask_id)
+        return self.denoiser.log_probs(hidden)
 
 
 @torch.no_grad()
 def sample_hyperschedule(
-    lm,
+    denoiser: Denoiser,
     tokens: Tensor,
     known: Tensor,
     generator: torch.Generator | None,
@@ -164,7 +215,7 @@ def sample_hyperschedule(
     """Fill the positions of `tokens` [n, L] where `known` [L] is False (BOS, a prompt or the
     text around blanks are known) by walking `schedule`. `reverse_step(current, t, s, propose,
     generator)` replaces the process' own step with `correction` (e.g. `EpsHybrid.chain_step`)."""
-    (n, length), device, mask_id = tokens.shape, tokens.device, lm.tokenizer.mask_id
+    (n, length), device, mask_id = tokens.shape, tokens.device, denoiser.mask_id
     check_schedule_length(schedule, length)
     if correction not in CORRECTIONS:
         raise HdlmError(
@@ -176,13 +227,13 @@ def sample_hyperschedule(
     fixed = known[1:].cpu()
     table = schedule.table.masked_fill(fixed, 0.0)
     levels_on_device = table.to(device)
-    process = lm.objective.process
+    process = denoiser.process
     step = reverse_step or functools.partial(process.reverse_step, correction=correction, eta=eta)
     # Given tokens take the role clean tokens had in training: under full attention (flat,
     # MDLM-style training) they, and BOS, see and are seen by every position, so they are
     # recomputed with the active ones at every step; otherwise they are settled, cached once.
-    context = F.pad(fixed, (1, 0), value=True) & lm.objective.layout.full_attention  # [L]
-    view = NetworkView(lm, tokens, attention_keys(schedule, fixed & ~context[1:]), use_cache)
+    context = F.pad(fixed, (1, 0), value=True) & denoiser.layout.full_attention  # [L]
+    view = NetworkView(denoiser, tokens, attention_keys(schedule, fixed & ~context[1:]), use_cache)
     view.commit(tokens, (known.cpu() & ~context).nonzero()[:, 0])
     hidden, changed, last_active = None, True, None
     for plan in step_plans(table, context):

@@ -7,7 +7,7 @@ they are clean context and never change. Generation starts from the prior (all M
 σ(1) = ∞) and every step runs the network on the whole sequence (no KV cache: under the γ-hybrid
 a visible token may still change until its level reaches 0).
 
-* `tweedie`: x_s ~ Σ_x0 p_θ(x0 | x_t) q(x_s | x_t, x0) per position (`GammaHybrid.reverse_step`),
+* `tweedie`: x_s ~ Σ_x0 p_θ(x0 | x_t) q(x_s | x_t, x0) per position (`GammaHybrid.tweedie_step`),
   the reverse step that the discrete-time NELBO scores;
 * `euler`: SEDD's Euler step with the reverse rates frozen at t (`GammaHybrid.euler_step`); a
   position's final step to level 0 is a Tweedie step (SEDD's `denoise`).
@@ -18,16 +18,33 @@ Temperature, top-k and top-p reshape the network's clean-token distribution p̃ 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from hdlm.denoiser import Denoiser, LeapingReverse
 from hdlm.errors import HdlmError
-from hdlm.processes import GammaHybrid
-from hdlm.sampling.hyperschedule import check_schedule_length
+from hdlm.sampling.hyperschedule import ScheduleWalker, check_schedule_length
+from hdlm.sampling.options import SCHEDULE, STEPS
 from hdlm.sampling.tokens import filter_logits
 
 TAU_LEAPING = ("tweedie", "euler")
+
+
+class LeapingSampler(ScheduleWalker):
+    """The τ-leaping samplers (`tweedie`, `euler` in `sampling.samplers`): `method`'s step of
+    a `LeapingReverse` process along the schedule; no KV cache, no trace."""
+
+    objectives = ("score-entropy",)
+    processes = ("gamma-hybrid",)
+    needs = LeapingReverse
+    options = (SCHEDULE, STEPS)
+    method: ClassVar[str]
+
+    def run(self, denoiser, tokens, known, generator, options, pick, trace) -> Tensor:
+        walk = self.walk(options, tokens)
+        return sample_tau_leaping(denoiser, tokens, known, generator, walk, self.method, **pick)
 
 
 def reshape_distribution(
@@ -48,7 +65,7 @@ def reshape_distribution(
 
 def tau_leaping(
     denoise: Callable[[Tensor, Tensor, int], Tensor],
-    process: GammaHybrid,
+    process: LeapingReverse,
     x: Tensor,
     table: Tensor,
     generator: torch.Generator | None,
@@ -74,12 +91,12 @@ def tau_leaping(
         if conditioned or seen is None or not torch.equal(x, seen):
             log_probs, seen = denoise(x, t, k), x
         if method == "tweedie":
-            x = process.reverse_step(log_probs, x, t, s, generator)
+            x = process.tweedie_step(log_probs, x, t, s, generator)
             continue
         final = moving & (s == 0)
         stepped = process.euler_step(log_probs, x, t, torch.where(final, t, s), generator)
         if final.any():
-            denoised = process.reverse_step(log_probs, x, torch.where(final, t, 0.0), s, generator)
+            denoised = process.tweedie_step(log_probs, x, torch.where(final, t, 0.0), s, generator)
             stepped = torch.where(final, denoised, stepped)
         x = stepped
     return x
@@ -87,7 +104,7 @@ def tau_leaping(
 
 @torch.no_grad()
 def sample_tau_leaping(
-    lm,
+    denoiser: Denoiser,
     tokens: Tensor,
     known: Tensor,
     generator: torch.Generator | None,
@@ -98,7 +115,7 @@ def sample_tau_leaping(
     """Fill the positions of `tokens` [n, L] where `known` [L] is False (BOS, a prompt or the
     text around blanks are known) by walking `schedule` (a `Hyperschedule` over the L - 1
     positions after BOS)."""
-    layout, process = lm.objective.layout, lm.objective.process
+    layout, process = denoiser.layout, denoiser.process
     if layout.options.attention == "two-copy":
         raise HdlmError(
             "τ-leaping cannot run the two-copy training layout; train with "
@@ -118,8 +135,8 @@ def sample_tau_leaping(
         # than a tenth of the step on CPU)
         tokens = torch.cat((bos, x_t), 1)
         steps = torch.full_like(x_t, step)
-        scores = layout.logits(lm.net, tokens, x_t, levels, steps)
-        scores[..., lm.tokenizer.mask_id] = float("-inf")  # in place: the head's fresh output
+        scores = layout.logits(denoiser.net, tokens, x_t, levels, steps)
+        scores[..., denoiser.mask_id] = float("-inf")  # in place: the head's fresh output
         return reshape_distribution(scores, **pick)
 
     x = tau_leaping(denoise, process, x, table, generator, method, layout.conditioned)

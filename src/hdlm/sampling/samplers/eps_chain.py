@@ -17,44 +17,66 @@ import functools
 import torch
 from torch import Tensor
 
+from hdlm.denoiser import ChainReverse, Denoiser
 from hdlm.errors import HdlmError
-from hdlm.processes import FINALS, REVEALS, EpsHybrid
-from hdlm.sampling.hyperschedule import sample_hyperschedule
+from hdlm.processes import FINALS, REVEALS
+from hdlm.sampling.hyperschedule import ScheduleWalker, sample_hyperschedule
+from hdlm.sampling.options import SCHEDULE, STEPS, TRACE, USE_CACHE, Option
+from hdlm.sampling.registry import register
 from hdlm.sampling.tokens import pick_tokens
 from hdlm.sampling.trace import Trace
 from hdlm.schedules import Hyperschedule
 
+REVEAL = Option(
+    "reveal", "mixture", "reveal from (1-eps) p + eps u (mixture) or from p alone (model)",
+    choices=REVEALS,
+)  # fmt: skip
+FINAL = Option(
+    "final", "sample", "last step re-decodes every position: a draw (sample), its argmax "
+    "(greedy, MDLM's final denoise), or none", choices=FINALS,
+)  # fmt: skip
 
-def check_chain_options(lm, reveal: str, final: str) -> None:
-    """Refuse models and options the ε-chain sampler has no meaning for."""
-    objective = lm.objective
-    if not isinstance(getattr(objective, "process", None), EpsHybrid):
-        raise HdlmError("the eps-chain sampler walks eps-hybrid models; use --sampler ancestral")
-    if objective.options.time == "discrete":
-        raise HdlmError(
-            "the eps-chain sampler follows the continuous-time chain (diffusion.time=count or "
-            "continuous); this model was trained with time=discrete: use --sampler ancestral"
-        )
-    if reveal not in REVEALS:
-        raise HdlmError(f"--reveal {reveal}: choose one of {', '.join(REVEALS)}")
-    if final not in FINALS:
-        raise HdlmError(f"--final {final}: choose one of {', '.join(FINALS)}")
+
+@register
+class EpsChain(ScheduleWalker):
+    name = "eps-chain"
+    summary = "the ε-hybrid's own reverse chain, the one its NELBO bounds"
+    objectives = ("diffusion",)
+    processes = ("eps-hybrid",)
+    needs = ChainReverse
+    options = (SCHEDULE, STEPS, REVEAL, FINAL, USE_CACHE, TRACE)
+
+    def check(self, denoiser: Denoiser) -> None:
+        """Refuse models the ε-chain has no meaning for."""
+        super().check(denoiser)
+        if denoiser.layout.options.time == "discrete":
+            raise HdlmError(
+                "the eps-chain sampler follows the continuous-time chain (diffusion.time=count "
+                "or continuous); this model was trained with time=discrete: use --sampler "
+                "ancestral"
+            )
+
+    def run(self, denoiser, tokens, known, generator, options, pick, trace) -> Tensor:
+        return sample_eps_chain(
+            denoiser, tokens, known, generator, self.walk(options, tokens), options["reveal"],
+            options["final"], options["use_cache"], trace, **pick,
+        )  # fmt: skip
 
 
 @torch.no_grad()
-def reconstruction_log_probs(lm, tokens: Tensor) -> Tensor:
+def reconstruction_log_probs(denoiser: Denoiser, tokens: Tensor) -> Tensor:
     """log p_θ(x0 | x_{0+}) [n, L-1, V] for a fully visible `tokens` [n, L] at level 0, laid out
     as in training (`DiffusionObjective.reconstruction`)."""
-    layout = lm.objective.layout
+    layout = denoiser.layout
     x_t = tokens[:, 1:]
     levels = torch.zeros(x_t.shape, device=tokens.device)
     step = torch.full_like(x_t, layout.schedule(x_t.shape[1]).num_steps)
-    return layout.log_probs(lm.net, tokens, x_t, levels, step)
+    return layout.log_probs(denoiser.net, tokens, x_t, levels, step)
 
 
 @torch.no_grad()
 def sample_eps_chain(
-    lm,
+    denoiser: Denoiser,
     tokens: Tensor,
     known: Tensor,
     generator: torch.Generator | None,
@@ -66,12 +88,11 @@ def sample_eps_chain(
     **pick,
 ) -> Tensor:
     """Fill the positions of `tokens` [n, L] where `known` [L] is False with the ε-hybrid chain:
-    reveal along `schedule` (`EpsHybrid.chain_step`), then the final reconstruction step."""
-    check_chain_options(lm, reveal, final)
-    process = lm.objective.process
+    reveal along `schedule` (`ChainReverse.chain_step`), then the final reconstruction step."""
+    process = denoiser.process
     step = functools.partial(process.chain_step, reveal=reveal)
     visible = sample_hyperschedule(
-        lm, tokens, known, generator, schedule, use_cache=use_cache, trace=trace,
+        denoiser, tokens, known, generator, schedule, use_cache=use_cache, trace=trace,
         reverse_step=step, **pick,
     )  # fmt: skip
     if final == "none":
@@ -79,7 +100,7 @@ def sample_eps_chain(
     greedy = pick | {"temperature": 0.0} if final == "greedy" else pick
 
     def propose() -> Tensor:
-        return pick_tokens(reconstruction_log_probs(lm, visible), generator, **greedy)
+        return pick_tokens(reconstruction_log_probs(denoiser, visible), generator, **greedy)
 
     decoded = process.final_step(visible[:, 1:], propose, final)
     out = visible.clone()
