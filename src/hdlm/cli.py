@@ -88,8 +88,9 @@ def _sampler_options(args: argparse.Namespace, temperature: float | None = None)
     not given)."""
     options = {name: getattr(args, name) for name in ("sampler", "temperature", "top_k", "top_p")}
     for option in cli_options().values():
-        value = getattr(args, option.name, None)  # (`cli=False` options have no flag here)
-        options[option.name] = option.parse(value) if value and option.parse else value
+        if option.cli:  # (the others are the commands' own, e.g. --trace, --blank-max)
+            value = getattr(args, option.name)
+            options[option.name] = option.parse(value) if value and option.parse else value
     if options["temperature"] is None:
         options["temperature"] = temperature
     return {name: value for name, value in options.items() if value is not None}
