@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from hdlm import bench
+from hdlm.experiments import bench
 from hdlm.hardware import autocast, clock
 from hdlm.sampling.a3 import decode
 from hdlm.sampling.ar import sample_ar

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from hdlm.config import DataConfig
 from hdlm.data import load_documents, split_documents
-from hdlm.story import split_sentences
+from hdlm.eval.story import split_sentences
 
 STORY_CHARS = 450
 PPL_PARAGRAPHS = 200

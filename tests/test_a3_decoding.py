@@ -13,7 +13,7 @@ from test_cli import error_line, run
 
 from hdlm import a3
 from hdlm.errors import HdlmError
-from hdlm.evaluate import infill_metrics, middle_span
+from hdlm.eval.perplexity import infill_metrics, middle_span
 from hdlm.model.a3 import A3Transformer
 from hdlm.sampling import settings
 from hdlm.sampling.a3 import decode, given_groups

@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from hdlm import bench
+from hdlm.experiments import bench
 
 SIZE = {"vocab_size": 40, "n_layers": 1, "d_model": 32, "n_heads": 2}
 

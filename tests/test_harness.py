@@ -1,4 +1,4 @@
-"""The lm-evaluation-harness adapter (`hdlm.harness`, `hdlm harness`): local tasks of the three
+"""The lm-evaluation-harness adapter (`hdlm.eval.harness`, `hdlm harness`): local tasks of the three
 request kinds run end to end for an ar, a diffusion and an a3 checkpoint, and their metrics are
 the adapter's own scores."""
 
@@ -10,8 +10,8 @@ from helpers import language_model
 from test_cli import error_line
 from test_zero_shot import run
 
-from hdlm.harness import HdlmLM, cut, run_harness
-from hdlm.scoring import score_requests
+from hdlm.eval.harness import HdlmLM, cut, run_harness
+from hdlm.eval.scoring import score_requests
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402

@@ -11,7 +11,7 @@ from helpers import TOKENIZER, language_model
 from test_a3 import sharpen
 
 from hdlm.errors import HdlmError
-from hdlm.evaluate import infill_metrics, middle_span
+from hdlm.eval.perplexity import infill_metrics, middle_span
 from hdlm.readout import clean_log_probs
 from hdlm.sampling import fill
 from hdlm.sampling.prompt import fixed_template

@@ -13,14 +13,8 @@ from hdlm.cli import main
 from hdlm.config import RunConfig, TokenizerConfig, complete
 from hdlm.data.tokenizer import build_tokenizer
 from hdlm.errors import HdlmError
-from hdlm.evaluate import (
-    distinct_n,
-    generative_perplexity,
-    mauve_score,
-    perplexity,
-    sample_metrics,
-    unigram_entropy,
-)
+from hdlm.eval.perplexity import perplexity
+from hdlm.eval.samples import distinct_n, generative_perplexity, mauve_score, sample_metrics, unigram_entropy
 from hdlm.model import LanguageModel
 
 CHARS = build_tokenizer(TokenizerConfig(kind="char"), [string.ascii_lowercase + " ."])

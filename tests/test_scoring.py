@@ -1,4 +1,4 @@
-"""Scoring a continuation given a context (`hdlm.scoring`): exact identities for ar and a3, the
+"""Scoring a continuation given a context (`hdlm.eval.scoring`): exact identities for ar and a3, the
 conditional bound for masked diffusion, windows that score every token once, multiple choice."""
 
 import pytest
@@ -8,7 +8,7 @@ from helpers import TOKENIZER, language_model
 from hdlm import a3
 from hdlm.errors import HdlmError
 from hdlm.sampling import fill
-from hdlm.scoring import a3_groups, encode_pair, score_requests, windows
+from hdlm.eval.scoring import a3_groups, encode_pair, score_requests, windows
 
 CONTEXT, CONTINUATION = "quickbrownfox", "jumpsover"  # 22 tokens: fits the window (24)
 

@@ -1,4 +1,4 @@
-"""Story infilling (`hdlm.story`, `hdlm eval --metrics story-infill`): layouts, ROUGE, every
+"""Story infilling (`hdlm.eval.story`, `hdlm eval --metrics story-infill`): layouts, ROUGE, every
 family's sampler, and the CLI."""
 
 import copy
@@ -15,7 +15,7 @@ import hdlm.sampling
 from hdlm.config import TokenizerConfig
 from hdlm.data.tokenizer import build_tokenizer
 from hdlm.model import LanguageModel
-from hdlm.story import (
+from hdlm.eval.story import (
     encode_story,
     load_stories,
     rouge_scores,

@@ -9,7 +9,7 @@ from test_cli import TINY
 
 from hdlm.cli import main
 from hdlm.errors import ConfigError
-from hdlm.study import load_study, setting_label
+from hdlm.experiments.study import load_study, setting_label
 
 BUDGET = [item for item in TINY if item != "--set"] + ["train.steps=6", "train.eval_every=6"]
 
@@ -102,7 +102,7 @@ def test_the_shipped_studies_load(name):
 
 
 def test_seeds_name_runs_and_set_their_seed(tmp_path):
-    from hdlm.study import run_config, study_runs
+    from hdlm.experiments.study import run_config, study_runs
 
     study = load_study(write_study(tmp_path, seeds=2, reference=None,
                                    samples={"n": 2, "metrics": ["entropy"]}))  # fmt: skip
@@ -116,7 +116,7 @@ def test_seeds_name_runs_and_set_their_seed(tmp_path):
 
 
 def test_a_family_can_have_fewer_seeds(tmp_path):
-    from hdlm.study import reference_run, study_runs
+    from hdlm.experiments.study import reference_run, study_runs
 
     families = {"judge": {"config": "configs/ar-tiny.yaml", "seeds": 1},
                 "mdlm": {"config": "configs/mdlm-tiny.yaml"}}  # fmt: skip
@@ -131,7 +131,7 @@ def test_a_family_can_have_fewer_seeds(tmp_path):
 
 
 def test_seeded_report_on_real_text_uses_the_judge(tmp_path):
-    from hdlm.report_seeds import write_seeded_report
+    from hdlm.experiments.report_seeds import write_seeded_report
 
     study = load_study(write_study(tmp_path, seeds=2))
     results = {}
@@ -171,7 +171,7 @@ def fake_run(family, seed, nll, entropy):
 
 
 def test_seeded_report_gives_means_and_standard_errors(tmp_path):
-    from hdlm.report_seeds import mean_se, write_seeded_report
+    from hdlm.experiments.report_seeds import mean_se, write_seeded_report
 
     study = load_study(write_study(tmp_path, seeds=3))
     results = {f"mdlm-seed{k}": fake_run("mdlm", k, 1.2 + 0.1 * k, 3.0) for k in range(3)}
@@ -186,7 +186,7 @@ def test_seeded_report_gives_means_and_standard_errors(tmp_path):
 
 
 def test_differences_pair_samplers_by_seed_and_compare_nelbo_with_the_baseline():
-    from hdlm.report_seeds import baseline_rows, paired_sampler_rows
+    from hdlm.experiments.report_seeds import baseline_rows, paired_sampler_rows
 
     def run(family, seed, nelbo, samples):
         return {"family": family, "seed": seed, "perplexity": {"nelbo_per_token": nelbo},
@@ -221,7 +221,7 @@ def test_frontier_labels_do_not_overlap():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hdlm.report_seeds import place_labels
+    from hdlm.experiments.report_seeds import place_labels
 
     fig, ax = plt.subplots()
     points = [(1.0 + 0.001 * k, 2.0, f"setting-{k}", "C0") for k in range(8)]  # one spot

@@ -11,7 +11,7 @@ from hdlm.data import SyntheticMarkov, corpus_source, load_documents, packed_str
 from hdlm.data.sources import HiddenMarkov, PackedStream
 from hdlm.data.tokenizer import build_tokenizer
 from hdlm.errors import HdlmError
-from hdlm.truth import symbol_of_token, true_nll
+from hdlm.eval.truth import symbol_of_token, true_nll
 
 TINY = HiddenMarkov.random(n_hidden=2, n_symbols=3, stay=0.8, concentration=1.0, seed=0)
 

@@ -1,4 +1,4 @@
-"""Zero-shot perplexity on whole files, folders and dataset splits (`hdlm.zero_shot`, `hdlm eval
+"""Zero-shot perplexity on whole files, folders and dataset splits (`hdlm.eval.zero_shot`, `hdlm eval
 --data`): every token scored once, the blocks protocol equals the NELBO of its blocks, the JSON
 states the protocol."""
 
@@ -12,7 +12,7 @@ from test_cli import error_line
 
 from hdlm.cli import main
 from hdlm.config import DataConfig
-from hdlm.zero_shot import read_documents, token_stream, zero_shot_perplexity
+from hdlm.eval.zero_shot import read_documents, token_stream, zero_shot_perplexity
 
 
 def run(args, capsys):

@@ -16,9 +16,25 @@ import os
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
+from hdlm.config import RunConfig, apply_overrides, complete, from_dict, load_config, to_dict
+from hdlm.distributed import launch
 from hdlm.errors import HdlmError
+from hdlm.eval.samples import SAMPLE_METRICS
+from hdlm.eval.suite import evaluate
+from hdlm.experiments import bench
+from hdlm.experiments.study import report_so_far, run_study
+from hdlm.hardware import pick_device, pick_precision
+from hdlm.model import load, official
+from hdlm.model.checkpoint import save_checkpoint
+from hdlm.model.hf import export, import_run_config
+from hdlm.model.hf_arch import CLASSES
 from hdlm.sampling.options import Option, in_range, interval
 from hdlm.sampling.registry import SAMPLERS, cli_options, readers
+from hdlm.sampling.trace import SUFFIXES, Trace, write_trace
+from hdlm.schedules import from_spec, plot_schedule
+from hdlm.train import train
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,14 +75,9 @@ nucleus = bounded(float, 0.0, 1.0, low_open=True)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from hdlm.config import load_config
-    from hdlm.train import train
-
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
     config = load_config(args.config, overrides)  # checked once here, before any launch
     if args.nproc > 1:
-        from hdlm.distributed import launch
-
         flags = ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
         launch(args.nproc, ["--config", args.config, *flags,
                             *(f"--set={o}" for o in overrides)])  # fmt: skip
@@ -76,10 +87,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace):
-    import hdlm
-    from hdlm.hardware import pick_device
-
-    return hdlm.load(args.checkpoint, device=pick_device(args.device, "--device"))
+    return load(args.checkpoint, device=pick_device(args.device, "--device"))
 
 
 def _sampler_options(args: argparse.Namespace, temperature: float | None = None) -> dict:
@@ -103,8 +111,6 @@ def _flag(name: str) -> str:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from hdlm.sampling.trace import Trace
-
     lm = _load(args)
     trace = Trace() if args.trace else None
     if args.trace:
@@ -115,15 +121,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     for i, text in enumerate(lm.decode(tokens)):
         print(f"=== sample {i} ===\n{text}")
     if args.trace:
-        from hdlm.sampling.trace import write_trace
-
         print(f"wrote {write_trace(trace, lm.tokenizer, args.trace)}")
 
 
 def _check_trace_path(path: str) -> None:
     """Refuse a --trace file we cannot write before sampling, not after."""
-    from hdlm.sampling.trace import SUFFIXES
-
     if Path(path).suffix not in SUFFIXES:
         raise HdlmError(f"--trace {path}: use a {', '.join(SUFFIXES)} file")
 
@@ -132,8 +134,6 @@ EVAL_METRICS = ("ppl", "infill", "story-infill")  # and `evaluate.SAMPLE_METRICS
 
 
 def _eval_metrics(spec: str) -> list[str]:
-    from hdlm.evaluate import SAMPLE_METRICS
-
     metrics = [m.strip() for m in spec.split(",") if m.strip()]
     for metric in metrics:
         if metric not in (*EVAL_METRICS, *SAMPLE_METRICS):
@@ -149,8 +149,6 @@ def _eval_metrics(spec: str) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from hdlm.evaluate import SAMPLE_METRICS
-
     metrics = _eval_metrics(args.metrics)
     sampling = _sampler_options(args)
     if sampling and not {"infill", "story-infill", *SAMPLE_METRICS} & set(metrics):
@@ -163,122 +161,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if a3_overrides:  # `--set a3.eval_order=random` etc. change an A3 model's evaluation
         lm.set_a3_evaluation(a3_overrides)
     data_overrides = [o.removeprefix("data.") for o in args.overrides if o not in a3_overrides]
-    result = _evaluate(args, lm, metrics, data_overrides)
+    result = evaluate(args, lm, metrics, data_overrides, _sampler_options(args))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 
-def _evaluate(args: argparse.Namespace, lm, metrics: list[str], data_overrides: list[str]):
-    """The JSON result of `hdlm eval`: every metric asked for, on the data it needs."""
-    from hdlm.config import apply_overrides, from_dict, to_dict
-    from hdlm.evaluate import SAMPLE_METRICS, infill_metrics, middle_span, perplexity
-
-    overrides = data_overrides + ([f"corpus={args.data}"] if args.data else [])
-    data_config = from_dict(
-        type(lm.config.data), apply_overrides(to_dict(lm.config.data), overrides), "data"
-    )
-    result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
-    progress = not args.no_progress
-    blocks = docs = None
-    zero_shot = bool(args.data) and not args.hash_split and not _is_training_corpus(args.data, lm)
-    if "story-infill" in metrics:
-        result["story_infill"] = _story_infill(args, lm, data_config)
-    if {"ppl", "mauve", "infill"} & set(metrics):
-        blocks, docs, info = _held_out_data(args, lm, data_config, zero_shot)
-        result.update(info, zero_shot=zero_shot)
-    if "ppl" in metrics and zero_shot:
-        from hdlm.zero_shot import zero_shot_perplexity
-
-        result.update(zero_shot_perplexity(lm, docs, data_config.seq_len, args.stride,
-                                           args.mc_samples, args.batch_size, progress,
-                                           args.max_blocks))  # fmt: skip
-    elif "ppl" in metrics:
-        if args.stride:
-            raise HdlmError("--stride is a zero-shot protocol; score a file or dataset with it")
-        result.update(perplexity(lm, blocks, args.batch_size, max_blocks=args.max_blocks,
-                                 progress=progress, mc_samples=args.mc_samples))  # fmt: skip
-    if "infill" in metrics:  # the middle --infill-span tokens of --infill-length-token blocks
-        tokens, hidden = middle_span(blocks[: args.max_blocks], args.infill_length,
-                                     args.infill_span)  # fmt: skip
-        result["infill"] = infill_metrics(lm, tokens, hidden, args.batch_size, progress,
-                                          seed=args.seed, **_sampler_options(args))  # fmt: skip
-    sampled = [m for m in metrics if m in SAMPLE_METRICS]
-    if sampled:
-        result.update(_sample_quality(args, lm, sampled, blocks, data_config.seq_len))
-    return result
-
-
-def _is_training_corpus(spec: str, lm) -> bool:
-    """Whether `--data` names the corpus the model was trained on (same name or same path)."""
-    trained = lm.config.data.corpus
-    if spec == trained:
-        return True
-    mine, theirs = Path(spec).expanduser(), Path(trained).expanduser()
-    return mine.exists() and theirs.exists() and mine.resolve() == theirs.resolve()
-
-
-def _held_out_data(args: argparse.Namespace, lm, data_config, zero_shot: bool):
-    """(blocks [n, seq_len], documents or None, what the JSON says about the data): all of
-    `--data` when it is not the training corpus (zero-shot), else its `--split` by hash."""
-    from hdlm.data import prepare_data
-    from hdlm.errors import DataError
-
-    if zero_shot:
-        from hdlm.zero_shot import read_documents, stream_blocks, token_stream
-
-        docs = read_documents(data_config, args.split)
-        stream = token_stream(docs, lm.tokenizer)
-        blocks = stream_blocks(stream, data_config.seq_len, lm.tokenizer.bos_id)
-        return blocks, docs, {"corpus": data_config.corpus, "split": args.split or "all"}
-    split = args.split or "test"
-    data = prepare_data(data_config, lm.tokenizer)
-    blocks = data.blocks.get(split, [])
-    if len(blocks) == 0:
-        raise DataError(f"split '{split}' is empty; choose one of {', '.join(data.blocks)}")
-    info = {"corpus": data_config.corpus, "split": split, "entropy_floor": data.entropy_floor}
-    return blocks, None, info
-
-
-def _story_infill(args: argparse.Namespace, lm, data_config) -> dict:
-    from hdlm.story import load_stories, story_infill_metrics
-
-    if not args.data:
-        raise HdlmError("story-infill needs --data STORIES.jsonl (sentence1..sentence5 or text)")
-    stories, skipped = load_stories(args.data, data_config.text_field, args.split, args.max_stories)
-    metrics = story_infill_metrics(
-        lm, stories, args.story_length, args.batch_size, args.blank_max, args.seed,
-        not args.no_progress, **_sampler_options(args),
-    )  # fmt: skip
-    return {"data": args.data, "skipped_records": skipped, **metrics}
-
-
-def _sample_quality(args: argparse.Namespace, lm, sampled: list[str], blocks, seq_len: int):
-    from hdlm.errors import DataError
-    from hdlm.evaluate import load_reference, sample_metrics
-
-    length = args.length or seq_len
-    references = []
-    if "mauve" in sampled:  # held-out blocks of the sample length, BOS dropped
-        if length > blocks.shape[1]:
-            raise DataError(
-                f"--length {length} is longer than the corpus blocks ({blocks.shape[1]}); "
-                f"add --set data.seq_len={length} or lower --length"
-            )
-        references = lm.decode(blocks[: args.samples, :length])
-    reference = load_reference(args.reference, args.device) if args.reference else None
-    options = _sampler_options(args) | {"batch_size": args.batch_size, "seed": args.seed}
-    return sample_metrics(lm, args.samples, length, references, reference, sampled,
-                          progress=not args.no_progress, **options)  # fmt: skip
-
-
 def cmd_harness(args: argparse.Namespace) -> None:
-    from hdlm.harness import HdlmLM, results_table, run_harness
+    # lm-evaluation-harness is an optional extra: the adapter imports it, so only this command
+    from hdlm.eval.harness import HdlmLM, results_table, run_harness
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise HdlmError("--tasks needs at least one lm-evaluation-harness task name")
-    from hdlm.hardware import pick_device
 
     device = str(pick_device(args.device, "--device"))
     model = HdlmLM(
@@ -298,11 +193,6 @@ def cmd_harness(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from hdlm import bench
-    from hdlm.hardware import pick_device, pick_precision
-
     device = pick_device(args.device, "--device")
     precision = pick_precision(args.precision, device)
     size = {"vocab_size": args.vocab, "n_layers": args.layers, "d_model": args.d_model,
@@ -321,9 +211,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from hdlm.model.hf import export
-    from hdlm.model.hf_arch import CLASSES
-
     out, kind = export(args.checkpoint, args.out)
     how = (
         "not a stock transformers architecture (model_type hdlm): hdlm.load"
@@ -334,10 +221,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from hdlm.model import official
-    from hdlm.model.checkpoint import save_checkpoint
-    from hdlm.model.hf import import_run_config
-
     source = official.resolve_source(args.path)
     if official.is_official(source):  # HDLM, MDLM, SEDD, BD3-LM releases
         config, weights, tokenizer = official.import_official(source)
@@ -355,8 +238,6 @@ def cmd_import(args: argparse.Namespace) -> None:
 def _import_overrides(config, overrides: list[str]):
     """The imported run config with `--set` applied to its data / diffusion / train sections
     (evaluation settings such as diffusion.eval_steps); the model section is the checkpoint's."""
-    from hdlm.config import RunConfig, apply_overrides, complete, from_dict, to_dict
-
     for item in overrides:
         if item.strip().startswith(("model.", "family")):
             raise HdlmError(f"--set {item}: the model and family come from the checkpoint")
@@ -364,8 +245,6 @@ def _import_overrides(config, overrides: list[str]):
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from hdlm.study import report_so_far, run_study
-
     only = args.only.split(",") if args.only else None
     if args.report_only:
         if only or args.train_only:
@@ -381,8 +260,6 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_plot_schedule(args: argparse.Namespace) -> None:
-    from hdlm.schedules import from_spec, plot_schedule
-
     path = plot_schedule(from_spec(args.spec, args.length), args.out)
     print(f"wrote {path}")
 
@@ -521,7 +398,7 @@ def _eval_parser(commands) -> None:
 
 
 def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
-    """`hdlm eval` options of zero-shot perplexity and diffusion bounds (`hdlm.zero_shot`)."""
+    """`hdlm eval` options of zero-shot perplexity and diffusion bounds (`hdlm.eval.zero_shot`)."""
     p.add_argument("--hash-split", action="store_true",
                    help="score --data's hash --split, not all of it")  # fmt: skip
     p.add_argument("--mc-samples", type=positive_int, default=None,
@@ -534,7 +411,7 @@ def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_story_options(p: argparse.ArgumentParser) -> None:
-    """`hdlm eval --metrics story-infill` options (`hdlm.story`)."""
+    """`hdlm eval --metrics story-infill` options (`hdlm.eval.story`)."""
     p.add_argument("--story-length", default="given", choices=["given", "free"],
                    help="story-infill: sentence 3's token count given, or free (a3 picks "
                    "it)")  # fmt: skip

@@ -33,7 +33,7 @@ from hdlm.config import RunConfig, to_dict
 from hdlm.data import Batches, Prefetcher, PreparedData, prepare_data
 from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import ConfigError, DataError
-from hdlm.evaluate import nelbo_term_sums
+from hdlm.eval.perplexity import nelbo_term_sums
 from hdlm.files import write_text_atomic
 from hdlm.hardware import autocast, compile_network, pick_device, pick_precision
 from hdlm.model import LanguageModel

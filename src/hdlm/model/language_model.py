@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from hdlm.config import A3Config, RunConfig, apply_overrides, complete, from_dict, to_dict
 from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import CheckpointError, ConfigError, HdlmError
+from hdlm.eval.scoring import score_choices
 from hdlm.families import Family, family
 from hdlm.model import hf, official
 from hdlm.model.a3 import A3Transformer
@@ -64,9 +65,7 @@ class LanguageModel(nn.Module):
 
     def score_choices(self, context: str, choices: list[str], **options) -> list:
         """log p(choice | context) of each choice, raw and length-normalised
-        (`hdlm.scoring.score_choices`: exact for ar and a3, a bound for diffusion)."""
-        from hdlm.scoring import score_choices
-
+        (`hdlm.eval.scoring.score_choices`: exact for ar and a3, a bound for diffusion)."""
         return score_choices(self, context, choices, **options)
 
     @torch.no_grad()

@@ -1,17 +1,11 @@
-"""Evaluation: NELBO / perplexity on a corpus, infilling of held-out spans, and the quality of
-samples (docs/metrics.md).
+"""The quality of samples (docs/metrics.md).
 
-* `perplexity`: exp(Σ NELBO / Σ scored tokens) of held-out blocks. Exact for AR; for diffusion
-  families the NELBO upper-bounds the negative log-likelihood, so the perplexity upper-bounds the
-  true one (docs/math.md).
 * `generative_perplexity`: perplexity of generated texts under a reference causal LM.
 * `mauve_score`: MAUVE between samples and held-out texts on all-MiniLM-L6-v2 sentence features.
 * `unigram_entropy`, `distinct_n`: degenerate repetition and diversity of token rows.
 * `true-nll` (synthetic corpora): samples scored by the exact likelihood of the corpus' source
-  (`hdlm.truth`).
+  (`hdlm.eval.truth`).
 * `sample_metrics`: draw samples from a model and compute any of the above.
-* `middle_span`, `infill_metrics`: hide the middle of held-out blocks and score how a model
-  fills it (span NLL: exact for A3, a bound for masked diffusion; greedy-fill accuracy).
 """
 
 from __future__ import annotations
@@ -26,140 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from hdlm import sampling
 from hdlm.errors import HdlmError
-from hdlm.hardware import autocast
+from hdlm.eval.truth import true_nll
 from hdlm.model import LanguageModel, load
 
 SAMPLE_METRICS = ("gen-ppl", "mauve", "entropy", "distinct", "true-nll")
 DISTINCT_N = (1, 2, 3)  # the n of the distinct-n values `sample_metrics` reports
 EVAL_EXTRA = "needs `pip install 'hdlm[eval]'`"
-
-
-@torch.no_grad()
-def perplexity(
-    lm: LanguageModel,
-    blocks: torch.Tensor,
-    batch_size: int = 32,
-    precision: str = "fp32",
-    max_blocks: int | None = None,
-    progress: bool = True,
-    mc_samples: int | None = None,
-) -> dict:
-    """NELBO per token and perplexity over `blocks` [N, L] (each starting with BOS);
-    `mc_samples`: Monte Carlo draws per block of a diffusion bound (default
-    `diffusion.eval_steps`, reported as `mc_samples`)."""
-    blocks = blocks[:max_blocks] if max_blocks else blocks
-    terms, total_tokens = nelbo_term_sums(lm, blocks, batch_size, precision, progress, mc_samples)
-    nats = sum(terms.values()) / total_tokens
-    exact = lm.family.objective in ("ar", "a3")
-    return {
-        "nelbo_per_token": nats,
-        "nelbo_terms_per_token": {name: value / total_tokens for name, value in terms.items()},
-        "bits_per_token": nats / math.log(2),
-        "perplexity": math.exp(nats),
-        "tokens": total_tokens,
-        "blocks": len(blocks),
-        "mc_samples": None if exact else mc_samples or lm.config.diffusion.eval_steps,
-    }
-
-
-@torch.no_grad()
-def nelbo_term_sums(
-    lm: LanguageModel,
-    blocks: torch.Tensor,
-    batch_size: int,
-    precision: str = "fp32",
-    progress: bool = False,
-    mc_samples: int | None = None,
-) -> tuple[dict[str, float], int]:
-    """({term: Σ nats}, Σ scored tokens) over `blocks` for each of the objective's
-    `nelbo_terms` (diffusion, reconstruction, prior; the NLL for ar and a3): sums, so that
-    shards add up."""
-    totals: dict[str, float] = {}
-    total_tokens = 0
-    for start in tqdm(range(0, len(blocks), batch_size), desc="eval", disable=not progress):
-        batch = blocks[start : start + batch_size].to(lm.device)
-        with autocast(lm.device, precision):
-            terms = lm.nelbo_terms(batch, samples=mc_samples)
-        for name, value in terms.items():
-            totals[name] = totals.get(name, 0.0) + value.double().sum().item()
-        total_tokens += len(batch) * lm.objective.scored_tokens(batch)
-    return totals, total_tokens
-
-
-def middle_span(blocks: torch.Tensor, length: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The infilling task on held-out blocks: (tokens [N, length], hidden [length - 1]) with the
-    `span` tokens in the middle of each block's first `length` tokens hidden."""
-    if not 0 < span < length - 1 or length > blocks.shape[1]:
-        raise HdlmError(
-            f"infilling needs 0 < span ({span}) < length - 1 and length ({length}) <= the block "
-            f"length ({blocks.shape[1]})"
-        )
-    start = (length - 1 - span) // 2
-    hidden = torch.zeros(length - 1, dtype=torch.bool)
-    hidden[start : start + span] = True
-    return blocks[:, :length], hidden
-
-
-def one_step_per_blank(lm: LanguageModel, fill_options: dict, blanks: int) -> dict:
-    """`fill_options` for filling `blanks` positions: greedy (temperature 0) unless they say
-    otherwise, and when the sampler walks the model's own flat schedule (no `steps`, no
-    `schedule` given), `blanks` steps: one revealed token per step on average."""
-    from hdlm.sampling import settings
-
-    options = {"temperature": 0.0, **fill_options}
-    own_flat = settings(lm, **options).get("schedule", "").startswith("flat:")
-    if own_flat and not {"steps", "schedule"} & set(options):
-        options["steps"] = blanks
-    return options
-
-
-@torch.no_grad()
-def infill_metrics(
-    lm: LanguageModel,
-    tokens: torch.Tensor,
-    hidden: torch.Tensor,
-    batch_size: int = 32,
-    progress: bool = True,
-    **fill_options,
-) -> dict:
-    """How well `lm` fills the `hidden` [L-1] positions of `tokens` [N, L] from the rest.
-
-    * span NLL per token: -log p(x_hidden | rest) / |hidden|, exact for A3, the conditional
-      NELBO (an upper bound) for masked diffusion (`LanguageModel.nelbo(tokens, hidden)`);
-    * accuracy: share of hidden tokens a fill (`sampling.fill` with `fill_options`; greedy,
-      temperature 0, unless they say otherwise) gets exactly right; diffusion samplers walking
-      their flat schedule take as many steps as there are hidden tokens (one per step on average)
-      unless `steps` or `schedule` is given; A3 decodes left to right, one token per step,
-      unless `order` / `group_size` / `groups` say otherwise.
-
-    `fill` reports every setting the fill used, defaults resolved (`sampling.settings`).
-    """
-    from hdlm.sampling import fill, settings
-
-    fill_options = one_step_per_blank(lm, fill_options, int(hidden.sum()))
-    used = settings(lm, **fill_options)
-    known = F.pad(hidden, (1, 0), value=False).logical_not().to(lm.device)
-    nats, correct = 0.0, 0
-    for start in tqdm(range(0, len(tokens), batch_size), desc="infill", disable=not progress):
-        batch = tokens[start : start + batch_size].to(lm.device)
-        rows = hidden.to(lm.device).expand(len(batch), -1)
-        nats += lm.nelbo(batch, rows).double().sum().item()
-        filled = fill(lm, batch, known, **fill_options)
-        correct += (filled == batch)[:, ~known].sum().item()
-    scored = len(tokens) * int(hidden.sum())
-    return {
-        "span_nll_per_token": nats / scored,
-        "span_perplexity": math.exp(nats / scored),
-        "accuracy": correct / scored,
-        "spans": len(tokens),
-        "span_tokens": int(hidden.sum()),
-        "fill": used,
-    }
 
 
 # ------------------------------------------------------------------------- generative perplexity
@@ -425,8 +296,6 @@ def sample_metrics(
     `lm`'s tokenizer when given. Returns a JSON-able dict with the options, the sampling time and
     tokens per second, the metrics and three example texts.
     """
-    from hdlm.sampling import settings
-
     unknown = [m for m in metrics if m not in SAMPLE_METRICS]
     if unknown:
         raise HdlmError(f"unknown metric '{unknown[0]}'; choose from {', '.join(SAMPLE_METRICS)}")
@@ -452,7 +321,7 @@ def sample_metrics(
         "length": tokens.shape[1],
         "seed": seed,
         "sampler_options": sampler_options,
-        "settings": settings(lm, seed=seed, **sampler_options),
+        "settings": sampling.settings(lm, seed=seed, **sampler_options),
         "sampling_seconds": seconds,
         "tokens_per_second": tokens[:, 1:].numel() / seconds,
     }
@@ -474,8 +343,6 @@ def sample_metrics(
         if "distinct" in metrics:
             result.update({f"{prefix}distinct_{k}": distinct_n(of, k) for k in DISTINCT_N})
     if "true-nll" in metrics:
-        from hdlm.truth import true_nll
-
         result.update(true_nll(lm.config.data, lm.tokenizer, rows))
     result["examples"] = texts[:3]
     return result

@@ -1,6 +1,6 @@
 """Log-likelihood of a continuation given a context, for every family: multiple choice
-(`score_choices`), lm-evaluation-harness requests (`hdlm.harness`) and zero-shot perplexity
-(`hdlm.zero_shot`) all go through `score_requests` (docs/metrics.md).
+(`score_choices`), lm-evaluation-harness requests (`hdlm.eval.harness`) and zero-shot perplexity
+(`hdlm.eval.zero_shot`) all go through `score_requests` (docs/metrics.md).
 
 A request is (context ids, continuation ids), without BOS. It is scored in *windows* of at most
 W = `data.seq_len` - 1 tokens after a BOS, the block length the model was trained on. The
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from hdlm import a3
 from hdlm.errors import HdlmError
 from hdlm.readout import MaskedCrossEntropy
 
@@ -154,7 +155,6 @@ def a3_groups(scored: Tensor, real: Tensor, size: int, keys: Tensor) -> Tensor:
 
 
 def _a3_batch(lm, tokens: Tensor, scored: Tensor, options: dict) -> tuple[Tensor, Tensor]:
-    from hdlm import a3
 
     real = options["real"]
     order, size = options["order"], options["group_size"]

@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from hdlm.report import bound_kind, markdown
+from hdlm.experiments.report import bound_kind, markdown
 
 TRUE_NLL_COLUMNS = (  # (result key, column title, digits)
     ("true_noisy_nll_per_token", "NLL, δ-noisy source", 3),

@@ -37,8 +37,10 @@ try:
 except ImportError as e:  # the optional `harness` extra
     raise HdlmError("the lm-evaluation-harness adapter needs `pip install 'hdlm[harness]'`") from e
 
+from hdlm import sampling
+from hdlm.eval.perplexity import one_step_per_blank
+from hdlm.eval.scoring import encode_pair, is_exact, score_requests
 from hdlm.model import LanguageModel, load
-from hdlm.scoring import encode_pair, is_exact, score_requests
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-evaluation-harness' default
 # generation options (`sampling.fill`) and how to read them from lm-eval's `--model_args` strings
@@ -167,8 +169,6 @@ class HdlmLM(LM):
         return {"prompt": prompt, "new": max(new, 1), "pick": pick, "until": until}
 
     def _generate(self, jobs: list[dict], batch: int) -> list[str]:
-        from hdlm.evaluate import one_step_per_blank
-        from hdlm.sampling import fill
 
         tokenizer, first = self.lm.tokenizer, jobs[0]
         given = 1 + len(first["prompt"])
@@ -177,7 +177,7 @@ class HdlmLM(LM):
         ).to(self.lm.device)
         known = (torch.arange(tokens.shape[1]) < given).to(self.lm.device)
         options = one_step_per_blank(self.lm, first["pick"] | self.generation, first["new"])
-        filled = fill(self.lm, tokens, known, seed=self.seed + batch, **options)
+        filled = sampling.fill(self.lm, tokens, known, seed=self.seed + batch, **options)
         return [
             cut(tokenizer, row[given:].tolist(), job["until"])
             for row, job in zip(filled, jobs, strict=True)

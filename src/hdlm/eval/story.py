@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from hdlm import sampling
 from hdlm.errors import DataError, HdlmError
+from hdlm.eval.perplexity import one_step_per_blank
+from hdlm.eval.scoring import conditional_support
 
 SENTENCE_FIELDS = tuple(f"sentence{i}" for i in range(1, 6))
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -177,15 +180,11 @@ def token_accuracy(references: Sequence[Sequence[int]], predictions: Sequence[Se
 
 def _fill_given(lm, group: list[Story], seed: int, options: dict) -> tuple[list, float | None]:
     """Fill one batch of equal layout: (predicted middles, Σ span NLL or None)."""
-    from hdlm.evaluate import one_step_per_blank
-    from hdlm.sampling import fill
-    from hdlm.scoring import conditional_support
-
     tokens, known = story_rows(group, _left_only(lm), lm.tokenizer.bos_id, lm.tokenizer.mask_id)
     tokens, known = tokens.to(lm.device), known.to(lm.device)
     blank = ~known
     options = one_step_per_blank(lm, options, int(blank.sum()))
-    filled = fill(lm, tokens, known, seed=seed, **options)
+    filled = sampling.fill(lm, tokens, known, seed=seed, **options)
     nll = None
     if conditional_support(lm):
         nll = lm.nelbo(tokens, blank[1:].expand(len(group), -1)).double().sum().item()
@@ -217,15 +216,13 @@ def story_infill_metrics(
     reference's token count) or `free` (a3: the model picks 1..`blank_max`, default twice the
     longest reference). `fill_options` go to `sampling.fill` (greedy unless given; samplers on
     the model's own flat schedule walk one step per blank token). Batch k uses seed `seed` + k."""
-    from hdlm.sampling import settings
-
     if length not in ("given", "free"):
         raise HdlmError(f"story length '{length}' must be 'given' or 'free'")
     if length == "free" and not lm.family.is_a3:
         raise HdlmError("free-length story infilling needs an a3 model; use --story-length given")
     encoded = _encode_all(lm, stories)
     options = {"temperature": 0.0, **fill_options}
-    used = settings(lm, **options)  # checks the options once, reported in the JSON
+    used = sampling.settings(lm, **options)  # checks the options once, reported in the JSON
     if length == "free":
         blank_max = blank_max or 2 * max(len(s.middle) for s in encoded)
         predictions = [

@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from hdlm.config import ConfigError, from_dict, load_config, read_yaml
+from hdlm.data import prepare_data
 from hdlm.errors import HdlmError
+from hdlm.eval.perplexity import infill_metrics, middle_span, perplexity
+from hdlm.eval.samples import sample_metrics
+from hdlm.experiments.report import write_report
+from hdlm.experiments.report_seeds import write_seeded_report
 from hdlm.files import write_text_atomic
 from hdlm.model import load
+from hdlm.train import train
 
 
 @dataclass
@@ -150,8 +156,6 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 def train_all(study: StudyConfig, names: list[str], progress: bool = True) -> None:
     """Train (or resume, or skip) the runs of `names`, in the order of the study's families."""
-    from hdlm.train import train
-
     for name in names:
         config = run_config(study, name)
         run_dir = config.out_path
@@ -198,8 +202,6 @@ class Evaluator:
 
     def blocks(self, lm):
         """The evaluation split's blocks (every run trains the same tokenizer on one corpus)."""
-        from hdlm.data import prepare_data
-
         if self._blocks is None:
             data = prepare_data(lm.config.data, lm.tokenizer)
             split = self.study.perplexity.split
@@ -215,8 +217,6 @@ class Evaluator:
 
     def perplexity(self, name: str, lm) -> dict:
         """Test NELBO / perplexity; for A3 both left to right and in random orders."""
-        from hdlm.evaluate import perplexity
-
         settings = self.study.perplexity
         blocks = self.blocks(lm)[: settings.max_blocks]
         result = perplexity(lm, blocks, progress=self.progress)
@@ -229,8 +229,6 @@ class Evaluator:
 
     def samples(self, name: str, lm, setting: dict[str, Any]) -> dict:
         """Sample quality of one sampler setting: gen-PPL, MAUVE, entropy, distinct-n."""
-        from hdlm.evaluate import sample_metrics
-
         settings = self.study.samples
         blocks = self.blocks(lm)[-settings.references :, : settings.length]
         references = lm.decode(blocks)
@@ -241,7 +239,6 @@ class Evaluator:
         )  # fmt: skip
 
     def infill(self, name: str, lm) -> dict:
-        from hdlm.evaluate import infill_metrics, middle_span
 
         settings = self.study.infill
         blocks = self.blocks(lm)[: settings.blocks]
@@ -309,12 +306,8 @@ def run_study(
         results[name]["training"] = training_summary(study.runs_path / name)
     out = study.results_path
     if only is None and study.seeds > 1:
-        from hdlm.report_seeds import write_seeded_report
-
         write_seeded_report(study, results, out)
     elif only is None:
-        from hdlm.report import write_report
-
         write_report(study, results, out)
     return out
 
@@ -350,7 +343,6 @@ def report_so_far(path: str | Path) -> Path:
             results[run]["infill"] = json.loads((folder / "infill.json").read_text())
     if not results:
         raise HdlmError(f"study: nothing evaluated yet under {raw}; run the study first")
-    from hdlm.report_seeds import write_seeded_report
 
     write_seeded_report(study, results, study.results_path)
     return study.results_path

@@ -26,7 +26,7 @@ import torch
 from hdlm.config import DataConfig
 from hdlm.data import hub_dataset, load_documents, looks_like_path, pack_blocks, text_column
 from hdlm.errors import DataError, HdlmError
-from hdlm.scoring import conditional_support, is_exact, score_requests
+from hdlm.eval.scoring import conditional_support, is_exact, score_requests
 
 BUILT_IN = ("pydocs", "synthetic")
 

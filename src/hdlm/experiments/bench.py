@@ -24,8 +24,11 @@ from pathlib import Path
 import torch
 
 from hdlm.config import RunConfig, TokenizerConfig, complete
+from hdlm.data.tokenizer import build_tokenizer
 from hdlm.hardware import autocast, clock, compile_network, matmul_flops, synchronize
+from hdlm.model import LanguageModel
 from hdlm.model.a3 import A3Transformer
+from hdlm.train import make_optimizer
 
 TRAIN_FAMILIES = {
     "ar": {},
@@ -54,9 +57,6 @@ A3_BENCH_OPTIONS = {"eos_stop": False}  # random weights: decode every position
 
 def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
     """A randomly initialised model of `family` (speed does not depend on the weights)."""
-    from hdlm.data.tokenizer import build_tokenizer
-    from hdlm.model import LanguageModel
-
     config = RunConfig(family=family)
     config.data.seq_len = seq_len
     config.model = dataclasses.replace(config.model, max_len=max(seq_len, 1024), **size)
@@ -86,7 +86,6 @@ def timed(device: torch.device, work, repeats: int = 1) -> float:
 
 
 def train_case(case: dict) -> dict:
-    from hdlm.train import make_optimizer
 
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
