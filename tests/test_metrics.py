@@ -1,4 +1,4 @@
-"""Sample-quality metrics (`hdlm.evaluate`), each on a case with a known answer."""
+"""Sample-quality metrics (`hdlm.eval.samples`), each on a case with a known answer."""
 
 import dataclasses
 import json
@@ -14,7 +14,13 @@ from hdlm.config import RunConfig, TokenizerConfig, complete
 from hdlm.data.tokenizer import build_tokenizer
 from hdlm.errors import HdlmError
 from hdlm.eval.perplexity import perplexity
-from hdlm.eval.samples import distinct_n, generative_perplexity, mauve_score, sample_metrics, unigram_entropy
+from hdlm.eval.samples import (
+    distinct_n,
+    generative_perplexity,
+    mauve_score,
+    sample_metrics,
+    unigram_entropy,
+)
 from hdlm.model import LanguageModel
 
 CHARS = build_tokenizer(TokenizerConfig(kind="char"), [string.ascii_lowercase + " ."])

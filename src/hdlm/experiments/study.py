@@ -22,8 +22,10 @@ from hdlm.eval.perplexity import infill_metrics, middle_span, perplexity
 from hdlm.eval.samples import sample_metrics
 from hdlm.experiments.report import write_report
 from hdlm.experiments.report_seeds import write_seeded_report
+from hdlm.families import family as family_row
 from hdlm.files import write_text_atomic
 from hdlm.model import load
+from hdlm.sampling.registry import check_sampler, sampler_options
 from hdlm.train import train
 
 
@@ -112,9 +114,26 @@ def load_study(path: str | Path) -> StudyConfig:
             f"{path}: {', '.join(sorted(set(unknown)))} named in reference/baseline/sweep/infill "
             f"but not under 'families' ({', '.join(study.families)})"
         )
-    for run in study_runs(study):
-        run_config(study, run)  # every run's config loads and validates before any work
+    configs = {name: run_config(study, run) for run, (name, _) in study_runs(study).items()}
+    for name, settings in study.sweep.items():  # every run's config loads and validates above
+        for setting in settings:
+            check_setting(configs[name].family, setting, f"{path}: sweep.{name}")
     return study
+
+
+TOKEN_CHOICE = ("temperature", "top_k", "top_p", "seed")  # `fill`'s keywords of every sampler
+
+
+def check_setting(family_name: str, setting: dict[str, Any], where: str) -> None:
+    """Refuse a sweep setting whose sampler cannot draw from `family_name` or that gives an
+    option its sampler does not declare (the sampler registry's checks, before any work)."""
+    row = family_row(family_name)
+    try:
+        chosen = check_sampler(row, setting.get("sampler") or row.default_sampler)
+        given = {k: v for k, v in setting.items() if k != "sampler" and k not in TOKEN_CHOICE}
+        sampler_options(family_name, chosen, given)
+    except (HdlmError, TypeError) as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def study_runs(study: StudyConfig) -> dict[str, tuple[str, int]]:

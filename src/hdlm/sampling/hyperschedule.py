@@ -25,7 +25,6 @@ same tokens, the same random draws, logits equal to float tolerance — only slo
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -228,7 +227,11 @@ def sample_hyperschedule(
     table = schedule.table.masked_fill(fixed, 0.0)
     levels_on_device = table.to(device)
     process = denoiser.process
-    step = reverse_step or functools.partial(process.reverse_step, correction=correction, eta=eta)
+
+    def masking_step(current, t, s, propose, generator):
+        return process.reverse_step(current, t, s, propose, generator, correction, eta)
+
+    step = reverse_step or masking_step
     # Given tokens take the role clean tokens had in training: under full attention (flat,
     # MDLM-style training) they, and BOS, see and are seen by every position, so they are
     # recomputed with the active ones at every step; otherwise they are settled, cached once.
