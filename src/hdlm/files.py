@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Writing files: atomic writes (a reader sees the old file or the new one, never half of one)
+and the figures every plot of hdlm is drawn on."""
 
 from __future__ import annotations
 
@@ -25,6 +26,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def new_figure(**options):
+    """A matplotlib `Figure` (`options`: figsize, layout, ...) on an Agg canvas, outside
+    pyplot (whose global state it leaves alone); it saves PNG or SVG by the file's suffix, and
+    its canvas can measure text (`report_seeds.place_labels`)."""
+    # matplotlib is loaded when a picture is drawn, so that importing hdlm stays fast
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**options)
+    FigureCanvasAgg(figure)  # attaches itself as figure.canvas
+    return figure
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from hdlm.errors import ConfigError
+from hdlm.files import new_figure
 
 SPEC_SYNTAX = (
     "quenched_ar | flat:STEPS | block:WIDTH:STEPS_PER_BLOCK[:OFFSET] | slide:WIDTH:TAU | "
@@ -363,10 +364,7 @@ def plot_schedule(schedule: Hyperschedule, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg"):
         raise ConfigError(f"cannot plot to {path}: use a file name ending in .png or .svg")
-    from matplotlib.figure import Figure  # lazy, so importing this module stays fast
-
-    # A bare Figure renders with Agg (PNG) or the SVG backend and leaves pyplot's state alone.
-    figure = Figure(figsize=(6, 4.5), layout="constrained")
+    figure = new_figure(figsize=(6, 4.5), layout="constrained")
     axes = figure.add_subplot()
     table = schedule.table.cpu().numpy()
     image = axes.imshow(table, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="none")

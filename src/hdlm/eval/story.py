@@ -79,7 +79,7 @@ def read_records(spec: str, split: str | None = None) -> list[dict]:
             raise DataError(f"{path} is not valid JSON lines / JSON: {e}") from e
     if path.exists() or spec.startswith(("/", ".", "~")):
         raise DataError(f"stories file {spec} not found (or not a file); give a .jsonl file")
-    import datasets
+    import datasets  # heavy: only for stories from a Hugging Face dataset
 
     try:
         return list(datasets.load_dataset(spec, split=split or "test"))
@@ -155,7 +155,7 @@ def story_rows(stories: Sequence[Story], left_only: bool, bos: int, mask_id: int
 def rouge_scores(references: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F1 over pairs (rouge-score, Porter stemmer; 1.0 for identical text)."""
     try:
-        from rouge_score import rouge_scorer
+        from rouge_score import rouge_scorer  # the optional `eval` extra
     except ImportError as e:
         raise HdlmError("ROUGE needs `pip install 'hdlm[eval]'` (rouge-score)") from e
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)

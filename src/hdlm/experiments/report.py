@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from hdlm.files import new_figure
+
 
 def _number(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -68,12 +70,8 @@ def infill_table(results: dict) -> list[str]:
 
 def frontier_plot(results: dict, path: Path) -> None:
     """MAUVE against generative perplexity, one point per family and sampler setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = new_figure(figsize=(7, 5))
+    ax = fig.subplots()
     for name, result in results.items():
         points = [
             (s["gen_ppl"], s["mauve"], label)
@@ -97,7 +95,6 @@ def frontier_plot(results: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)
 
 
 def write_report(study, results: dict, out: Path) -> None:

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from hdlm.experiments.report import bound_kind, markdown
+from hdlm.files import new_figure
 
 TRUE_NLL_COLUMNS = (  # (result key, column title, digits)
     ("true_noisy_nll_per_token", "NLL, δ-noisy source", 3),
@@ -264,12 +265,8 @@ def frontier_plot(
     perplexity under the judge (`"gen-ppl"`, log axis); means over seeds with standard-error
     bars; `held_out_entropy`: real text's unigram entropy, a horizontal line."""
     key = "true_noisy_nll_per_token" if quality == "true-nll" else "gen_ppl"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 6.5))
+    fig = new_figure(figsize=(9, 6.5))
+    ax = fig.subplots()
     labelled = []
     for name, settings in summary.items():
         xs, ys, xe, ye = [], [], [], []
@@ -308,7 +305,6 @@ def frontier_plot(
                     transform=ax.transAxes)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)
 
 
 TRUE_NLL_INTRO = (

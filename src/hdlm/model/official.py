@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors.torch import load_file
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models
 from torch import Tensor
 
 from hdlm.config import DiffusionConfig, ModelConfig, RunConfig, complete
@@ -288,9 +290,6 @@ def placeholder_tokenizer(text_tokens: int) -> Tokenizer:
     """A tokenizer with `text_tokens` ids then MASK, for checkpoints not on GPT-2's vocabulary
     (the test fixtures): id i < text_tokens - 1 is one character (printable ASCII from '!', then
     private-use code points), the last text id is EOS (= BOS), as in GPT-2."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models
-
     chars = [chr(0x21 + i) if i < 94 else chr(0xE000 + i) for i in range(text_tokens - 1)]
     hf = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
     hf.decoder = decoders.Fuse()
@@ -388,7 +387,7 @@ def hub_snapshot(repo_id: str) -> Path:
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise CheckpointError(f"'{HUB_PREFIX}{repo_id}' is not a hub name; use hf:OWNER/NAME")
     try:
-        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub import constants, snapshot_download  # only for hf: names
     except ModuleNotFoundError as e:
         raise CheckpointError(f"hf: names need huggingface_hub ({e}); pip install it") from e
     patterns = ["*.json", "*.yaml", "*.safetensors", "pytorch_model.bin", "tokenizer*"]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hdlm.errors import HdlmError
+from hdlm.files import new_figure
 
 
 @dataclass
@@ -92,18 +93,15 @@ def _html(trace: Trace, tokenizer, states: torch.Tensor) -> str:
 
 
 def _strip(states: torch.Tensor, path: Path) -> None:
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(10, max(2.0, 0.12 * len(states) + 1)))
+    """Steps x positions, one colour per state (RGB pixels), the legend naming the colours."""
+    rgb = torch.tensor([[int(c[k : k + 2], 16) / 255 for k in (1, 3, 5)] for c in COLOURS])
+    figure = new_figure(figsize=(10, max(2.0, 0.12 * len(states) + 1)))
     axes = figure.subplots()
-    image = axes.imshow(
-        states.numpy(), cmap=ListedColormap(COLOURS), vmin=-0.5, vmax=4.5, aspect="auto",
-        interpolation="nearest",
-    )  # fmt: skip
+    axes.imshow(rgb[states].numpy(), aspect="auto", interpolation="nearest")
+    for state, colour in zip(STATES, COLOURS, strict=True):  # legend entries, nothing drawn
+        axes.scatter([], [], marker="s", color=colour, edgecolors="grey", label=state)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     axes.set_xlabel("position")
     axes.set_ylabel("step")
-    bar = figure.colorbar(image, ticks=range(len(STATES)))
-    bar.ax.set_yticklabels(STATES)
     figure.tight_layout()
     figure.savefig(path)
