@@ -5,6 +5,8 @@ import time
 import torch
 
 from hdlm.experiments import bench
+from hdlm.families import family as family_row
+from hdlm.sampling.registry import check_sampler
 
 SIZE = {"vocab_size": 40, "n_layers": 1, "d_model": 32, "n_heads": 2}
 
@@ -74,3 +76,9 @@ def test_the_network_timer_counts_a3_two_stream_passes(monkeypatch):
     timer.on = True
     lm.sample(1, 12, sampler="a3", eos_stop=False)
     assert len(passes) >= 11 and timer.seconds >= busy * len(passes)
+
+
+def test_every_sampling_row_names_a_registered_sampler_of_its_family():
+    for label, family_name, sampler, *_, options in bench.SAMPLE_VARIANTS:
+        chosen = check_sampler(family_row(family_name), sampler)
+        assert set(options) <= {option.name for option in chosen.options}, label

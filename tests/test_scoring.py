@@ -7,8 +7,8 @@ from helpers import TOKENIZER, language_model
 
 from hdlm import a3
 from hdlm.errors import HdlmError
-from hdlm.sampling import fill
 from hdlm.eval.scoring import a3_groups, encode_pair, score_requests, windows
+from hdlm.sampling import fill
 
 CONTEXT, CONTINUATION = "quickbrownfox", "jumpsover"  # 22 tokens: fits the window (24)
 

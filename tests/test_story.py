@@ -14,7 +14,6 @@ from test_zero_shot import run
 import hdlm.sampling
 from hdlm.config import TokenizerConfig
 from hdlm.data.tokenizer import build_tokenizer
-from hdlm.model import LanguageModel
 from hdlm.eval.story import (
     encode_story,
     load_stories,
@@ -23,6 +22,7 @@ from hdlm.eval.story import (
     story_infill_metrics,
     token_accuracy,
 )
+from hdlm.model import LanguageModel
 
 STORIES = [
     ["ab cd.", "ef gh.", "ij kl.", "mn op.", "qr st."],

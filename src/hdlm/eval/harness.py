@@ -41,16 +41,22 @@ from hdlm import sampling
 from hdlm.eval.perplexity import one_step_per_blank
 from hdlm.eval.scoring import encode_pair, is_exact, score_requests
 from hdlm.model import LanguageModel, load
-from hdlm.sampling.a3_groups import parse_groups
+from hdlm.sampling.registry import cli_options
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-evaluation-harness' default
-# generation options (`sampling.fill`) and how to read them from lm-eval's `--model_args` strings
-GENERATION_OPTIONS = {
-    "sampler": str, "temperature": float, "top_k": int, "top_p": float, "steps": int,
-    "schedule": str, "eta": float, "order": str, "group_size": int, "groups": str,
-    "use_cache": lambda v: str(v).lower() in ("1", "true", "yes"),
-    "eos_stop": lambda v: str(v).lower() in ("1", "true", "yes"),
-}  # fmt: skip
+
+
+def _flag_value(value: str) -> bool:
+    return str(value).lower() in ("1", "true", "yes")
+
+
+# generation options (`sampling.fill`: the token choice, and every sampler option of the
+# registry) and how to read them from lm-eval's `--model_args` strings
+GENERATION_OPTIONS = {"sampler": str, "temperature": float, "top_k": int, "top_p": float} | {
+    option.name: _flag_value if option.kind is bool else option.parse or option.kind
+    for option in cli_options().values()
+    if option.cli
+}
 PICK = ("temperature", "top_k", "top_p")  # the task's generation_kwargs unless given here
 
 
@@ -100,8 +106,6 @@ class HdlmLM(LM):
         self.generation = {
             k: _number(v, GENERATION_OPTIONS[k]) for k, v in generation.items() if v is not None
         }
-        if isinstance(self.generation.get("groups"), str):
-            self.generation["groups"] = parse_groups(self.generation["groups"])
         self.seed, self.progress = int(seed), progress in (True, "True", "true", "1")
 
     @property
