@@ -1,6 +1,6 @@
 """Zero-shot perplexity on whole files, folders and dataset splits (`hdlm.eval.zero_shot`,
-`hdlm eval --data`): every token scored once, the blocks protocol equals the NELBO of its blocks, the JSON
-states the protocol."""
+`hdlm eval --data`): every token scored once, the blocks protocol equals the NELBO of its
+blocks, the JSON states the protocol."""
 
 import json
 import math
