@@ -145,11 +145,12 @@ def open_store(
     progress: bool = True,
     may_prepare: bool = True,
     workers: int | None = None,
+    out: str | Path | None = None,
 ) -> TokenStore:
     """The token store of `cfg`: `data.store` when set, else the store of the corpus, its
-    settings and the tokenizer in `data.cache_dir/stores`, prepared first when missing (only
-    where `may_prepare`: other ranks of a distributed run wait for rank 0's)."""
-    if cfg.store is not None:
+    settings and the tokenizer at `out` or in `data.cache_dir/stores`, prepared first when
+    missing (only where `may_prepare`: other ranks of a distributed run wait for rank 0's)."""
+    if cfg.store is not None and out is None:
         store = TokenStore(cfg.store)
         if tokenizer is not None:
             store.check_tokenizer(tokenizer)
@@ -157,8 +158,14 @@ def open_store(
         return store
     tokenizer = tokenizer or corpus_tokenizer(cfg, may_prepare)
     settings = store_settings(cfg)
-    path = store_path(cfg, settings, tokenizer)
+    path = Path(out).expanduser() if out is not None else store_path(cfg, settings, tokenizer)
     if not may_prepare:
+        if not (path / "store.json").is_file():
+            raise DataError(
+                f"no token store at {path} on this node; without a file system shared with "
+                "rank 0, run `hdlm data prepare` on every node first (or put data.cache_dir on "
+                "shared storage)"
+            )
         return TokenStore(path)
     documents = iter_documents(cfg)
     workers = workers or cfg.workers or min(os.cpu_count() or 1, 8)
