@@ -27,20 +27,7 @@ from hdlm.data.store import StoreSettings, TokenStore, prepare_store
 from hdlm.data.tokenizer import build_tokenizer
 from hdlm.errors import DataError
 
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "epsilon",
-    "zeta",
-    "eta",
-    "theta",
-    "iota",
-    "kappa",
-    "lambda",
-    "mu",
-]
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
 
 def corpus_folder(root: Path, n: int = 120) -> Path:
@@ -58,8 +45,9 @@ def corpus_folder(root: Path, n: int = 120) -> Path:
 
 
 def config(folder: Path, cache: Path, **data) -> DataConfig:
+    gpt2 = TokenizerConfig(kind="gpt2")
     return DataConfig(corpus=str(folder), seq_len=16, cache_dir=str(cache), val_fraction=0.1,
-                      test_fraction=0.1, tokenizer=TokenizerConfig(kind="gpt2"), **data)  # fmt: skip
+                      test_fraction=0.1, tokenizer=gpt2, **data)  # fmt: skip
 
 
 def in_memory_blocks(cfg: DataConfig, tokenizer) -> dict[str, torch.Tensor]:
