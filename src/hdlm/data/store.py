@@ -435,11 +435,6 @@ def _tokenize_all(documents, settings, writer, finished, workers, progress) -> l
     and written; stops at max_tokens. Returns the chunks' metadata."""
     fractions = (settings.val_fraction, settings.test_fraction)
     pool = None
-    if workers > 1:
-        context = get_context("fork" if os.name == "posix" else "spawn")
-        tokenizer_dir = str(writer.path / "tokenizer")
-        pool = ProcessPoolExecutor(workers, context, initializer=_start_worker,
-                                   initargs=(tokenizer_dir, fractions))  # fmt: skip
     bar = tqdm(desc="tokenizing", unit="tok", unit_scale=True, disable=not progress,
                dynamic_ncols=True)  # fmt: skip
     done, total, pending = [], 0, []
@@ -462,12 +457,13 @@ def _tokenize_all(documents, settings, writer, finished, workers, progress) -> l
         return meta["cut"] or (limit is not None and total >= limit)
 
     try:
-        for chunk, texts in enumerate(chunked(documents, settings.shard_chars)):
+        for chunk, (texts, last) in enumerate(with_last(chunked(documents, settings.shard_chars))):
             if chunk in finished:
                 pending.append((chunk, finished[chunk]))
-            elif pool is None:
+            elif workers <= 1 or (pool is None and last):  # one chunk: no processes to start
                 pending.append((chunk, tokenize_chunk(texts, writer.tokenizer, fractions)))
             else:
+                pool = pool or _pool(workers, writer.path / "tokenizer", fractions)
                 pending.append((chunk, pool.submit(tokenize_chunk, texts)))
             while pending and (len(pending) > 2 * max(workers, 1) or not _busy(pending[0][1])):
                 if settle(*pending.pop(0)):
@@ -480,6 +476,25 @@ def _tokenize_all(documents, settings, writer, finished, workers, progress) -> l
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def with_last(items: Iterable) -> Iterator[tuple[object, bool]]:
+    """(item, whether it is the last one), reading one item ahead."""
+    iterator = iter(items)
+    previous = next(iterator, _END)
+    while previous is not _END:
+        current = next(iterator, _END)
+        yield previous, current is _END
+        previous = current
+
+
+_END = object()
+
+
+def _pool(workers: int, tokenizer_dir: Path, fractions: tuple[float, float]):
+    """Worker processes, spawned: a fork would copy whatever locks the caller's threads hold."""
+    return ProcessPoolExecutor(workers, get_context("spawn"), initializer=_start_worker,
+                               initargs=(str(tokenizer_dir), fractions))  # fmt: skip
 
 
 def _busy(result) -> bool:
