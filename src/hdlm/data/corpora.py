@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,9 @@ def corpus_tokenizer(cfg: DataConfig, may_train: bool = True) -> Tokenizer:
     directory = cache / f"{corpus_slug(cfg.corpus)}-tokenizer-{digest(repr(tcfg), *texts)}"
     if (directory / "tokenizer.json").exists() or not may_train:
         return Tokenizer.load(directory)
+    print(f"hdlm: training a {tcfg.kind} tokenizer on {sum(map(len, texts)):,} characters of "
+          f"{len(texts):,} train documents (at most data.tokenizer.train_chars="
+          f"{tcfg.train_chars:,})", file=sys.stderr)  # fmt: skip
     tokenizer = build_tokenizer(tcfg, texts)
     tokenizer.save(directory)
     return tokenizer

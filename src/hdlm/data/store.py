@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -286,6 +287,7 @@ _worker: dict = {}  # the tokenizer and split fractions of a worker process (`_s
 
 def _start_worker(tokenizer_dir: str, fractions: tuple[float, float]) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process' to handle
     _worker.update(tokenizer=Tokenizer.load(tokenizer_dir), fractions=fractions)
 
 
