@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 import hdlm
 from hdlm.cli import main
 from hdlm.config import load_config
+from hdlm.data import Batches
 from hdlm.train import train
 from tests.test_cli import TINY
 
@@ -136,3 +137,33 @@ def test_global_batch_must_split_evenly(monkeypatch):
         distributed.check_batch(16)
     batch = torch.arange(12).view(6, 2)
     assert distributed.shard(batch).tolist() == [[4, 5], [6, 7]]  # rank 1's contiguous slice
+
+
+def test_two_torchrun_nodes_read_disjoint_data_and_equal_one_process(tmp_path, single):
+    """Two torchrun "nodes" on 127.0.0.1 (c10d rendezvous, one rank each): each rank reads only
+    its own blocks, together exactly the one-process batches, and the run is the same run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    multi, trace = tmp_path / "nodes", tmp_path / "trace"
+    trace.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=hdlm-test",
+               "-m", "hdlm", "train", "--no-progress", "--config", "configs/ar-tiny.yaml",
+               *(f"--set={s}" for s in settings(tmp_path, multi))]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HDLM_DATA_TRACE": str(trace)}
+    nodes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-3000:] + outputs[1][-3000:]
+    assert_same_run(single, multi)
+    reads = [[json.loads(line) for line in (trace / f"rank{r}.jsonl").read_text().splitlines()]
+             for r in range(2)]  # fmt: skip
+    state = torch.load(multi / "checkpoints/step_0000004/training_state.pt", weights_only=True)
+    config = load_config(CONFIGS["ar"][0], settings(tmp_path, multi))
+    one = Batches(range(state["data"]["train_blocks"]), config.train.batch_size, config.seed)
+    read = [{r["batch"]: r["blocks"] for r in rank} for rank in reads]
+    for batch in range(8):  # 4 steps x 2 micro-batches (the prefetcher may read ahead)
+        mine, theirs = read[0][batch], read[1][batch]
+        assert len(mine) == len(theirs) and not set(mine) & set(theirs)
+        assert mine + theirs == one.indices(batch).tolist()

@@ -117,15 +117,16 @@ def test_a_folder_reads_its_text_files_and_a_dataset_its_named_split(tmp_path, m
 
     calls = []
 
-    def load_dataset(name, subset=None, split=None):
-        calls.append((name, subset, split))
-        return datasets.Dataset.from_dict({"text": [f"{split} one", "", f"{split} two"]})
+    def load_dataset(name, subset=None, split=None, streaming=False):
+        calls.append((name, subset, split, streaming))
+        records = datasets.Dataset.from_dict({"text": [f"{split} one", "", f"{split} two"]})
+        return records.to_iterable_dataset() if streaming else records
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     cfg = DataConfig(corpus="someone/wikitext", hf_subset="raw")
     assert read_documents(cfg, "validation") == ["validation one", "validation two"]
     assert read_documents(cfg) == ["test one", "test two"]  # the test split by default
-    assert calls == [("someone/wikitext", "raw", "validation"), ("someone/wikitext", "raw", "test")]
+    assert calls == [("someone/wikitext", "raw", split, True) for split in ("validation", "test")]
 
 
 def test_hash_split_keeps_the_old_behaviour_for_another_corpus(tmp_path, checkpoints, capsys):

@@ -1,9 +1,9 @@
-"""The `hdlm` command line: train | sample | eval | harness | bench | study | export | import |
-plot.
+"""The `hdlm` command line: train | data | sample | eval | harness | bench | study | export |
+import | plot.
 
 Every option is checked here, at the edge, the same way for every command: numbers by range
-(`argparse` types below), sampling options against the loaded model's sampler (`sampling.options`),
-devices against the machine. Every user mistake surfaces as one line `hdlm: error: ...` and exit
+(`argparse` types below), sampling options against the loaded model's sampler (the sampler
+registry, `hdlm.sampling.registry`), devices against the machine. Every user mistake surfaces as one line `hdlm: error: ...` and exit
 code 2; `python -m hdlm` is the same command.
 """
 
@@ -18,7 +18,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hdlm.config import RunConfig, apply_overrides, complete, from_dict, load_config, to_dict
+from hdlm.config import (
+    DataConfig,
+    RunConfig,
+    apply_overrides,
+    complete,
+    from_dict,
+    load_config,
+    read_yaml,
+    to_dict,
+    validate_data,
+)
+from hdlm.data.corpora import open_store
+from hdlm.data.store import TokenStore
 from hdlm.distributed import launch
 from hdlm.errors import HdlmError
 from hdlm.eval.samples import SAMPLE_METRICS
@@ -84,6 +96,35 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = train(config, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks
         print(f"saved to {out} (hdlm sample {out} / hdlm eval {out})")
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    data = read_yaml(Path(args.config)).get("data", {}) if args.config else {}
+    flags = {"corpus": args.corpus, "max_tokens": args.max_tokens,
+             "max_documents": args.max_documents, "tokenizer.kind": args.tokenizer}  # fmt: skip
+    overrides = [o.removeprefix("data.") for o in args.overrides]
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    cfg = from_dict(DataConfig, apply_overrides(data, overrides), "data")
+    validate_data(cfg)
+    store = open_store(cfg, progress=not args.no_progress, workers=args.workers, out=args.out)
+    print(json.dumps(_store_summary(store), indent=2))
+    if args.out:
+        print(f"train on it with --set data.store={store.path}")
+
+
+def _store_summary(store) -> dict:
+    index = store.index
+    return {"store": str(store.path), "fingerprint": store.fingerprint,
+            "corpus": index["source"]["corpus"], "dtype": index["dtype"],
+            "tokenizer": index["tokenizer"], "chunks": len(index["chunks"]),
+            "splits": index["splits"]}  # fmt: skip
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    store = TokenStore(args.store)
+    if args.verify:
+        print(f"verified {store.verify(progress=not args.no_progress)} shards", file=sys.stderr)
+    print(json.dumps(_store_summary(store), indent=2))
 
 
 def _load(args: argparse.Namespace):
@@ -335,6 +376,39 @@ def _train_parser(commands) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _data_parser(commands) -> None:
+    p = commands.add_parser("data", help="prepare and inspect token stores (corpora at scale)")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser(
+        "prepare", help="tokenise a corpus once into a sharded token store (resumable)",
+        description="Tokenise a corpus into a token store that training and evaluation read "
+        "without loading it: local files or folders (.txt .md .json .jsonl .parquet, also .gz "
+        ".zst), a Hugging Face dataset (streamed), pydocs, synthetic or hmm. Run it again after "
+        "an interruption: finished shards are kept.",
+    )  # fmt: skip
+    p.add_argument("corpus", nargs="?", help="the corpus (default: the config's data.corpus)")
+    p.add_argument("--config", help="a YAML config whose data section describes the corpus")
+    p.add_argument(
+        "--tokenizer",
+        choices=("gpt2", "bpe", "char"),
+        help="data.tokenizer.kind (a tokenizer.json: --set data.tokenizer.path=...)",
+    )
+    p.add_argument("--out", help="the store directory (default: in data.cache_dir, where "
+                   "`hdlm train` finds it)")  # fmt: skip
+    p.add_argument("--workers", type=positive_int, help="tokenising processes (default: "
+                   "data.workers, else one per core up to 8)")  # fmt: skip
+    p.add_argument("--max-tokens", type=positive_int, help="stop at this many tokens")
+    p.add_argument("--max-documents", type=positive_int, help="stop at this many documents")
+    _add_progress(p)
+    _add_set(p)
+    p.set_defaults(func=cmd_data_prepare)
+    p = verbs.add_parser("info", help="what a token store holds (--verify: check every shard)")
+    p.add_argument("store", help="a token store directory")
+    p.add_argument("--verify", action="store_true", help="check every shard's size and CRC-32")
+    _add_progress(p)
+    p.set_defaults(func=cmd_data_info)
+
+
 def _sample_parser(commands) -> None:
     p = commands.add_parser("sample", help="generate text from a checkpoint")
     _add_checkpoint(p)
@@ -526,8 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, sample and evaluate AR, diffusion, hybrid (HDLM) and A3 models.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_train_parser, _sample_parser, _eval_parser, _harness_parser, _bench_parser,
-                _interop_parsers, _study_and_plot_parsers):  # fmt: skip
+    for add in (_train_parser, _data_parser, _sample_parser, _eval_parser, _harness_parser,
+                _bench_parser, _interop_parsers, _study_and_plot_parsers):  # fmt: skip
         add(commands)
     return parser
 

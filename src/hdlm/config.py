@@ -87,6 +87,8 @@ class TokenizerConfig:
     kind: Literal["bpe", "gpt2", "char"] = "bpe"
     vocab_size: int = 4096  # for kind=bpe: trained on the corpus' training split
     path: str | None = None  # an existing tokenizer.json (or a directory holding one)
+    # kinds bpe and char learn from the train split's first documents up to this many characters
+    train_chars: int = 100_000_000
 
 
 @dataclass
@@ -124,7 +126,11 @@ class DataConfig:
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     max_documents: int | None = None
-    cache_dir: str = "~/.cache/hdlm"
+    max_tokens: int | None = None  # the store ends with the document that reaches this many
+    cache_dir: str = "~/.cache/hdlm"  # tokenizers and token stores (`cache_dir/stores`)
+    store: str | None = None  # a token store prepared by `hdlm data prepare` (the corpus' own)
+    workers: int = 0  # processes that tokenise a new store; 0: one per core, at most 8
+    shard_chars: int = 32 * 2**20  # characters of text per chunk of the store (one shard each)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     hmm: HmmConfig = field(default_factory=HmmConfig)
@@ -373,14 +379,7 @@ def validate(config: RunConfig) -> None:
             f"model.input_mix_gamma={m.input_mix_gamma} needs model.adaln (its σ schedule) "
             "and must lie in [0, 1)"
         )
-    if d.seq_len < 2:
-        raise ConfigError(f"data.seq_len={d.seq_len} must be at least 2 (BOS plus one token)")
-    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction <= 1 - d.val_fraction:
-        raise ConfigError(
-            "data.val_fraction must lie in [0, 1) and data.test_fraction in [0, 1 - "
-            "val_fraction] (test_fraction=1: the whole corpus is the test split, for zero-shot "
-            "evaluation)"
-        )
+    validate_data(d)
     positive = {
         "train.steps": t.steps,
         "train.batch_size": t.batch_size,
@@ -399,6 +398,24 @@ def validate(config: RunConfig) -> None:
         validate_a3(config)
     else:
         validate_diffusion(config)
+
+
+def validate_data(d: DataConfig) -> None:
+    """The data section alone (also what `hdlm data prepare` checks)."""
+    if d.seq_len < 2:
+        raise ConfigError(f"data.seq_len={d.seq_len} must be at least 2 (BOS plus one token)")
+    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction <= 1 - d.val_fraction:
+        raise ConfigError(
+            "data.val_fraction must lie in [0, 1) and data.test_fraction in [0, 1 - "
+            "val_fraction] (test_fraction=1: the whole corpus is the test split, for zero-shot "
+            "evaluation)"
+        )
+    at_least = {"data.max_documents": (d.max_documents, 1), "data.max_tokens": (d.max_tokens, 1),
+                "data.workers": (d.workers, 0), "data.shard_chars": (d.shard_chars, 1),
+                "data.tokenizer.train_chars": (d.tokenizer.train_chars, 1)}  # fmt: skip
+    for key, (value, least) in at_least.items():
+        if value is not None and value < least:
+            raise ConfigError(f"{key}={value} must be at least {least}")
 
 
 def validate_model(m: ModelConfig) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -42,6 +43,7 @@ from hdlm.model.hf import resolve_architecture
 from hdlm.train_support import (
     EMA,
     StopSignal,
+    check_data_position,
     check_disk_space,
     check_nonfinite,
     check_output_dir,
@@ -69,6 +71,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ema: EMA | None
+    batches: Batches
     next_batch: Prefetcher
     start_step: int
 
@@ -131,8 +134,9 @@ def setup(config: RunConfig, device: torch.device, resume: bool) -> Run:
     distributed.check_batch(tc.batch_size)
     resume_dir = resolve_checkpoint(config.out_path) if resume else None
     tokenizer = Tokenizer.load(resume_dir) if resume_dir else None
-    with distributed.main_first():  # rank 0 fills the tokenizer and data caches
-        data = prepare_data(config.data, tokenizer)
+    with distributed.main_first():  # rank 0 prepares the token store; the others open it
+        main = distributed.is_main()
+        data = prepare_data(config.data, tokenizer, progress=main, may_prepare=main)
     config = with_vocabulary(config, data.tokenizer)
     torch.manual_seed(config.seed)
     lm = LanguageModel(config, data.tokenizer).to(device)
@@ -142,8 +146,13 @@ def setup(config: RunConfig, device: torch.device, resume: bool) -> Run:
     optimizer = make_optimizer(lm.net, tc)
     ema = EMA(lm.net, tc.ema) if tc.ema > 0 else None
     start_step = 0
+    if len(data.blocks["train"]) == 0:  # data.test_fraction=1 describes an evaluation corpus
+        raise DataError("the train split is empty; lower data.val_fraction + data.test_fraction")
+    batches = Batches(data.blocks["train"], tc.batch_size, config.seed)
     if resume_dir is not None:
         start_step = restore(resume_dir, config, lm, optimizer, ema)
+        now = data_position(batches, data, start_step * tc.grad_accum)
+        check_data_position(resume_dir, now)
         say(f"resuming from {resume_dir} at step {start_step}")
     elif tc.init_from:
         init_weights(lm, tc.init_from)
@@ -151,13 +160,11 @@ def setup(config: RunConfig, device: torch.device, resume: bool) -> Run:
             ema.copy_from(lm.net)
     if tc.compile:
         compile_network(lm.net, say)
-    if len(data.blocks["train"]) == 0:  # data.test_fraction=1 describes an evaluation corpus
-        raise DataError("the train split is empty; lower data.val_fraction + data.test_fraction")
-    batches = Batches(data.blocks["train"], tc.batch_size, config.seed)
-    next_batch = Prefetcher(batches.batch, start_step * tc.grad_accum, pin=device.type == "cuda")
+    next_batch = Prefetcher(rank_batches(batches), start_step * tc.grad_accum,
+                            pin=device.type == "cuda")  # fmt: skip
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     run = Run(config, device, precision, data, lm, model_step, optimizer, scaler, ema,
-              next_batch, start_step)  # fmt: skip
+              batches, next_batch, start_step)  # fmt: skip
     if distributed.is_main():
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "config.json").write_text(json.dumps(to_dict(config), indent=2))
@@ -169,6 +176,32 @@ def setup(config: RunConfig, device: torch.device, resume: bool) -> Run:
         + (f" processes={world} ({tc.parallel})" if world > 1 else "")
     )
     return run
+
+
+def rank_batches(batches: Batches):
+    """Micro-batch i -> this rank's part of it (only its own blocks are read). With the
+    environment variable HDLM_DATA_TRACE=DIR, each rank appends the block indices it reads to
+    DIR/rank{r}.jsonl (to audit what each process saw)."""
+    rank, world = distributed.rank(), distributed.world_size()
+    trace = os.environ.get("HDLM_DATA_TRACE")
+
+    def load(i: int) -> torch.Tensor:
+        indices = batches.indices(i, rank, world)
+        if trace:
+            with open(Path(trace) / f"rank{rank}.jsonl", "a") as f:
+                f.write(json.dumps({"batch": i, "blocks": indices.tolist()}) + "\n")
+        return batches.blocks[torch.from_numpy(indices)]
+
+    return load
+
+
+def data_position(batches: Batches, data: PreparedData, micro_batches: int) -> dict:
+    """Where the data stands after `micro_batches` micro-batches: the store read, its train
+    blocks, the seed of their order and the blocks consumed (batches are a function of (seed,
+    index), so this is the whole position)."""
+    consumed = micro_batches * batches.batch_size
+    return {"store": data.store.fingerprint, "train_blocks": batches.num_blocks,
+            "seed": batches.seed, "blocks_consumed": consumed}  # fmt: skip
 
 
 def with_vocabulary(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
@@ -195,8 +228,7 @@ def train_step(run: Run, step: int, stop: StopSignal) -> tuple[float, bool]:
     generator = torch.Generator(device).manual_seed(seed)
     step_loss = torch.zeros((), device=device)
     for micro in range(tc.grad_accum):
-        batch = distributed.shard(run.next_batch(step * tc.grad_accum + micro))
-        tokens = batch.to(device, non_blocking=True)
+        tokens = run.next_batch(step * tc.grad_accum + micro).to(device, non_blocking=True)
         with distributed.no_sync(run.model_step, micro == tc.grad_accum - 1):
             with autocast(device, run.precision):
                 loss = run.model_step(tokens, generator) / tc.grad_accum
@@ -313,7 +345,9 @@ class Housekeeping:
         run = self.run
         net, ema = run.lm.net, run.ema
         weights = distributed.model_state(net)  # collectives under FSDP: every rank calls
-        state = {"step": step, "optimizer": distributed.optimizer_state(net, run.optimizer)}
+        position = data_position(run.batches, run.data, step * self.tc.grad_accum)
+        state = {"step": step, "optimizer": distributed.optimizer_state(net, run.optimizer),
+                 "data": position}  # fmt: skip
         if ema is not None:
             state["raw_weights"], weights = weights, distributed.full_tensors(ema.shadow)
         if not self.main:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from hdlm import distributed
 from hdlm.config import RunConfig
-from hdlm.errors import CheckpointError, HdlmError
+from hdlm.errors import CheckpointError, DataError, HdlmError
 from hdlm.files import write_text_atomic
 from hdlm.model import LanguageModel
 from hdlm.model.checkpoint import load_checkpoint_files, read_checkpoint, read_training_state
@@ -243,6 +243,21 @@ def restore(
     distributed.load_model_state(lm.net, state.get("raw_weights", weights))
     distributed.load_optimizer_state(lm.net, optimizer, state["optimizer"])
     return state["step"]
+
+
+def check_data_position(directory: Path, now: dict) -> None:
+    """Resume only onto the data the checkpoint was trained on (checkpoints that predate the
+    record carry none: nothing to check)."""
+    saved = read_training_state(directory).get("data")
+    if saved is None:
+        return
+    if any(saved.get(k) != now[k] for k in ("store", "train_blocks", "seed")):
+        raise DataError(
+            f"{directory} was trained on token store {saved.get('store')} "
+            f"({saved.get('train_blocks')} train blocks), but this run reads store "
+            f"{now['store']} ({now['train_blocks']} blocks): the data changed; resume with the "
+            "same data settings (or data.store), or start a new run with train.init_from"
+        )
 
 
 def init_weights(lm: LanguageModel, path: str) -> None:

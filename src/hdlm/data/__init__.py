@@ -1,10 +1,13 @@
 """Data: corpora, tokenizers, synthetic sources with exact likelihoods, and the token store.
 
-    source documents --split by content hash--> splits --tokenize--> doc0 EOS doc1 EOS ...
-                     --pack--> blocks [n, seq_len], each BOS + seq_len-1 stream tokens --> batches
+    documents --split by content hash--> --tokenize (once)--> token store (shards on disk)
+              --blocks of BOS + seq_len-1 tokens, read on demand--> batches
 
-* `hdlm.data.corpora`: the corpora (`pydocs`, `synthetic`, `hmm`, local files, Hub datasets),
-  the split of each document by hash, packing and batches.
+* `hdlm.data.readers`: the documents of a corpus, streamed (`pydocs`, `synthetic`, `hmm`, local
+  .txt/.md/.json/.jsonl/.parquet files, also .gz/.zst, Hub datasets in streaming mode).
+* `hdlm.data.splits`: each document's split from its content hash.
+* `hdlm.data.store`: the token store: `prepare_store`, `TokenStore`, `StoreBlocks`.
+* `hdlm.data.corpora`: `prepare_data` (a corpus' store, prepared when missing), `Batches`.
 * `hdlm.data.tokenizer`: GPT-2 BPE built offline, corpus-trained BPE, characters.
 * `hdlm.data.sources`: hidden Markov sources with exact likelihoods.
 """
@@ -14,19 +17,17 @@ from hdlm.data.corpora import (
     Batches,
     Prefetcher,
     PreparedData,
-    SyntheticMarkov,
     corpus_source,
-    hub_dataset,
     load_documents,
-    looks_like_path,
+    open_store,
     pack_blocks,
     packed_stream,
     prepare_data,
-    split_documents,
-    synthetic_alphabet,
-    text_column,
-    tokenize_split,
 )
+from hdlm.data.readers import hub_dataset, iter_documents, looks_like_path
+from hdlm.data.sources import SyntheticMarkov, synthetic_alphabet
+from hdlm.data.splits import split_documents
+from hdlm.data.store import TokenStore
 
 __all__ = [
     "SYNTHETIC_CORPORA",
@@ -34,15 +35,16 @@ __all__ = [
     "PreparedData",
     "Prefetcher",
     "SyntheticMarkov",
+    "TokenStore",
     "corpus_source",
     "hub_dataset",
+    "iter_documents",
     "load_documents",
     "looks_like_path",
+    "open_store",
     "pack_blocks",
     "packed_stream",
     "prepare_data",
     "split_documents",
     "synthetic_alphabet",
-    "text_column",
-    "tokenize_split",
 ]

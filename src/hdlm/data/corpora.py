@@ -1,295 +1,57 @@
-"""Corpora, train/validation/test splits, cached tokenisation, packing into blocks, batches.
+"""Corpora as training data: split, tokenised into a token store once, packed into blocks,
+batched.
 
-    documents --split by content hash--> splits --tokenize (cached)--> doc0 EOS doc1 EOS ...
-              --pack--> blocks [n, seq_len], each BOS + seq_len-1 stream tokens --> Batches
+    documents (`readers`) --split by content hash (`splits`)--> --tokenize--> token store
+    (`store`: doc0 EOS doc1 EOS ... per split, on disk) --blocks of BOS + seq_len-1 tokens-->
+    `Batches` (a seeded order, a pure function of the step)
 
-Corpora: `pydocs` (the Python documentation's prose, offline), `synthetic` (a random Markov
-chain whose entropy is known exactly), `hmm` (a hidden Markov source with exact likelihoods,
-`hdlm.data.sources`), a local file or folder, or a Hugging Face dataset name.
+`prepare_data` finds the store of a corpus and tokenizer in `data.cache_dir` (or `data.store`),
+preparing it first when there is none, so a small corpus stays one command; memory does not grow
+with the corpus. Corpora: `pydocs` (the Python documentation's prose, offline), `synthetic` (a
+random Markov chain whose entropy is known exactly), `hmm` (a hidden Markov source with exact
+likelihoods, `hdlm.data.sources`), local files and folders, or a Hugging Face dataset name.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import re
 import sys
-from collections import Counter
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from hdlm.config import DataConfig, SyntheticConfig
-from hdlm.data.sources import HiddenMarkov, PackedStream
+from hdlm.config import DataConfig
+from hdlm.data.readers import describe_source, iter_documents
+from hdlm.data.sources import (
+    HiddenMarkov,
+    PackedStream,
+    markov_chain,
+    synthetic_alphabet,
+)
+from hdlm.data.splits import SPLITS, TRAIN, assign_splits, content_hash, digest, split_documents
+from hdlm.data.store import StoreBlocks, StoreSettings, TokenStore, prepare_store
 from hdlm.data.tokenizer import Tokenizer, build_tokenizer
 from hdlm.errors import DataError
-from hdlm.files import atomic_path
 
-PYDOCS_DIR = "/usr/share/doc/python3.11-doc/html/_sources"  # Debian package python3.11-doc
-TEXT_SUFFIXES = (".txt", ".md")  # one document per file
-JSON_SUFFIXES = (".jsonl", ".json")  # one document per record, text in data.text_field
-SYMBOLS_START, MAX_SYMBOLS = 0x4E00, 20992  # synthetic symbols: the CJK Unified Ideographs
-TOKENIZE_CHUNK = 256  # documents per encode_batch call
-
-# reStructuredText that is markup only. Dropped with their indented body: the directives below,
-# comments and link targets (".. " then anything but a directive, footnote or substitution).
-# Dropped alone: a directive without argument (".. note::") and a directive option (":noindex:").
-_RST_BLOCK = re.compile(
-    r"\.\. ((index|toctree|module|currentmodule|moduleauthor|sectionauthor|highlight|"
-    r"tabularcolumns|testsetup|testcleanup|include|literalinclude)::|(?![\w:-]+::|\[|\|))"
-)
-_RST_LINE = re.compile(r"\s*(\.\. [\w-]+::|:[\w-]+:(\s.*)?)")
-
-
-# ----------------------------------------------------------------------------- corpora
+SYNTHETIC_CORPORA = ("synthetic", "hmm")  # corpora whose source is known (`corpus_source`)
 
 
 def load_documents(cfg: DataConfig) -> list[str]:
-    """The non-empty documents of `cfg.corpus` in a deterministic order, at most max_documents."""
-    if cfg.corpus == "pydocs":
-        docs = _pydocs_documents()
-    elif cfg.corpus == "synthetic":
-        docs = synthetic_documents(cfg.synthetic)
-    elif cfg.corpus == "hmm":
-        docs = hmm_documents(cfg.hmm)
-    else:
-        docs = _dataset_documents(cfg)
-    return [d for d in docs if d][: cfg.max_documents]
-
-
-def _pydocs_documents() -> list[str]:
-    """One document per .rst.txt source of the Python docs (markup-only lines removed)."""
-    root = Path(os.environ.get("HDLM_PYDOCS_DIR", PYDOCS_DIR))
-    files = sorted(root.rglob("*.rst.txt"))
-    if files:
-        return [_strip_rst_markup(f.read_text(encoding="utf-8")) for f in files]
-    print(
-        f"hdlm: warning: {root} has no Python docs, so corpus pydocs is the small fallback "
-        "pydoc_data.topics (~0.5 MB); for the full corpus (~12 MB): apt-get install python3.11-doc",
-        file=sys.stderr,
-    )
-    from pydoc_data.topics import topics
-
-    return [topics[name] for name in sorted(topics)]
-
-
-def _strip_rst_markup(text: str) -> str:
-    kept, block_indent = [], None
-    for line in text.splitlines():
-        indent = len(line) - len(line.lstrip())
-        if block_indent is not None and (not line.strip() or indent > block_indent):
-            continue  # inside a dropped block
-        block_indent = None
-        if _RST_BLOCK.match(line.lstrip()):
-            block_indent = indent
-        elif not _RST_LINE.fullmatch(line):
-            kept.append(line)
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
-
-
-def _dataset_documents(cfg: DataConfig) -> list[str]:
-    """A local .txt/.md/.json/.jsonl file or folder, else a Hugging Face dataset name."""
-    path = Path(cfg.corpus).expanduser()
-    if path.exists():
-        return _local_documents(path, cfg)
-    if looks_like_path(cfg.corpus):
-        raise DataError(
-            f"corpus path {cfg.corpus} not found; give an existing file or folder "
-            "(.txt/.md/.json/.jsonl), or data.corpus=pydocs or synthetic"
-        )
-    docs = []
-    for split in hub_dataset(cfg).values():  # the dataset's own split order
-        remaining = None if cfg.max_documents is None else cfg.max_documents - len(docs)
-        docs += text_column(split, cfg)[:remaining]  # the column is lazy: reads `remaining` rows
-    return docs
-
-
-def hub_dataset(cfg: DataConfig, split: str | None = None):
-    """`datasets.load_dataset(cfg.corpus, cfg.hf_subset, split=split)`: all splits (a
-    DatasetDict) or the one named; a DataError that names the problem when it fails."""
-    import datasets
-
-    try:
-        return datasets.load_dataset(cfg.corpus, cfg.hf_subset, split=split)
-    except Exception as e:
-        reason = next(iter(str(e).splitlines()), type(e).__name__)
-        which = f"split '{split}' of corpus" if split else "corpus"
-        raise DataError(
-            f"could not load {which} '{cfg.corpus}' from the Hugging Face hub ({reason}); check "
-            "the name, data.hf_subset, --split and the connection, or use data.corpus=pydocs, "
-            "synthetic or a local path"
-        ) from e
-
-
-def _local_documents(path: Path, cfg: DataConfig) -> list[str]:
-    """Each .txt/.md file is one document, each .json/.jsonl record one (in data.text_field).
-    A file named explicitly is one text document whatever its suffix (WikiText's
-    `wiki.test.raw`) unless it is .json/.jsonl."""
-    import datasets
-
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    named = path.is_file() and not path.name.endswith(JSON_SUFFIXES)
-    text_files = [str(f) for f in files if named or f.name.endswith(TEXT_SUFFIXES)]
-    json_files = [str(f) for f in files if f.name.endswith(JSON_SUFFIXES)]
-    if not text_files + json_files:
-        raise DataError(f"corpus path {cfg.corpus} holds no .txt/.md/.json/.jsonl file; add some")
-    docs = []
-    if text_files:
-        text = datasets.load_dataset("text", data_files=text_files, sample_by="document")
-        docs += text["train"]["text"]
-    if json_files:
-        docs += text_column(datasets.load_dataset("json", data_files=json_files)["train"], cfg)
-    return docs
-
-
-def looks_like_path(corpus: str) -> bool:
-    """Hub names are `name` or `owner/name`; a leading / . ~, more slashes or a suffix: a path."""
-    return (
-        corpus.startswith(("/", ".", "~"))
-        or corpus.count("/") > 1
-        or corpus.endswith(TEXT_SUFFIXES + JSON_SUFFIXES)
-    )
-
-
-def text_column(dataset, cfg: DataConfig) -> Sequence[str]:
-    if cfg.text_field not in dataset.column_names:
-        raise DataError(
-            f"corpus '{cfg.corpus}' has no column data.text_field='{cfg.text_field}'; "
-            f"set data.text_field to one of: {', '.join(dataset.column_names)}"
-        )
-    return dataset[cfg.text_field]
-
-
-def split_documents(
-    docs: Sequence[str], val_fraction: float, test_fraction: float
-) -> dict[str, list[str]]:
-    """Assign each document by u = blake2b(text) / 2^64, uniform in [0, 1):
-
-    validation if u < val_fraction, test if u < val_fraction + test_fraction, else train.
-    The assignment depends on the text alone, so reordering or adding documents moves nothing.
-    Exception: with >= 3 documents, a held-out split with a positive fraction that hashing left
-    empty takes the document whose u lies nearest to its interval, from a split holding several.
-    Documents keep their input order within each split.
-    """
-    bounds = {
-        "validation": (0.0, val_fraction),
-        "test": (val_fraction, val_fraction + test_fraction),
-        "train": (val_fraction + test_fraction, 1.0),
-    }
-    hashes = [_unit_hash(d) for d in docs]
-    owner = [next(s for s, (lo, hi) in bounds.items() if lo <= u < hi) for u in hashes]
-    for split, fraction in (("validation", val_fraction), ("test", test_fraction)):
-        if fraction > 0 and len(docs) >= 3 and split not in owner:
-            lo, hi = bounds[split]
-            sizes = Counter(owner)
-            movable = [i for i, s in enumerate(owner) if sizes[s] > 1]
-            nearest = min(movable, key=lambda i: (max(lo - hashes[i], hashes[i] - hi), hashes[i]))
-            owner[nearest] = split
-    return {split: [d for d, s in zip(docs, owner, strict=True) if s == split] for split in bounds}
-
-
-def _unit_hash(text: str) -> float:
-    return int(_digest(text), 16) / 2**64
-
-
-def _digest(*parts: str) -> str:
-    """16 hex digits of blake2b over the length-prefixed parts."""
-    h = hashlib.blake2b(digest_size=8)
-    for part in parts:
-        data = part.encode()
-        h.update(len(data).to_bytes(8, "little") + data)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- synthetic
-
-
-class SyntheticMarkov:
-    """A Markov chain over `n_states` symbols; row i of the transition matrix P is drawn from a
-    symmetric Dirichlet(concentration) (small concentration: peaked rows, low entropy)."""
-
-    def __init__(self, n_states: int, concentration: float, seed: int):
-        if not 1 <= n_states <= MAX_SYMBOLS:
-            raise DataError(f"data.synthetic.n_states={n_states} must lie in [1, {MAX_SYMBOLS}]")
-        if concentration <= 0:
-            raise DataError(f"data.synthetic.concentration={concentration} must be positive")
-        alpha = np.full(n_states, concentration)
-        self.transition = np.random.default_rng(seed).dirichlet(alpha, size=n_states)
-
-    def stationary(self) -> np.ndarray:
-        """The distribution π with π P = π and Σ_i π_i = 1."""
-        n = len(self.transition)
-        system = np.vstack([self.transition.T - np.eye(n), np.ones(n)])
-        pi = np.linalg.lstsq(system, np.append(np.zeros(n), 1.0), rcond=None)[0].clip(min=0)
-        return pi / pi.sum()
-
-    def entropy_rate(self) -> float:
-        """H = -Σ_i π_i Σ_j P_ij log P_ij, in nats per symbol."""
-        return float(self.stationary() @ _entropy(self.transition))
-
-    def sequence_entropy(self, n: int) -> float:
-        """Entropy in nats of X_1..X_n with X_1 ~ π: H(π) + (n - 1) H."""
-        return float(_entropy(self.stationary()) + (n - 1) * self.entropy_rate())
-
-    def sample(self, n_docs: int, doc_len: int, seed: int) -> np.ndarray:
-        """States [n_docs, doc_len], each row started from π, drawn by inverse-CDF sampling."""
-        rng = np.random.default_rng(seed)
-        uniforms = rng.random((n_docs, doc_len))
-        cdf = np.cumsum(self.transition, axis=1)
-        states = np.empty((n_docs, doc_len), dtype=np.int64)
-        states[:, 0] = _inverse_cdf(np.cumsum(self.stationary())[None], uniforms[:, 0])
-        for t in range(1, doc_len):
-            states[:, t] = _inverse_cdf(cdf[states[:, t - 1]], uniforms[:, t])
-        return states
-
-
-def _entropy(p: np.ndarray) -> np.ndarray:
-    """-Σ_j p_j log p_j along the last axis, with 0 log 0 = 0."""
-    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
-
-
-def _inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Per row, the first index k with u < cdf[k] (clamped against rounding of cdf[-1])."""
-    return np.minimum((cdf <= u[:, None]).sum(-1), cdf.shape[-1] - 1)
-
-
-def synthetic_alphabet(n_states: int) -> str:
-    """Symbol k is the printable character chr(0x4E00 + k), one token under kind=char."""
-    return "".join(chr(SYMBOLS_START + k) for k in range(n_states))
-
-
-def synthetic_documents(cfg: SyntheticConfig) -> list[str]:
-    """`n_docs` strings of `doc_len` symbols sampled from the seeded Markov chain."""
-    markov = SyntheticMarkov(cfg.n_states, cfg.concentration, cfg.seed)
-    states = markov.sample(cfg.n_docs, cfg.doc_len, seed=cfg.seed + 1)  # seed drew P itself
-    symbols = np.array(list(synthetic_alphabet(cfg.n_states)))
-    return ["".join(row) for row in symbols[states]]
-
-
-def hmm_documents(cfg) -> list[str]:
-    """`n_docs` strings of `doc_len` symbols drawn from the seeded hidden Markov source."""
-    source = HiddenMarkov.random(cfg.n_hidden, cfg.n_symbols, cfg.stay, cfg.concentration, cfg.seed)
-    symbols = np.array(list(synthetic_alphabet(cfg.n_symbols)))
-    return ["".join(row) for row in symbols[source.sample(cfg.n_docs, cfg.doc_len, cfg.seed + 1)]]
-
-
-SYNTHETIC_CORPORA = ("synthetic", "hmm")  # corpora whose source is known (`corpus_source`)
+    """All the non-empty documents of `cfg.corpus` in memory (small corpora, tests, tasks);
+    training reads them through a token store instead."""
+    return list(iter_documents(cfg))
 
 
 def corpus_source(cfg: DataConfig) -> tuple[HiddenMarkov, int]:
     """The source of a synthetic corpus and its documents' length in symbols: the Markov chain
     of `synthetic` (an HMM whose hidden state is the symbol), or the HMM of `hmm`."""
     if cfg.corpus == "synthetic":
-        s = cfg.synthetic
-        chain = SyntheticMarkov(s.n_states, s.concentration, s.seed)
-        return HiddenMarkov(chain.transition, np.eye(s.n_states)), s.doc_len
+        return markov_chain(cfg.synthetic).as_hidden_markov(), cfg.synthetic.doc_len
     if cfg.corpus == "hmm":
         h = cfg.hmm
         source = HiddenMarkov.random(h.n_hidden, h.n_symbols, h.stay, h.concentration, h.seed)
@@ -306,35 +68,6 @@ def packed_stream(cfg: DataConfig) -> PackedStream:
     return PackedStream(source, doc_len, cfg.seq_len - 1)
 
 
-# ----------------------------------------------------------------------------- tokens
-
-
-def tokenize_split(
-    docs: Sequence[str], tokenizer: Tokenizer, cache_dir: str | Path, key: str
-) -> np.ndarray:
-    """The stream doc0 EOS doc1 EOS ..., cached in {cache_dir}/{key}.npy.
-
-    `key` must identify the documents and the tokenizer. uint16 when every id fits, else int32.
-    """
-    path = Path(cache_dir).expanduser() / f"{key}.npy"
-    if path.exists():
-        return np.load(path)
-    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
-    eos, pieces = [tokenizer.eos_id], [np.empty(0, dtype)]
-    for start in tqdm(
-        range(0, len(docs), TOKENIZE_CHUNK),
-        desc=f"tokenizing {key}",
-        unit="chunk",
-        disable=len(docs) <= TOKENIZE_CHUNK,
-    ):
-        encoded = tokenizer.encode_batch(list(docs[start : start + TOKENIZE_CHUNK]))
-        pieces.append(np.fromiter(chain.from_iterable(ids + eos for ids in encoded), dtype))
-    stream = np.concatenate(pieces)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, stream)
-    return stream
-
-
 def pack_blocks(stream: np.ndarray, seq_len: int, bos_id: int) -> torch.Tensor:
     """Blocks [n, seq_len] with n = len(stream) // (seq_len - 1): block i is BOS followed by
     stream[i (seq_len-1) : (i+1) (seq_len-1)]. The tail shorter than seq_len - 1 is dropped."""
@@ -347,17 +80,27 @@ def pack_blocks(stream: np.ndarray, seq_len: int, bos_id: int) -> torch.Tensor:
     return blocks
 
 
+# ----------------------------------------------------------------------------- the store
+
+
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    blocks: dict[str, torch.Tensor]  # train / validation / test -> LongTensor [n, seq_len]
+    blocks: dict[str, StoreBlocks]  # train / validation / test -> blocks [n, seq_len], on disk
     entropy_floor: float | None  # synthetic corpus: lower bound on NLL, nats per token
+    store: TokenStore
 
 
-def prepare_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> PreparedData:
-    """Load, split, tokenize (cached) and pack the corpus of `cfg`.
+def prepare_data(
+    cfg: DataConfig,
+    tokenizer: Tokenizer | None = None,
+    progress: bool = True,
+    may_prepare: bool = True,
+) -> PreparedData:
+    """The blocks of each split of `cfg`'s corpus, read from its token store (`open_store`).
 
-    Without `tokenizer`, kinds bpe and char are trained on the train split (and cached).
+    Without `tokenizer`, kinds bpe and char are trained on a sample of the train split (and
+    cached); with it, the store must hold that tokenizer's ids.
 
     entropy_floor (synthetic corpus only): the entropy per token of the validation stream (train
     if there is no validation split), n_docs H(X_1..X_doc_len) / n_tokens; with kind=char that
@@ -367,57 +110,134 @@ def prepare_data(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepare
     slightly higher: a block's first token lacks its predecessor, and a model that has not seen
     its document's start cannot know exactly where the EOS falls.
     """
-    docs = load_documents(cfg)
-    splits = split_documents(docs, cfg.val_fraction, cfg.test_fraction)
-    cache_dir = Path(cfg.cache_dir).expanduser()
-    corpus = re.sub(r"[^\w.-]+", "_", cfg.corpus).strip("_")[-48:]
-    if tokenizer is None:
-        tokenizer = _corpus_tokenizer(cfg, splits["train"], cache_dir, corpus)
-    train = max(0.0, round(1.0 - cfg.val_fraction - cfg.test_fraction, 9))  # 0: eval only
-    fractions = {"train": train, "validation": cfg.val_fraction, "test": cfg.test_fraction}
-    streams, blocks = {}, {}
-    for split, split_docs in splits.items():
-        key = f"{corpus}-{split}-{_digest(tokenizer.fingerprint, *split_docs)}"
-        streams[split] = tokenize_split(split_docs, tokenizer, cache_dir, key)
-        blocks[split] = pack_blocks(streams[split], cfg.seq_len, tokenizer.bos_id)
+    store = open_store(cfg, tokenizer, progress, may_prepare)
+    tokenizer = tokenizer or store.tokenizer
+    blocks = {s: store.blocks(s, cfg.seq_len, tokenizer.bos_id) for s in SPLITS}
+    fractions = store.index["fractions"]
+    fractions["train"] = max(0.0, round(1.0 - sum(fractions.values()), 9))  # 0: eval only
+    for split in SPLITS:
         if fractions[split] > 0 and len(blocks[split]) == 0:
             raise DataError(
-                f"the {split} split of corpus '{cfg.corpus}' has {len(streams[split])} tokens, "
+                f"the {split} split of corpus '{cfg.corpus}' has {store.tokens(split)} tokens, "
                 f"less than one block of data.seq_len={cfg.seq_len}; "
                 "lower data.seq_len or add documents"
             )
-    entropy_floor = None
+    return PreparedData(tokenizer, blocks, _entropy_floor(cfg, store), store)
+
+
+def _entropy_floor(cfg: DataConfig, store: TokenStore) -> float | None:
+    if cfg.corpus not in SYNTHETIC_CORPORA or cfg.store is not None:
+        return None
+    split = "validation" if store.documents("validation") else "train"
     if cfg.corpus == "synthetic":
         s = cfg.synthetic
-        split = "validation" if splits["validation"] else "train"
-        markov = SyntheticMarkov(s.n_states, s.concentration, s.seed)
-        entropy_floor = (
-            len(splits[split]) * markov.sequence_entropy(s.doc_len) / len(streams[split])
-        )
-    elif cfg.corpus == "hmm":  # H(document) by Monte Carlo (standard error ~0.1%)
-        split = "validation" if splits["validation"] else "train"
+        doc_entropy = markov_chain(s).sequence_entropy(s.doc_len)
+    else:  # H(document) by Monte Carlo (standard error ~0.1%)
         source, doc_len = corpus_source(cfg)
-        doc_entropy = -source.log_likelihood(source.sample(1024, doc_len, cfg.hmm.seed + 2)).mean()
-        entropy_floor = len(splits[split]) * float(doc_entropy) / len(streams[split])
-    return PreparedData(tokenizer, blocks, entropy_floor)
+        doc_entropy = float(
+            -source.log_likelihood(source.sample(1024, doc_len, cfg.hmm.seed + 2)).mean()
+        )
+    return store.documents(split) * doc_entropy / store.tokens(split)
 
 
-def _corpus_tokenizer(
-    cfg: DataConfig, train_docs: list[str], cache_dir: Path, corpus: str
-) -> Tokenizer:
-    """build_tokenizer(cfg.tokenizer); trained kinds are cached by tokenizer config and texts."""
+def open_store(
+    cfg: DataConfig,
+    tokenizer: Tokenizer | None = None,
+    progress: bool = True,
+    may_prepare: bool = True,
+    workers: int | None = None,
+    out: str | Path | None = None,
+) -> TokenStore:
+    """The token store of `cfg`: `data.store` when set, else the store of the corpus, its
+    settings and the tokenizer at `out` or in `data.cache_dir/stores`, prepared first when
+    missing (only where `may_prepare`: other ranks of a distributed run wait for rank 0's)."""
+    if cfg.store is not None and out is None:
+        store = TokenStore(cfg.store)
+        if tokenizer is not None:
+            store.check_tokenizer(tokenizer)
+        _check_fractions(cfg, store)
+        return store
+    tokenizer = tokenizer or corpus_tokenizer(cfg, may_prepare)
+    settings = store_settings(cfg)
+    path = Path(out).expanduser() if out is not None else store_path(cfg, settings, tokenizer)
+    if not may_prepare:
+        if not (path / "store.json").is_file():
+            raise DataError(
+                f"no token store at {path} on this node; without a file system shared with "
+                "rank 0, run `hdlm data prepare` on every node first (or put data.cache_dir on "
+                "shared storage)"
+            )
+        return TokenStore(path)
+    documents = iter_documents(cfg)
+    workers = workers or cfg.workers or min(os.cpu_count() or 1, 8)
+    return prepare_store(documents, settings, tokenizer, path, workers, progress)
+
+
+def _check_fractions(cfg: DataConfig, store: TokenStore) -> None:
+    made = store.index["fractions"]
+    asked = {"validation": cfg.val_fraction, "test": cfg.test_fraction}
+    defaults = {"validation": DataConfig.val_fraction, "test": DataConfig.test_fraction}
+    if asked not in (made, defaults):
+        raise DataError(
+            f"data.store={cfg.store} was split with val/test fractions {made['validation']} / "
+            f"{made['test']}, not {cfg.val_fraction} / {cfg.test_fraction}; drop those settings "
+            "or prepare a store with them"
+        )
+
+
+def store_settings(cfg: DataConfig) -> StoreSettings:
+    return StoreSettings(describe_source(cfg), cfg.val_fraction, cfg.test_fraction,
+                         cfg.shard_chars, cfg.max_tokens)  # fmt: skip
+
+
+def corpus_slug(corpus: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", corpus).strip("_")[-48:]
+
+
+def store_path(cfg: DataConfig, settings: StoreSettings, tokenizer: Tokenizer) -> Path:
+    """Where the store of these settings and tokenizer lives in the cache."""
+    key = digest(json.dumps(settings.as_dict(tokenizer), sort_keys=True))
+    return Path(cfg.cache_dir).expanduser() / "stores" / f"{corpus_slug(cfg.corpus)}-{key}"
+
+
+def corpus_tokenizer(cfg: DataConfig, may_train: bool = True) -> Tokenizer:
+    """build_tokenizer(cfg.tokenizer); kinds bpe and char are trained on the first
+    `tokenizer.train_chars` characters of the train split's documents, and cached by
+    tokenizer config and texts."""
     tcfg = cfg.tokenizer
     if tcfg.path is not None or tcfg.kind == "gpt2":
         return build_tokenizer(tcfg)
-    texts = list(train_docs)
+    texts = tokenizer_sample(cfg)
     if cfg.corpus in SYNTHETIC_CORPORA:  # every symbol gets a token, even one train lacks
         texts.append(synthetic_alphabet(corpus_source(cfg)[0].n_symbols))
-    directory = cache_dir / f"{corpus}-tokenizer-{_digest(repr(tcfg), *texts)}"
-    if (directory / "tokenizer.json").exists():
+    cache = Path(cfg.cache_dir).expanduser()
+    directory = cache / f"{corpus_slug(cfg.corpus)}-tokenizer-{digest(repr(tcfg), *texts)}"
+    if (directory / "tokenizer.json").exists() or not may_train:
         return Tokenizer.load(directory)
+    print(f"hdlm: training a {tcfg.kind} tokenizer on {sum(map(len, texts)):,} characters of "
+          f"{len(texts):,} train documents (at most data.tokenizer.train_chars="
+          f"{tcfg.train_chars:,})", file=sys.stderr)  # fmt: skip
     tokenizer = build_tokenizer(tcfg, texts)
     tokenizer.save(directory)
     return tokenizer
+
+
+def tokenizer_sample(cfg: DataConfig) -> list[str]:
+    """The train split's documents in order until they hold `tokenizer.train_chars` characters
+    (all of them when the corpus is smaller: then split exactly as the store splits it)."""
+    read, size = [], 0
+    for doc in iter_documents(cfg):
+        read.append(doc)
+        if _split_of(doc, cfg) == TRAIN:
+            size += len(doc)
+            if size >= cfg.tokenizer.train_chars:
+                return [d for d in read if _split_of(d, cfg) == TRAIN]
+    return split_documents(read, cfg.val_fraction, cfg.test_fraction)["train"]
+
+
+def _split_of(doc: str, cfg: DataConfig) -> int:
+    hashes = np.array([content_hash(doc)], np.uint64)
+    return int(assign_splits(hashes, cfg.val_fraction, cfg.test_fraction)[0])
 
 
 # ----------------------------------------------------------------------------- batches
@@ -426,13 +246,15 @@ def _corpus_tokenizer(
 class Batches:
     """Seeded shuffled batches of blocks, such that `batch(step)` depends only on (seed, step).
 
-    Epoch e visits the blocks in the order torch.randperm(num_blocks) drawn from a generator
-    seeded with hash(seed, e); the epochs are concatenated and batch k is positions
-    k*batch_size ... (k+1)*batch_size - 1 of that sequence (spanning epochs when needed), so a
-    resumed run sees exactly the batches it would have seen.
+    Epoch e visits the blocks in the order of a pseudo-random permutation of 0..n-1 keyed by
+    hash(seed, e) (`block_order`: computed per position, so no memory grows with n); the epochs
+    are concatenated and batch k is positions k*batch_size ... (k+1)*batch_size - 1 of that
+    sequence (spanning epochs when needed), so a resumed run sees exactly the batches it would
+    have seen. `batch(step, rank, world)` is the rank-th of `world` contiguous equal parts of
+    that batch: each rank of a distributed run reads only its own blocks.
     """
 
-    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int):
+    def __init__(self, blocks, batch_size: int, seed: int):
         if len(blocks) == 0 or batch_size < 1:
             raise DataError(f"cannot batch {len(blocks)} blocks by {batch_size}; need both >= 1")
         self.blocks, self.batch_size, self.seed = blocks, batch_size, seed
@@ -441,14 +263,54 @@ class Batches:
     def num_blocks(self) -> int:
         return len(self.blocks)
 
-    def batch(self, step: int) -> torch.Tensor:
-        """Blocks [batch_size, seq_len] of step `step`."""
-        n = self.num_blocks
-        start = step * self.batch_size
-        first, last = start // n, (start + self.batch_size - 1) // n
-        order = torch.cat([_epoch_order(n, self.seed, e) for e in range(first, last + 1)])
-        offset = start - first * n
-        return self.blocks[order[offset : offset + self.batch_size]]
+    def indices(self, step: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """The block indices of this rank's part of batch `step`."""
+        share = self.batch_size // world
+        start = step * self.batch_size + rank * share
+        positions = np.arange(start, start + share, dtype=np.int64)
+        epochs, offsets = np.divmod(positions, self.num_blocks)
+        order = np.empty_like(offsets)
+        for epoch in np.unique(epochs):
+            inside = epochs == epoch
+            order[inside] = block_order(offsets[inside], self.num_blocks, self.seed, int(epoch))
+        return order
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """Blocks [batch_size // world, seq_len]: this rank's part of batch `step`."""
+        return self.blocks[torch.from_numpy(self.indices(step, rank, world))]
+
+
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijective scrambling of 64-bit words."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX[0]
+    z = (z ^ (z >> np.uint64(27))) * _MIX[1]
+    return z ^ (z >> np.uint64(31))
+
+
+def block_order(positions: np.ndarray, n: int, seed: int, epoch: int) -> np.ndarray:
+    """π(positions) for a pseudo-random permutation π of 0..n-1 keyed by (seed, epoch): a
+    4-round Feistel network on 2h bits (4^h >= n), walked until it lands below n (cycle
+    walking keeps it a permutation of 0..n-1). O(len(positions)) time and memory."""
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    keys = [np.uint64(int(digest(str(seed), str(epoch), str(r)), 16)) for r in range(4)]
+
+    def permute(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(half), x & mask
+        for k in keys:
+            left, right = right, left ^ (_mix(right ^ k) & mask)
+        return (left << np.uint64(half)) | right
+
+    with np.errstate(over="ignore"):
+        x = permute(np.asarray(positions, dtype=np.uint64))
+        outside = x >= n
+        while outside.any():
+            x[outside] = permute(x[outside])
+            outside = x >= n
+    return x.astype(np.int64)
 
 
 class Prefetcher:
@@ -476,9 +338,3 @@ class Prefetcher:
         self.pending = {k: f for k, f in self.pending.items() if k > i}
         self.schedule(i + 1)
         return future.result() if future is not None else self.load(i)
-
-
-@lru_cache(maxsize=4)
-def _epoch_order(n_blocks: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(int(_digest(str(seed), str(epoch)), 16))
-    return torch.randperm(n_blocks, generator=generator)

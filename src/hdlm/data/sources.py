@@ -40,6 +40,64 @@ def draw(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum((cdf <= u[:, None]).sum(-1), cdf.shape[-1] - 1)
 
 
+SYMBOLS_START, MAX_SYMBOLS = 0x4E00, 20992  # synthetic symbols: the CJK Unified Ideographs
+
+
+def synthetic_alphabet(n_symbols: int) -> str:
+    """Symbol k is the printable character chr(0x4E00 + k), one token under kind=char."""
+    return "".join(chr(SYMBOLS_START + k) for k in range(n_symbols))
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """-Σ_j p_j log p_j along the last axis, with 0 log 0 = 0."""
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+
+
+class SyntheticMarkov:
+    """A Markov chain over `n_states` symbols (the `synthetic` corpus): row i of the transition
+    matrix P is drawn from a symmetric Dirichlet(concentration) (small: peaked rows, low
+    entropy). As a source it is `HiddenMarkov(P, I)` (`as_hidden_markov`); it keeps its own
+    sampler, whose draws define the corpus' documents, and its exact entropies."""
+
+    def __init__(self, n_states: int, concentration: float, seed: int):
+        if not 1 <= n_states <= MAX_SYMBOLS:
+            raise DataError(f"data.synthetic.n_states={n_states} must lie in [1, {MAX_SYMBOLS}]")
+        if concentration <= 0:
+            raise DataError(f"data.synthetic.concentration={concentration} must be positive")
+        alpha = np.full(n_states, concentration)
+        self.transition = np.random.default_rng(seed).dirichlet(alpha, size=n_states)
+
+    def stationary(self) -> np.ndarray:
+        return stationary(self.transition)
+
+    def as_hidden_markov(self) -> HiddenMarkov:
+        return HiddenMarkov(self.transition, np.eye(len(self.transition)))
+
+    def entropy_rate(self) -> float:
+        """H = -Σ_i π_i Σ_j P_ij log P_ij, in nats per symbol."""
+        return float(self.stationary() @ entropy(self.transition))
+
+    def sequence_entropy(self, n: int) -> float:
+        """Entropy in nats of X_1..X_n with X_1 ~ π: H(π) + (n - 1) H."""
+        return float(entropy(self.stationary()) + (n - 1) * self.entropy_rate())
+
+    def sample(self, n_docs: int, doc_len: int, seed: int) -> np.ndarray:
+        """States [n_docs, doc_len], each row started from π, drawn by inverse-CDF sampling."""
+        rng = np.random.default_rng(seed)
+        uniforms = rng.random((n_docs, doc_len))
+        cdf = np.cumsum(self.transition, axis=1)
+        states = np.empty((n_docs, doc_len), dtype=np.int64)
+        states[:, 0] = draw(np.cumsum(self.stationary())[None], uniforms[:, 0])
+        for t in range(1, doc_len):
+            states[:, t] = draw(cdf[states[:, t - 1]], uniforms[:, t])
+        return states
+
+
+def markov_chain(cfg) -> SyntheticMarkov:
+    """The chain of a `SyntheticConfig` (data.synthetic)."""
+    return SyntheticMarkov(cfg.n_states, cfg.concentration, cfg.seed)
+
+
 @dataclass(frozen=True)
 class HiddenMarkov:
     """x_k ~ emission[h_k], h_{k+1} ~ transition[h_k], h_1 ~ initial (the stationary law)."""

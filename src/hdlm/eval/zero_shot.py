@@ -18,13 +18,15 @@ of the noise level per window (default `diffusion.eval_steps`; HDLM's official e
 from __future__ import annotations
 
 import math
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hdlm.config import DataConfig
-from hdlm.data import hub_dataset, load_documents, looks_like_path, pack_blocks, text_column
+from hdlm.data import load_documents, looks_like_path, pack_blocks
+from hdlm.data.readers import hub_dataset, hub_texts
 from hdlm.errors import DataError, HdlmError
 from hdlm.eval.scoring import conditional_support, is_exact, score_requests
 
@@ -48,8 +50,8 @@ def read_documents(cfg: DataConfig, split: str | None = None) -> list[str]:
             )
         docs = load_documents(cfg)
     else:
-        docs = [d for d in text_column(hub_dataset(cfg, split or "test"), cfg) if d]
-        docs = docs[: cfg.max_documents]
+        split_data = hub_dataset(cfg, split or "test", streaming=True)
+        docs = list(islice((d for d in hub_texts(split_data, cfg) if d), cfg.max_documents))
     if not docs:
         raise DataError(f"'{cfg.corpus}' holds no non-empty document to score")
     return docs
