@@ -3,8 +3,8 @@ import | plot.
 
 Every option is checked here, at the edge, the same way for every command: numbers by range
 (`argparse` types below), sampling options against the loaded model's sampler (the sampler
-registry, `hdlm.sampling.registry`), devices against the machine. Every user mistake surfaces as one line `hdlm: error: ...` and exit
-code 2; `python -m hdlm` is the same command.
+registry, `hdlm.sampling.registry`), devices against the machine. Every user mistake surfaces
+as one line `hdlm: error: ...` and exit code 2; `python -m hdlm` is the same command.
 """
 
 from __future__ import annotations
