@@ -16,6 +16,15 @@ import sys
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
 
 from hdlm.errors import ConfigError
 
@@ -109,8 +118,6 @@ def wrap(step: LossModule, parallel: str) -> nn.Module:
     if parallel == "ddp":
         device_ids = [step.net.embed.weight.device] if torch.cuda.is_available() else None
         return nn.parallel.DistributedDataParallel(step, device_ids=device_ids)
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
     for block in step.net.blocks:
         fully_shard(block)
     fully_shard(step.net)
@@ -127,8 +134,6 @@ def no_sync(step: nn.Module, last_micro_step: bool):
 
 
 def _full_options():
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -136,8 +141,6 @@ def model_state(net: nn.Module) -> dict[str, Tensor]:
     """The whole state dict (gathered onto rank 0 under FSDP; other ranks get an empty one)."""
     if not dist.is_initialized():
         return net.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
     return get_model_state_dict(net, options=_full_options())
 
 
@@ -146,31 +149,23 @@ def load_model_state(net: nn.Module, weights: dict[str, Tensor], strict: bool = 
     if not dist.is_initialized():
         net.load_state_dict(weights, strict=strict)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
     options = StateDictOptions(full_state_dict=True, strict=strict)
     set_model_state_dict(net, weights, options=options)
 
 
 def optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Optimizer state keyed by parameter name, the same whatever the parallelism."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     options = _full_options() if dist.is_initialized() else StateDictOptions()
     return get_optimizer_state_dict(net, optimizer, options=options)
 
 
 def load_optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     options = StateDictOptions(full_state_dict=dist.is_initialized())
     set_optimizer_state_dict(net, optimizer, state, options=options)
 
 
 def full_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Whole tensors of a (possibly FSDP-sharded) state dict; a collective under FSDP."""
-    from torch.distributed.tensor import DTensor
-
     return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
 
 

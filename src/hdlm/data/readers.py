@@ -25,8 +25,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import numpy as np
+import zstandard
 
 from hdlm.config import DataConfig
 from hdlm.data.sources import HiddenMarkov, markov_chain, synthetic_alphabet
@@ -108,8 +110,6 @@ def pydocs_documents() -> Iterator[str]:
         "pydoc_data.topics (~0.5 MB); for the full corpus (~12 MB): apt-get install python3.11-doc",
         file=sys.stderr,
     )
-    from pydoc_data.topics import topics  # a stdlib data module of ~0.5 MB: only when needed
-
     return (topics[name] for name in sorted(topics))
 
 
@@ -188,8 +188,6 @@ def _opened(file: Path):
         if file.name.endswith(".gz"):
             f = gzip.open(file, "rt", encoding="utf-8")  # noqa: SIM115 (closed below)
         elif file.name.endswith(".zst"):
-            import zstandard  # only for .zst corpora
-
             f = io.TextIOWrapper(zstandard.open(file, "rb"), encoding="utf-8")
         else:
             f = open(file, encoding="utf-8")  # noqa: SIM115 (closed below)
