@@ -80,6 +80,9 @@ class ModelConfig:
     input_mix_gamma: float = 0.0  # HDLM-γ input: w E[x_i] + (1 - w) E[MASK], w = e^{-γ σ(t_i)}
     mlp_bias: bool | None = None  # None: as `bias`
     head_bias: bool = False
+    # attention kernel for passes with a mask: sdpa (dense mask), flex (FlexAttention with a block
+    # mask that skips fully masked tiles; no dropout), auto (flex on CUDA, sdpa elsewhere)
+    attention: Literal["auto", "sdpa", "flex"] = "auto"
 
 
 @dataclass
@@ -213,6 +216,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
+    # recompute each block's activations in the backward pass instead of storing them
+    activation_checkpointing: bool = False
     eval_every: int = 200
     eval_batches: int = 16
     log_every: int = 10
@@ -442,6 +447,9 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.norm_eps={m.norm_eps} must be positive (or null: the default)")
     if m.rope_theta <= 0:
         raise ConfigError(f"model.rope_theta={m.rope_theta} must be positive")
+    if m.attention == "flex" and m.dropout > 0:
+        raise ConfigError(f"model.attention=flex has no dropout (model.dropout={m.dropout}); "
+                          "set model.dropout=0 or model.attention=sdpa")  # fmt: skip
     r = m.rope_scaling
     if r is None:
         return

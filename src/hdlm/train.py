@@ -140,6 +140,7 @@ def setup(config: RunConfig, device: torch.device, resume: bool) -> Run:
     config = with_vocabulary(config, data.tokenizer)
     torch.manual_seed(config.seed)
     lm = LanguageModel(config, data.tokenizer).to(device)
+    lm.net.set_checkpointing(tc.activation_checkpointing)
     check_disk_space(config.out_path, lm.net.num_params(), tc.ema > 0, tc.keep_last)
     loss_module = distributed.LossModule(lm.net, lm.objective)
     model_step = distributed.wrap(loss_module, tc.parallel)

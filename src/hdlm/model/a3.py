@@ -69,6 +69,7 @@ class A3Transformer(Transformer):
         x = torch.cat((self.embed_at(content_tokens, content_positions), queries), dim=1)
         x = self.drop(x)
         mask = attn_mask[:, None] if attn_mask is not None else None  # None: all visible
+        mask = self.kernel_mask(mask, x.shape[1])
         for layer, block in enumerate(self.blocks):  # through each block's forward (FSDP hooks)
             x = block(x, cos, sin, mask, False, cache, layer, kv_rows=n_content)
         if cache is not None and commit:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
+from torch.utils.checkpoint import checkpoint
 
 from hdlm.config import ModelConfig, RopeScaling
 from hdlm.errors import HdlmError
-from hdlm.model import conditioning
+from hdlm.model import conditioning, flex
 
 
 def head_dim(config: ModelConfig) -> int:
@@ -116,8 +118,9 @@ MATERIALISED_SCORES = 2**26  # B·H·Lq·Lk up to which bf16 attention on CPU us
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask, causal: bool, dropout: float) -> Tensor:
-    """softmax(q kᵀ / √d + mask) v over [B, H, L, D]; a bool mask (True = may attend) or an
-    additive float mask, or `causal` (top-left aligned) when there is none.
+    """softmax(q kᵀ / √d + mask) v over [B, H, L, D]; a bool mask (True = may attend), an
+    additive float mask or a FlexAttention `BlockMask` (`flex.attend`), or `causal` (top-left
+    aligned) when there is none.
 
     SDPA, except in bf16 on CPU for square attention (as many queries as keys: training, full
     recomputation) of up to `MATERIALISED_SCORES` scores without dropout: there
@@ -125,6 +128,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask, causal: bool, dropout:
     kernel (which computes masked blocks too) at L = 255 and 511, at the price of storing the
     probabilities for the backward pass.
     """
+    if isinstance(attn_mask, BlockMask):
+        return flex.attend(q, k, v, attn_mask)
     batch, heads, length, _ = q.shape
     grouped = k.shape[1] != heads  # grouped-query attention: query head h reads k/v head h // g
     small = batch * heads * length * k.shape[2] <= MATERIALISED_SCORES
@@ -256,6 +261,10 @@ def mlp_layer(config: ModelConfig) -> nn.Sequential:
 
 
 class Block(nn.Module):
+    """One pre-norm residual block: attention, then the MLP (adaLN-modulated under `cond`)."""
+
+    checkpointed = False  # recompute activations in backward (`Transformer.set_checkpointing`)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.norm1, self.norm2 = norm_layer(config), norm_layer(config)
@@ -265,7 +274,15 @@ class Block(nn.Module):
         if config.adaln != "none":  # DDiT: shift/scale/gate of both sublayers from c
             self.modulation = conditioning.Modulation(config.cond_dim, config.d_model, 6)
 
-    def forward(self, x, cos, sin, attn_mask, causal, cache, layer, kv_rows=None, cond=None):
+    def forward(self, *args, **kwargs) -> Tensor:
+        """`compute(...)`; when `checkpointed`, in training, only the block's inputs are kept for
+        the backward pass, which recomputes its activations (same values: dropout's random state
+        is replayed). Module hooks (FSDP2's gathers) stay outside the recomputed part."""
+        if self.checkpointed and self.training and torch.is_grad_enabled():
+            return checkpoint(self.compute, *args, use_reentrant=False, **kwargs)
+        return self.compute(*args, **kwargs)
+
+    def compute(self, x, cos, sin, attn_mask, causal, cache, layer, kv_rows=None, cond=None):
         """Pre-norm residual block (adaLN-modulated with `cond`); `kv_rows` as in
         `Attention.forward`."""
         if cond is not None:
@@ -367,6 +384,25 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if embeddings else n - self.embed.weight.numel()
 
+    def set_checkpointing(self, on: bool) -> None:
+        """Activation checkpointing of every block (`train.activation_checkpointing`)."""
+        for block in self.blocks:
+            block.checkpointed = on
+
+    def kernel_mask(self, mask: Tensor | None, q_len: int) -> Tensor | BlockMask | None:
+        """`mask` as the attention kernel takes it: a FlexAttention `BlockMask` of a boolean mask
+        when `model.attention` picks flex on this device (`flex.use_flex`), else unchanged."""
+        dropout = self.config.dropout if self.training else 0.0
+        device = self.embed.weight.device
+        if mask is None or mask.dtype != torch.bool:
+            return mask
+        if not flex.use_flex(self.config.attention, device, dropout):
+            return mask
+        if device.type == "cpu" and torch.is_grad_enabled():
+            raise HdlmError("model.attention=flex has no backward pass on CPU (torch's "
+                            "FlexAttention); train on CPU with model.attention=auto or sdpa")  # fmt: skip
+        return flex.block_mask(mask, q_len)
+
     def new_cache(self, batch: int, device) -> KVCache:
         """An empty KV cache for `batch` sequences, in the network's dtype."""
         return KVCache.empty(self.config, batch, device, self.embed.weight.dtype)
@@ -433,6 +469,7 @@ class Transformer(nn.Module):
         if self.cond_embed is not None:
             cond = conditioning.with_batch_axes(self.cond_embed(noise_level), x)
         x = self.drop(x)
+        attn_mask = self.kernel_mask(attn_mask, length)
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, attn_mask, causal, cache, layer, cond=cond)
         if cache is not None and commit:
