@@ -37,13 +37,14 @@ def tiny_objective(family, vocab, mask_id, length, time_conditioning=False, **di
 TOKENIZER = build_tokenizer(TokenizerConfig(kind="char"), ["abcdefghijklmnopqrstuvwxyz"])
 
 
-def language_model(family, a3=None, **diffusion):
-    """A random 2-layer `LanguageModel` of `family` over lower-case letters, blocks of 25."""
+def language_model(family, a3=None, model=None, **diffusion):
+    """A random 2-layer `LanguageModel` of `family` over lower-case letters, blocks of 25
+    (`model`: other model settings)."""
     config = RunConfig(family=family)
     config.data.seq_len = 25
-    config.model = dataclasses.replace(
-        config.model, vocab_size=TOKENIZER.vocab_size, max_len=64, n_layers=2, n_heads=2, d_model=32
-    )
+    shape = {"vocab_size": TOKENIZER.vocab_size, "max_len": 64, "n_layers": 2, "n_heads": 2,
+             "d_model": 32}  # fmt: skip
+    config.model = dataclasses.replace(config.model, **shape | (model or {}))
     config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
     config.a3 = dataclasses.replace(config.a3, **(a3 or {}))
     config = complete(config)

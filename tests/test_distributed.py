@@ -76,27 +76,35 @@ def _rank(rank, port, overrides, family="ar"):
     train(load_config(CONFIGS[family][0], overrides), progress=False)
 
 
-def two_processes(tmp_path, parallel, family="ar"):
+def two_processes(tmp_path, parallel, family="ar", extra=()):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     multi = tmp_path / parallel
-    overrides = settings(tmp_path, multi, parallel, family)
+    overrides = [*settings(tmp_path, multi, parallel, family), *extra]
     # spawn, not fork: a fork copies whatever locks the test process's threads (progress bars,
     # prefetchers of earlier tests) hold, and a rank could hang on one
     mp.start_processes(_rank, (port, overrides, family), nprocs=2, start_method="spawn")
     return multi
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_equal_one_process(tmp_path, single, parallel):
-    assert_same_run(single, two_processes(tmp_path, parallel))
+CHECKPOINTING = ["train.activation_checkpointing=true"]
 
 
-def test_a3_under_fsdp_equals_one_process(tmp_path):
-    """The two-stream pass goes through FSDP's hooks: sharded A3 training is the same run."""
+@pytest.mark.parametrize(
+    ("parallel", "extra"), [("ddp", ()), ("fsdp", ()), ("ddp", CHECKPOINTING)],
+    ids=["ddp", "fsdp", "ddp-checkpointing"],
+)  # fmt: skip
+def test_two_processes_equal_one_process(tmp_path, single, parallel, extra):
+    assert_same_run(single, two_processes(tmp_path, parallel, extra=extra))
+
+
+@pytest.mark.parametrize("extra", [(), CHECKPOINTING], ids=["plain", "checkpointing"])
+def test_a3_under_fsdp_equals_one_process(tmp_path, extra):
+    """The two-stream pass goes through FSDP's hooks: sharded A3 training is the same run, with
+    each block's activations recomputed in the backward pass or not."""
     single = single_run(tmp_path / "single", "a3")
-    assert_same_run(single, two_processes(tmp_path, "fsdp", "a3"))
+    assert_same_run(single, two_processes(tmp_path, "fsdp", "a3", extra))
 
 
 def test_nproc_execs_torchrun_with_the_same_arguments(tmp_path, monkeypatch):
