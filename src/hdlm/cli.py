@@ -128,7 +128,7 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
 
 def _load(args: argparse.Namespace):
-    return load(args.checkpoint, device=pick_device(args.device, "--device"))
+    return load(args.checkpoint, pick_device(args.device, "--device"), args.precision)
 
 
 def _sampler_options(args: argparse.Namespace, temperature: float | None = None) -> dict:
@@ -322,6 +322,8 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="the weights' dtype, cast once at load (default fp32, the reference)")
 
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:

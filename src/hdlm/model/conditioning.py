@@ -59,7 +59,8 @@ class SigmaEmbedding(nn.Module):
     def forward(self, t: Tensor | None) -> Tensor:
         device = self.mlp[0].weight.device
         sigma = torch.zeros((), device=device) if t is None else self.sigma(t)
-        return F.silu(self.mlp(sinusoid(sigma, SINUSOID_FEATURES)))
+        features = sinusoid(sigma, SINUSOID_FEATURES).to(self.mlp[0].weight.dtype)
+        return F.silu(self.mlp(features))
 
 
 class Modulation(nn.Module):

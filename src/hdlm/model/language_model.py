@@ -14,6 +14,7 @@ from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import CheckpointError, ConfigError, HdlmError
 from hdlm.eval.scoring import score_choices
 from hdlm.families import Family, family
+from hdlm.hardware import DTYPES
 from hdlm.model import hf, official
 from hdlm.model.a3 import A3Transformer
 from hdlm.model.checkpoint import read_checkpoint, save_checkpoint
@@ -101,6 +102,14 @@ class LanguageModel(nn.Module):
         self.objective = build_objective(self.config, self.tokenizer.mask_id)
         self.denoiser = self.objective.denoiser(self.net, self.tokenizer.eos_id)
 
+    def cast(self, precision: str) -> LanguageModel:
+        """Cast the network's weights and buffers once to `precision`'s dtype (fp32, bf16, fp16)
+        for sampling and evaluation: every layer then runs in that dtype, with none of
+        autocast's re-casting of float32 weights at each call. fp32 is the reference;
+        log-probabilities are still computed in float32. For inference, not training."""
+        self.net.to(DTYPES[precision])
+        return self
+
     def sample(self, n: int = 1, length: int | None = None, **options) -> Tensor:
         """Token ids [n, length]; see `hdlm.sampling.sample` for the options."""
         return sample(self, n, length, **options)
@@ -113,8 +122,11 @@ class LanguageModel(nn.Module):
         return save_checkpoint(path, self.net.state_dict(), self.config, self.tokenizer)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
-    """Load a checkpoint directory, or the newest checkpoint of a run directory; `hf:OWNER/NAME`,
+def load(
+    path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32"
+) -> LanguageModel:
+    """Load a checkpoint directory, or the newest checkpoint of a run directory, with its weights
+    in `precision` (`LanguageModel.cast`; fp32, the reference, as stored); `hf:OWNER/NAME`,
     directories of released checkpoints (HDLM, MDLM, SEDD, BD3-LM: `hdlm.model.official`) and
     transformers models (gpt2, llama, mistral, qwen2, qwen3: `hdlm.model.hf`) are imported on
     the fly."""
@@ -134,4 +146,4 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
         )
     lm = LanguageModel(config, tokenizer)
     lm.net.load_state_dict(weights)
-    return lm.to(device).eval()
+    return lm.to(device).eval().cast(precision)

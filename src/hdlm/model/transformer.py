@@ -319,7 +319,8 @@ class NoiseLevelEmbedding(nn.Module):
         nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(conditioning.sinusoid(1000.0 * t.float(), self.n_features))
+        features = conditioning.sinusoid(1000.0 * t.float(), self.n_features)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # float32 or the cast weights
 
 
 class Transformer(nn.Module):

@@ -132,7 +132,10 @@ class NetworkView:
         self.conditioned, self.shift, self.layout = layout.conditioned, layout.shift, layout
         self.key = torch.cat((key.new_full((1,), torch.iinfo(key.dtype).min), key))  # BOS first
         n, length = tokens.shape
-        self.hidden = torch.zeros(n, length, self.net.config.d_model, device=tokens.device)
+        # in the weights' dtype: float32 under autocast, bf16 for a model cast to bf16
+        dtype = self.net.embed.weight.dtype
+        self.hidden = torch.zeros(n, length, self.net.config.d_model, device=tokens.device,
+                                  dtype=dtype)  # fmt: skip
         self.cache = self.net.new_cache(n, tokens.device) if use_cache else None
 
     def _run(self, tokens, index, levels, attn_mask=None, commit=False) -> None:
@@ -147,7 +150,7 @@ class NetworkView:
             causal=False,
             noise_level=levels[:, index] if self.conditioned else None,
             return_hidden=True,
-        ).float()
+        ).to(self.hidden.dtype)
 
     def commit(self, tokens: Tensor, index: Tensor) -> None:
         """Cached path: append the settled token positions `index` (host), each seeing the cache
