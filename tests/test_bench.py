@@ -82,3 +82,38 @@ def test_every_sampling_row_names_a_registered_sampler_of_its_family():
     for label, family_name, sampler, *_, options in bench.SAMPLE_VARIANTS:
         chosen = check_sampler(family_row(family_name), sampler)
         assert set(options) <= {option.name for option in chosen.options}, label
+
+
+def test_the_train_variants_cover_checkpointing_and_both_attention_kernels():
+    common = {"size": SIZE, "device": "cpu", "shape": {}}
+    labels = [c["label"] for c in bench.train_cases(common, ["ar", "a3"], None)]
+    assert "a3 (activation checkpointing)" in labels and "a3 (flex, forward only)" in labels
+    only = bench.train_cases(common, ["block-diffusion"], ["attention"])
+    assert [c["shape"] for c in only] == [{"attention": "sdpa"}, {"attention": "flex"}]
+    cuda = bench.train_cases({**common, "device": "cuda"}, ["a3"], ["attention"])
+    assert all(c["backward"] for c in cuda)
+
+
+def test_a_case_reports_the_tiles_flex_skips_and_runs_checkpointed():
+    base = {"size": SIZE, "seq_len": 32, "batch": 2, "steps": 1, "device": "cpu",
+            "precision": "fp32", "threads": torch.get_num_threads()}  # fmt: skip
+    flexed = bench.train_case({**base, "family": "block-diffusion", "backward": False,
+                               "shape": {"attention": "flex"}})  # fmt: skip
+    assert flexed["skipped"] == 0  # one 128 x 128 tile at this length
+    checkpointed = bench.train_case({**base, "family": "a3", "shape": {}, "checkpointing": True})
+    assert checkpointed["tokens_per_s"] > 0 and checkpointed["skipped"] == 0
+    assert bench.train_case({**base, "family": "ar", "shape": {}})["skipped"] is None
+
+
+def test_sampling_cases_run_in_every_precision(tmp_path):
+    rows = []
+    for precision in bench.SAMPLE_PRECISIONS:
+        if precision == "fp16":
+            continue  # (a GPU precision)
+        case = {"family": "block-diffusion", "sampler": "ancestral", "schedule": "block:4:2",
+                "cache": True, "per_step": 2, "length": 40, "size": SIZE, "n": 1,
+                "device": "cpu", "precision": precision, "threads": 1}  # fmt: skip
+        rows.append({**case, **bench.sample_case(case), "label": precision, "vs_ar": 1.0,
+                     "vs_first_precision": 1.0})  # fmt: skip
+    table = bench.write_results("sample", {"rows": rows, "precisions": ["fp32"]}, tmp_path)
+    assert "| vs fp32 |" in table and "[" not in table

@@ -244,9 +244,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
     say = (lambda message: None) if args.no_progress else tqdm.write
     common = {"rounds": args.rounds, "device": device, "precision": precision, "progress": say}
     if args.kind == "train":
-        result = bench.bench_train(size, args.seq_len, args.batch, args.steps, **common)
+        result = bench.bench_train(size, args.seq_len, args.batch, args.steps, **common,
+                                   families=args.families, variants=args.variants)  # fmt: skip
     else:
-        result = bench.bench_sample(size, args.lengths, args.batches or [args.batch], **common)
+        del common["precision"]  # sampling compares `precisions` (weights cast or autocast)
+        precisions = args.sample_precisions or [precision]
+        batches = args.batches or [args.batch]
+        result = bench.bench_sample(size, args.lengths, batches, precisions=precisions, **common)
     result.update(device=str(device), precision=precision, size=size)
     print(bench.write_results(args.kind, result, Path(args.out)))
 
@@ -541,6 +545,14 @@ def _bench_parser(commands) -> None:
     p.add_argument("--batches", type=positive_int, nargs="+",
                    help="sample: batch sizes, one row each (default: --batch)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=3, help="train: timed steps per round")
+    p.add_argument("--families", nargs="+", choices=list(bench.TRAIN_FAMILIES),
+                   help="train: only these families (default all)")
+    p.add_argument("--variants", nargs="+", choices=bench.TRAIN_VARIANTS,
+                   help="train: only these row groups (default all: "
+                   + ", ".join(bench.TRAIN_VARIANTS) + ")")
+    p.add_argument("--sample-precisions", nargs="+", choices=list(bench.SAMPLE_PRECISIONS),
+                   help="sample: compare these per sampler (bf16: weights cast once; "
+                   "autocast-bf16: float32 weights under autocast); default: --precision")
     p.add_argument("--rounds", type=positive_int, default=3,
                    help="interleaved repetitions (median)")  # fmt: skip
     p.add_argument("--out", default="results/bench", help="where the JSON and markdown go")

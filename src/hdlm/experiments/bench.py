@@ -26,7 +26,7 @@ import torch
 from hdlm.config import RunConfig, TokenizerConfig, complete
 from hdlm.data.tokenizer import build_tokenizer
 from hdlm.hardware import autocast, clock, compile_network, matmul_flops, synchronize
-from hdlm.model import LanguageModel
+from hdlm.model import LanguageModel, flex
 from hdlm.model.a3 import A3Transformer
 from hdlm.train import make_optimizer
 
@@ -41,6 +41,10 @@ TRAIN_FAMILIES = {
 }
 COMPILED = ("ar",)  # families also measured with train.compile (a row "<family> (compiled)")
 LLAMA_SHAPED = ("ar", "a3")  # also measured with a Llama-shaped backbone (`llama_shape`)
+CHECKPOINTED = ("ar", "a3")  # also measured with train.activation_checkpointing
+FLEX_FAMILIES = ("block-diffusion", "a3")  # measured with model.attention=sdpa and =flex
+# the row groups of `bench train`: each family as configured, and the variants above
+TRAIN_VARIANTS = ("plain", "compiled", "llama", "checkpointing", "attention")
 
 
 def llama_shape(size: dict) -> dict:
@@ -85,36 +89,58 @@ def timed(device: torch.device, work, repeats: int = 1) -> float:
     return (now() - start) / repeats
 
 
-def train_case(case: dict) -> dict:
+def recorded_masks(net: torch.nn.Module) -> list[tuple[torch.Tensor, int]]:
+    """A list that receives the first boolean attention mask (with its query count) that the
+    network's passes hand to their attention kernel (`Transformer.kernel_mask`)."""
+    seen, kernel_mask = [], net.kernel_mask
 
+    def record(mask, q_len):
+        if not seen and mask is not None and mask.dtype == torch.bool:
+            seen.append((mask, q_len))
+        return kernel_mask(mask, q_len)
+
+    net.kernel_mask = record
+    return seen
+
+
+def train_case(case: dict) -> dict:
+    """One training configuration timed: tokens/s, MFU, peak memory and the fraction of
+    attention tiles FlexAttention skips under its mask. A case with `backward: False` times the
+    training loss's forward pass only (FlexAttention has no backward pass on CPU)."""
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
     family, size, seq_len = case["family"], {**case["size"], **case["shape"]}, case["seq_len"]
     lm = language_model(family, size, seq_len, device, **TRAIN_FAMILIES[family])
+    lm.net.set_checkpointing(case.get("checkpointing", False))
+    masks = recorded_masks(lm.net)
     if case.get("compile"):
         compile_network(lm.net)
     optimizer = make_optimizer(lm.net, lm.config.train)
     shape = (case["batch"], seq_len)
     tokens = torch.randint(0, size["vocab_size"] - 3, shape, device=device)
     generator = torch.Generator(device).manual_seed(0)
+    backward = case.get("backward", True)
 
     def step():
-        with autocast(device, case["precision"]):
+        with autocast(device, case["precision"]), torch.set_grad_enabled(backward):
             loss = lm.objective.loss(lm.net, tokens, generator)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if backward:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(device, step, case["steps"])
     peak = matmul_flops(case["precision"], device.type, 2048 if device.type == "cuda" else 1024)
     factor = PROCESSED.get(family, 1.0)
     flops = flops_per_token(lm.net.num_params(embeddings=False), size, int(seq_len * factor))
+    flops *= 1 if backward else 1 / 3  # a forward pass is a third of a training step's FLOPs
     tokens_per_s = case["batch"] * seq_len / seconds
     return {
         "tokens_per_s": tokens_per_s,
         "mfu": tokens_per_s * flops * factor / peak,
         "peak_flops": peak,
         "peak_mib": peak_memory_mib(device),
+        "skipped": flex.skipped_fraction(flex.block_mask(*masks[0])) if masks else None,
     }
 
 
@@ -170,11 +196,21 @@ def schedule_of(case: dict, length: int) -> str | None:
     return case["schedule"] and case["schedule"].replace("{steps}", str(steps))
 
 
+# how `bench sample` runs a sampler: (the weights' precision, autocast's precision)
+SAMPLE_PRECISIONS = {"fp32": ("fp32", "fp32"), "bf16": ("bf16", "fp32"),
+                     "fp16": ("fp16", "fp32"), "autocast-bf16": ("fp32", "bf16")}  # fmt: skip
+
+
 def sample_case(case: dict) -> dict:
+    """One sampler timed at one length: tokens/s, the network's share of the time, peak memory.
+    `case["precision"]` is a key of `SAMPLE_PRECISIONS`: bf16 casts the weights once
+    (`LanguageModel.cast`), autocast-bf16 keeps float32 weights under autocast."""
     device = torch.device(case["device"])
     torch.set_num_threads(case["threads"])
     shape = case.get("shape", {})
     lm = language_model(case["family"], {**case["size"], **shape}, case["length"], device).eval()
+    weights, autocast_precision = SAMPLE_PRECISIONS[case["precision"]]
+    lm.cast(weights)
     options = {"sampler": case["sampler"], "seed": 0}
     if not case["cache"]:
         options["use_cache"] = False  # (τ-leaping has no cache to switch off)
@@ -185,7 +221,7 @@ def sample_case(case: dict) -> dict:
     def work():
         length = next(lengths)
         timer.on = length == case["length"]
-        with autocast(device, case["precision"]):
+        with autocast(device, autocast_precision):
             lm.sample(case["n"], length, schedule=schedule_of(case, length), **options)
 
     seconds = timed(device, work)
@@ -214,7 +250,8 @@ def interleaved(function, cases: list[dict], rounds: int, progress) -> list[dict
     for case, results in zip(cases, runs, strict=True):
         row = {**case, "runs": [x["tokens_per_s"] for x in results]}
         for key in results[0]:
-            row[key] = statistics.median(x[key] for x in results)
+            known = [x[key] for x in results if x[key] is not None]
+            row[key] = statistics.median(known) if known else None
         row["peak_mib"] = max(x["peak_mib"] for x in results)
         rows.append(row)
     return rows
@@ -230,7 +267,40 @@ def flops_per_token(params: int, size: dict, length: int) -> float:
 PROCESSED = {"block-diffusion": 2.0, "a3": 2.0}
 
 
-def bench_train(size, seq_len, batch, steps, rounds, device, precision, progress) -> dict:
+def train_cases(common: dict, families, variants) -> list[dict]:
+    """The cases of `bench train` for `families` (default all) and `variants` (default
+    `TRAIN_VARIANTS`): plain rows, compiled, Llama-shaped, with activation checkpointing, and
+    SDPA next to FlexAttention (forward passes only on CPU, where flex has no backward)."""
+    families = [f for f in TRAIN_FAMILIES if families is None or f in families]
+    variants = TRAIN_VARIANTS if variants is None else variants
+    cases = []
+    if "plain" in variants:
+        cases += [{**common, "label": family, "family": family} for family in families]
+    if "compiled" in variants:
+        cases += [{**common, "label": f"{family} (compiled)", "family": family, "compile": True}
+                  for family in COMPILED if family in families]  # fmt: skip
+    if "llama" in variants:
+        cases += [{**common, "label": f"{family} (llama: swiglu, gqa)", "family": family,
+                   "shape": llama_shape(size=common["size"])}
+                  for family in LLAMA_SHAPED if family in families]  # fmt: skip
+    if "checkpointing" in variants:
+        cases += [{**common, "label": f"{family} (activation checkpointing)", "family": family,
+                   "checkpointing": True} for family in CHECKPOINTED if family in families]  # fmt: skip
+    if "attention" in variants:
+        backward = common["device"].startswith("cuda")
+        cases += [{**common, "family": family, "shape": {"attention": kernel},
+                   "backward": backward, "label": f"{family} ({kernel}"
+                   + (")" if backward else ", forward only)")}
+                  for family in FLEX_FAMILIES if family in families
+                  for kernel in ("sdpa", "flex")]  # fmt: skip
+    return cases
+
+
+def bench_train(
+    size, seq_len, batch, steps, rounds, device, precision, progress, families=None, variants=None
+) -> dict:
+    """`train_cases` measured round-robin (`interleaved`), each row's speed also relative to
+    the plain ar row when there is one."""
     common = {
         "size": size,
         "seq_len": seq_len,
@@ -239,17 +309,12 @@ def bench_train(size, seq_len, batch, steps, rounds, device, precision, progress
         "device": str(device),
         "precision": precision,
         "threads": torch.get_num_threads(),
+        "shape": {},
     }
-    common["shape"] = {}
-    cases = [{"label": family, "family": family, **common} for family in TRAIN_FAMILIES]
-    cases += [{"label": f"{family} (compiled)", "family": family, "compile": True, **common}
-              for family in COMPILED]  # fmt: skip
-    cases += [{**common, "label": f"{family} (llama: swiglu, gqa)", "family": family,
-               "shape": llama_shape(size)} for family in LLAMA_SHAPED]  # fmt: skip
-    rows = interleaved(train_case, cases, rounds, progress)
-    ar_speed = next(r["tokens_per_s"] for r in rows if r["label"] == "ar")
+    rows = interleaved(train_case, train_cases(common, families, variants), rounds, progress)
+    ar_speed = next((r["tokens_per_s"] for r in rows if r["label"] == "ar"), None)
     for row in rows:
-        row["vs_ar"] = row["tokens_per_s"] / ar_speed
+        row["vs_ar"] = row["tokens_per_s"] / ar_speed if ar_speed else None
     timer = {"process_time": "process CPU time"}.get(clock(device).__name__, "wall clock")
     peak = statistics.median(r["peak_flops"] for r in rows)
     return {"peak_flops": peak, "clock": timer, "rows": rows}
@@ -282,35 +347,49 @@ SAMPLE_VARIANTS = [
 ]  # fmt: skip
 
 
-def bench_sample(size, lengths, batches, rounds, device, precision, progress) -> dict:
-    """Every `SAMPLE_VARIANTS` row at every length and batch size (sequences per call), with
-    its speed relative to the AR row of the same length and batch."""
+def bench_sample(size, lengths, batches, rounds, device, precisions, progress) -> dict:
+    """Every `SAMPLE_VARIANTS` row at every length, batch size (sequences per call) and precision
+    (`SAMPLE_PRECISIONS`), with its speed relative to the AR row of the same length, batch and
+    precision (`vs_ar`) and to the same row in the first precision (`vs_first_precision`)."""
     cases = [
-        {"label": f"{name} L={length} n={n}", "family": family, "sampler": sampler,
-         "schedule": schedule, "cache": cache, "per_step": per_step, "length": length,
-         "size": size, "n": n, "device": str(device), "precision": precision,
-         "threads": torch.get_num_threads(),
+        {"label": f"{name} L={length} n={n}" + (f" [{precision}]" if len(precisions) > 1 else ""),
+         "name": name, "family": family, "sampler": sampler, "schedule": schedule,
+         "cache": cache, "per_step": per_step, "length": length, "size": size, "n": n,
+         "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
          "shape": llama_shape(size) if shape == "llama" else shape, "options": options}
         for length in lengths
         for n in batches
         for name, family, sampler, schedule, cache, per_step, shape, options in SAMPLE_VARIANTS
+        for precision in precisions
     ]  # fmt: skip
     rows = interleaved(sample_case, cases, rounds, progress)
+
+    def twin(row: dict, name: str, precision: str) -> dict:
+        return next(r for r in rows if (r["name"], r["precision"], r["length"], r["n"])
+                    == (name, precision, row["length"], row["n"]))  # fmt: skip
+
     for row in rows:
-        ar = next(r for r in rows if r["label"].startswith("ar (KV cache) ")
-                  and (r["length"], r["n"]) == (row["length"], row["n"]))  # fmt: skip
+        ar = twin(row, "ar (KV cache)", row["precision"])
         row["vs_ar"] = row["tokens_per_s"] / ar["tokens_per_s"]
-    return {"rows": rows}
+        first = twin(row, row["name"], precisions[0])
+        row["vs_first_precision"] = row["tokens_per_s"] / first["tokens_per_s"]
+    return {"rows": rows, "precisions": list(precisions)}
+
+
+def ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def write_results(kind: str, result: dict, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{kind}.json").write_text(json.dumps(result, indent=2, default=str))
     if kind == "train":
-        header = "| family | tokens/s | vs ar | MFU | peak MiB |\n|---|---|---|---|---|\n"
+        header = ("| family | tokens/s | vs ar | MFU | peak MiB | tiles flex skips |\n"
+                  + "|---" * 6 + "|\n")  # fmt: skip
         lines = [
-            f"| {r['label']} | {r['tokens_per_s']:,.0f} | {r['vs_ar']:.2f} | "
-            f"{r['mfu']:.1%} | {r['peak_mib']:,.0f} |"
+            f"| {r['label']} | {r['tokens_per_s']:,.0f} | {ratio(r['vs_ar'])} | "
+            f"{r['mfu']:.1%} | {r['peak_mib']:,.0f} | "
+            + (f"{r['skipped']:.0%} |" if r.get("skipped") is not None else "– |")
             for r in result["rows"]
         ]
         footer = (
@@ -318,10 +397,12 @@ def write_results(kind: str, result: dict, out: Path) -> str:
             f"{result['peak_flops'] / 1e9:,.0f} GFLOP/s; time: {result['clock']}\n"
         )
     else:
-        header = "| sampler | tokens/s | vs ar | network share | peak MiB |\n" + "|---" * 5 + "|\n"
+        first = result.get("precisions", ["fp32"])[0]
+        header = (f"| sampler | tokens/s | vs ar | vs {first} | network share | peak MiB |\n"
+                  + "|---" * 6 + "|\n")  # fmt: skip
         lines = [
             f"| {r['label']} | {r['tokens_per_s']:,.1f} | {r['vs_ar']:.2f} | "
-            f"{r['network_share']:.0%} | "
+            f"{ratio(r.get('vs_first_precision'))} | {r['network_share']:.0%} | "
             f"{r['peak_mib']:,.0f} |"
             for r in result["rows"]
         ]
