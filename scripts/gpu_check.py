@@ -176,8 +176,8 @@ def sampling_section(plan: Plan) -> str:
     autocast = "autocast-bf16" if plan.device.type == "cuda" else "fp32"
     cases += [{**c, "label": f"{c['label']} [{autocast}]", "precision": autocast}
               for c in cases[:2]]  # fmt: skip
-    lines = [f"Weights in {weights}; n = {plan.sample_n} sequences of L = {plan.sample_length}.",
-             "", "| sampler | tokens/s | network share | peak MiB |", "|---|---|---|---|"]  # fmt: skip
+    lines = [f"Weights in {weights}; {plan.sample_n} sequences of L = {plan.sample_length}.", "",
+             "| sampler | tokens/s | network share | peak MiB |", "|---|---|---|---|"]  # fmt: skip
     for case in cases:
         fresh(plan.device)
         r = bench.sample_case(case)
@@ -196,11 +196,15 @@ def llama_section(plan: Plan) -> str:
     rows = train_rows(plan, cases)
     e = estimate_module().estimate("Llama-3.2-1B", "a3", 4, 1024)
     gib = e["states_gib"] + e["activations_gib"]
-    note = (f"scripts/estimate-gpu.py (4 x 1024, no checkpointing): {e['tokens_per_s']:,.0f} "
-            f"tokens/s at 40% MFU of an H100 SXM, {gib:.1f} GiB ({gib * 1024:,.0f} MiB).")
-    return f"{plan.llama_batch} x {plan.seq_len} tokens per step.\n\n{TRAIN_HEADER}\n" + "\n".join(
-        rows
-    ) + f"\n\n{note}"
+    note = (
+        f"scripts/estimate-gpu.py (4 x 1024, no checkpointing): {e['tokens_per_s']:,.0f} "
+        f"tokens/s at 40% MFU of an H100 SXM, {gib:.1f} GiB ({gib * 1024:,.0f} MiB)."
+    )
+    return (
+        f"{plan.llama_batch} x {plan.seq_len} tokens per step.\n\n{TRAIN_HEADER}\n"
+        + "\n".join(rows)
+        + f"\n\n{note}"
+    )
 
 
 SECTIONS = {

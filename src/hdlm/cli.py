@@ -326,8 +326,12 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
 def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="the weights' dtype, cast once at load (default fp32, the reference)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="the weights' dtype, cast once at load (default fp32, the reference)",
+    )
 
 
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:
@@ -545,14 +549,25 @@ def _bench_parser(commands) -> None:
     p.add_argument("--batches", type=positive_int, nargs="+",
                    help="sample: batch sizes, one row each (default: --batch)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=3, help="train: timed steps per round")
-    p.add_argument("--families", nargs="+", choices=list(bench.TRAIN_FAMILIES),
-                   help="train: only these families (default all)")
-    p.add_argument("--variants", nargs="+", choices=bench.TRAIN_VARIANTS,
-                   help="train: only these row groups (default all: "
-                   + ", ".join(bench.TRAIN_VARIANTS) + ")")
-    p.add_argument("--sample-precisions", nargs="+", choices=list(bench.SAMPLE_PRECISIONS),
-                   help="sample: compare these per sampler (bf16: weights cast once; "
-                   "autocast-bf16: float32 weights under autocast); default: --precision")
+    p.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(bench.TRAIN_FAMILIES),
+        help="train: only these families (default all)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=bench.TRAIN_VARIANTS,
+        help="train: only these row groups (default all: " + ", ".join(bench.TRAIN_VARIANTS) + ")",
+    )
+    p.add_argument(
+        "--sample-precisions",
+        nargs="+",
+        choices=list(bench.SAMPLE_PRECISIONS),
+        help="sample: compare these per sampler (bf16: weights cast once; "
+        "autocast-bf16: float32 weights under autocast); default: --precision",
+    )
     p.add_argument("--rounds", type=positive_int, default=3,
                    help="interleaved repetitions (median)")  # fmt: skip
     p.add_argument("--out", default="results/bench", help="where the JSON and markdown go")

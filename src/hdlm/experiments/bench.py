@@ -285,7 +285,8 @@ def train_cases(common: dict, families, variants) -> list[dict]:
                   for family in LLAMA_SHAPED if family in families]  # fmt: skip
     if "checkpointing" in variants:
         cases += [{**common, "label": f"{family} (activation checkpointing)", "family": family,
-                   "checkpointing": True} for family in CHECKPOINTED if family in families]  # fmt: skip
+                   "checkpointing": True}
+                  for family in CHECKPOINTED if family in families]  # fmt: skip
     if "attention" in variants:
         backward = common["device"].startswith("cuda")
         cases += [{**common, "family": family, "shape": {"attention": kernel},

@@ -400,8 +400,10 @@ class Transformer(nn.Module):
         if not flex.use_flex(self.config.attention, device, dropout):
             return mask
         if device.type == "cpu" and torch.is_grad_enabled():
-            raise HdlmError("model.attention=flex has no backward pass on CPU (torch's "
-                            "FlexAttention); train on CPU with model.attention=auto or sdpa")  # fmt: skip
+            raise HdlmError(
+                "model.attention=flex has no backward pass on CPU (torch's FlexAttention); "
+                "train on CPU with model.attention=auto or sdpa"
+            )
         return flex.block_mask(mask, q_len)
 
     def new_cache(self, batch: int, device) -> KVCache:
