@@ -12,7 +12,8 @@ from test_cli import error_line
 
 from hdlm.cli import main
 from hdlm.config import DataConfig
-from hdlm.eval.zero_shot import read_documents, token_stream, zero_shot_perplexity
+from hdlm.eval import zero_shot
+from hdlm.eval.zero_shot import read_documents, token_stream, zero_shot_perplexity, zero_shot_store
 
 
 def run(args, capsys):
@@ -68,6 +69,26 @@ def test_the_blocks_protocol_is_the_nelbo_of_bos_blocks_of_the_stream():
     assert sliding["tokens"] == len(stream) and sliding["protocol"]["name"] == "sliding"
     assert sliding["protocol"]["context_tokens"] == width - 4
     assert sliding["windows"] == math.ceil(len(stream) / 4)
+
+
+def test_scoring_in_segments_from_a_store_equals_scoring_the_whole_stream(tmp_path, monkeypatch):
+    """Segments of a few windows, each with the context its first window needs, read from a
+    token store: the very windows of the whole stream, so the same exact log-likelihood."""
+    lm = language_model("ar")
+    docs = [TEXT, "second document", TEXT[::-1]]
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = DataConfig(corpus=str(tmp_path / "set.jsonl"), cache_dir=str(tmp_path / "cache"))
+    store = zero_shot_store(cfg, None, lm.tokenizer, progress=False)
+    assert store.documents("train") == 3 and store.tokens("train") == len(
+        token_stream(docs, lm.tokenizer))  # fmt: skip
+    for stride in (None, 4):
+        whole = zero_shot_perplexity(lm, docs, stride=stride, progress=False)
+        monkeypatch.setattr(zero_shot, "SEGMENT_WINDOWS", 2)
+        parts = zero_shot_perplexity(lm, store, stride=stride, progress=False)
+        monkeypatch.undo()
+        assert parts["windows"] > 4 and parts["documents"] == 3
+        assert parts["tokens"] == whole["tokens"] and parts["windows"] == whole["windows"]
+        assert parts["nelbo_per_token"] == pytest.approx(whole["nelbo_per_token"], rel=1e-6)
 
 
 def test_diffusion_bounds_state_their_monte_carlo_budget(tmp_path, checkpoints, capsys):
