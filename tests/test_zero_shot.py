@@ -136,6 +136,8 @@ def test_a_folder_reads_its_text_files_and_a_dataset_its_named_split(tmp_path, m
 
     import datasets
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the fake below is the hub: no reachability probe
+
     calls = []
 
     def load_dataset(name, subset=None, split=None, streaming=False):
