@@ -104,11 +104,12 @@ def test_skipped_fraction_counts_the_tiles_without_a_visible_pair():
     assert flex.skipped_fraction(flex.block_mask(mask, 1024)) == pytest.approx(expected)
 
 
-def test_auto_picks_flex_on_cuda_only_and_never_with_dropout():
+def test_auto_picks_flex_on_cuda_for_full_passes_and_never_with_dropout():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not flex.use_flex("auto", cpu) and flex.use_flex("auto", cuda)
     assert flex.use_flex("flex", cpu) and not flex.use_flex("sdpa", cuda)
     assert not flex.use_flex("auto", cuda, dropout=0.1)
+    assert not flex.use_flex("auto", cuda, q_len=16) and flex.use_flex("flex", cpu, q_len=16)
 
 
 def test_flex_with_dropout_is_a_one_line_config_error():

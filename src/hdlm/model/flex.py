@@ -25,12 +25,17 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 BLOCK_SIZE = 128  # queries and keys per tile (FlexAttention's default)
 
 
-def use_flex(choice: str, device: torch.device, dropout: float = 0.0) -> bool:
-    """Whether `model.attention` = `choice` runs masked attention through FlexAttention on
-    `device`: flex always, auto on CUDA only, and never with dropout (FlexAttention has none)."""
+def use_flex(
+    choice: str, device: torch.device, dropout: float = 0.0, q_len: int = BLOCK_SIZE
+) -> bool:
+    """Whether `model.attention` = `choice` runs a masked pass of `q_len` queries through
+    FlexAttention on `device`: never with dropout (FlexAttention has none); flex always; auto on
+    CUDA for passes of at least one tile of queries (training, evaluation, full recomputation),
+    not for the few queries of a cached decoding step, whose shape changes every step (a
+    recompilation each) and whose single query tile leaves little to skip."""
     if dropout > 0:
         return False
-    return choice == "flex" or (choice == "auto" and device.type == "cuda")
+    return choice == "flex" or (choice == "auto" and device.type == "cuda" and q_len >= BLOCK_SIZE)
 
 
 def block_mask(mask: Tensor, q_len: int) -> BlockMask:

@@ -397,7 +397,7 @@ class Transformer(nn.Module):
         device = self.embed.weight.device
         if mask is None or mask.dtype != torch.bool:
             return mask
-        if not flex.use_flex(self.config.attention, device, dropout):
+        if not flex.use_flex(self.config.attention, device, dropout, q_len):
             return mask
         if device.type == "cpu" and torch.is_grad_enabled():
             raise HdlmError(
