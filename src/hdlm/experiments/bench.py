@@ -15,6 +15,7 @@ results/bench/<kind>.json and <kind>.md.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import resource
@@ -64,7 +65,9 @@ def language_model(family: str, size: dict, seq_len: int, device, **diffusion):
     config = RunConfig(family=family)
     config.data.seq_len = seq_len
     config.model = dataclasses.replace(config.model, max_len=max(seq_len, 1024), **size)
-    symbols = [chr(0x4E00 + i) for i in range(size["vocab_size"] - 3)]  # + UNK, EOS, MASK
+    # one character per id (+ UNK, EOS, MASK), skipping the surrogates (no text can hold them)
+    points = itertools.chain(range(0x4E00, 0xD800), range(0xE000, 0x110000))
+    symbols = [chr(p) for p in itertools.islice(points, size["vocab_size"] - 3)]
     tokenizer = build_tokenizer(TokenizerConfig(kind="char"), symbols)
     config.diffusion = dataclasses.replace(config.diffusion, **diffusion)
     return LanguageModel(complete(config), tokenizer).to(device)
