@@ -4,6 +4,8 @@ included: its random state is replayed), and fewer activations kept for the back
 import pytest
 import torch
 
+from hdlm.config import load_config
+from hdlm.errors import ConfigError
 from tests.helpers import language_model, random_tokens
 
 # one family per kind of pass: causal, two-copy layout, adaLN conditioning, A3's two streams
@@ -66,3 +68,12 @@ def test_no_recomputation_outside_training():
     tokens = random_tokens(2, 25, lm.tokenizer.vocab_size - 1)
     with torch.no_grad():
         assert torch.isfinite(lm.nelbo(tokens)).all()
+
+
+def test_the_new_keys_are_checked_with_one_line_errors():
+    with pytest.raises(ConfigError, match="did you mean 'activation_checkpointing'"):
+        load_config("configs/ar-tiny.yaml", ["train.activation_checkpoint=true"])
+    with pytest.raises(ConfigError, match="model.attention must be one of auto, sdpa, flex"):
+        load_config("configs/ar-tiny.yaml", ["model.attention=flash"])
+    config = load_config("configs/ar-tiny.yaml", ["train.activation_checkpointing=true"])
+    assert config.train.activation_checkpointing is True

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hdlm import masks
-from hdlm.config import ModelConfig
+from hdlm.config import ModelConfig, validate_model
 from hdlm.errors import ConfigError, HdlmError
 from hdlm.model import flex
 from hdlm.model.transformer import Transformer
@@ -113,8 +113,6 @@ def test_auto_picks_flex_on_cuda_for_full_passes_and_never_with_dropout():
 
 
 def test_flex_with_dropout_is_a_one_line_config_error():
-    from hdlm.config import validate_model
-
     with pytest.raises(ConfigError, match="model.attention=flex has no dropout"):
         validate_model(ModelConfig(attention="flex", dropout=0.1))
 
