@@ -118,6 +118,28 @@ def test_diffusion_bounds_state_their_monte_carlo_budget(tmp_path, checkpoints, 
     assert code == 2 and "sliding window" in error_line(err)
 
 
+def test_zero_shot_reports_the_terms_of_a_diffusion_bound_as_the_split_evaluation_does():
+    """Out of domain a reader must see which term of a bound is large: the blocks protocol
+    reports each term per token, and they add up to the bound; exact families report the NLL."""
+    for family in ("mdlm", "eps-hybrid"):
+        lm = language_model(family)
+        result = zero_shot_perplexity(lm, [TEXT, "second document"], progress=False)
+        terms = result["nelbo_terms_per_token"]
+        width = lm.config.data.seq_len - 1
+        stream = token_stream([TEXT, "second document"], lm.tokenizer)
+        whole = [
+            [lm.tokenizer.bos_id, *stream[i : i + width]]
+            for i in range(0, len(stream) - width + 1, width)
+        ]
+        split_terms = lm.nelbo_terms(torch.tensor(whole))
+        assert set(terms) == set(split_terms) and len(terms) > 1, terms
+        assert sum(terms.values()) == pytest.approx(result["nelbo_per_token"], rel=1e-6)
+        sliding = zero_shot_perplexity(lm, [TEXT], stride=4, progress=False)
+        assert "nelbo_terms_per_token" not in sliding  # a conditional bound has no such split
+    exact = zero_shot_perplexity(language_model("ar"), [TEXT], progress=False)
+    assert exact["nelbo_terms_per_token"] == {"nll": exact["nelbo_per_token"]}
+
+
 def test_zero_shot_mistakes_are_one_line_errors(tmp_path, checkpoints, capsys):
     path = tmp_path / "notes.txt"
     path.write_text(TEXT)

@@ -139,7 +139,9 @@ def zero_shot_perplexity(
     context its first window needs, so memory does not grow with the stream.
 
     perplexity = exp(-Σ_windows log p(chunk | window context) / tokens), exact for ar / a3,
-    an upper bound (-log p replaced by the NELBO) for diffusion families."""
+    an upper bound (-log p replaced by the NELBO) for diffusion families, whose terms per token
+    (`nelbo_terms_per_token`, as the split evaluation reports them) come with the `blocks`
+    protocol."""
     seq_len = seq_len or lm.config.data.seq_len
     if not 2 <= seq_len <= lm.config.model.max_len:
         raise HdlmError(
@@ -155,24 +157,30 @@ def zero_shot_perplexity(
         read = lambda start, stop: stream[start:stop]  # noqa: E731
     stride, context = settings["stride"], settings["context_tokens"]
     tokens = len(stream) if max_windows is None else min(len(stream), max_windows * stride)
-    logprob, segment = 0.0, SEGMENT_WINDOWS * stride
+    logprob, segment, terms = 0.0, SEGMENT_WINDOWS * stride, {}
+    whole_windows = settings["name"] == "blocks"  # every window scored whole: terms add up
     starts = range(0, tokens, segment)
     for start in tqdm(starts, desc="zero-shot", disable=not progress or len(starts) < 2):
         before = read(max(0, start - context), start).tolist()
         [score] = score_requests(
             lm, [(before, read(start, min(start + segment, tokens)).tolist())], batch_size,
             settings["mc_samples"], stride, progress=progress and len(starts) < 2,
-            desc="zero-shot", window=seq_len,
+            desc="zero-shot", window=seq_len, terms=terms if whole_windows else None,
         )  # fmt: skip
         logprob += score.logprob
     nats = -logprob / tokens
     exact = is_exact(lm)
-    return {
+    result = {
         "protocol": settings,
         "documents": count,
         "tokens": tokens,
         "windows": -(-tokens // stride),
         "nelbo_per_token": nats,
+    }
+    if exact or terms:  # a sliding window's conditional bound has no per-term split
+        terms = {"nll": -logprob} if exact else terms
+        result["nelbo_terms_per_token"] = {k: v / tokens for k, v in terms.items()}
+    return result | {
         "bits_per_token": nats / math.log(2),
         "perplexity": math.exp(nats),
         "kind": "exact" if exact else "upper bound",
