@@ -167,3 +167,14 @@ def test_the_command_line(tmp_path, capsys):
     ]:
         code, _, err = run(["harness", checkpoint, "--include-path", tasks, *extra], capsys)
         assert code == 2 and message in error_line(err), err
+
+
+def test_the_adapter_scores_in_the_weights_dtype(tmp_path):
+    """`precision=bf16` (`hdlm harness --precision bf16`) casts the weights once; the scores stay
+    within bf16's tolerance of the float32 reference."""
+    path = language_model("ar").save(tmp_path / "ar")
+    requests = [Instance("loglikelihood", {}, ("abc", "d"), 0)]
+    reference = HdlmLM(path, progress=False).loglikelihood(requests)[0][0]
+    cast = HdlmLM(path, progress=False, precision="bf16")
+    assert cast.lm.net.head.weight.dtype == torch.bfloat16
+    assert cast.loglikelihood(requests)[0][0] == pytest.approx(reference, rel=2e-2)

@@ -221,7 +221,7 @@ def cmd_harness(args: argparse.Namespace) -> None:
         args.checkpoint, device=device, batch_size=args.batch_size,
         mc_samples=args.mc_samples, stride=args.stride, score_order=args.score_order,
         score_group_size=args.score_group_size, seed=args.seed, progress=not args.no_progress,
-        **_sampler_options(args),
+        precision=args.precision, **_sampler_options(args),
     )  # fmt: skip
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = run_harness(

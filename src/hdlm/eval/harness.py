@@ -73,7 +73,9 @@ class HdlmLM(LM):
 
     `pretrained`: a run or checkpoint directory, or a loaded `LanguageModel`. Scoring options:
     `mc_samples` (diffusion bounds), `stride` (sliding window), `score_order` /
-    `score_group_size` (a3 factorisation). Generation options (`GENERATION_OPTIONS`, those of
+    `score_group_size` (a3 factorisation). `precision`: the weights' dtype, cast once at load
+    (fp32, the reference, or bf16; `LanguageModel.cast`; a model given as `pretrained` is cast
+    in place). Generation options (`GENERATION_OPTIONS`, those of
     `sampling.fill`; temperature / top_k / top_p given here override the task's) and `seed`.
     """
 
@@ -88,13 +90,17 @@ class HdlmLM(LM):
         score_group_size: int | None = None,
         seed: int = 0,
         progress: bool = True,
+        precision: str = "fp32",
         **generation,
     ) -> None:
         super().__init__()
         unknown = set(generation) - set(GENERATION_OPTIONS)
         if unknown:
             raise HdlmError(f"unknown hdlm model argument(s): {', '.join(sorted(unknown))}")
-        lm = pretrained if isinstance(pretrained, LanguageModel) else load(pretrained, device)
+        if isinstance(pretrained, LanguageModel):
+            lm = pretrained.cast(precision) if precision != "fp32" else pretrained
+        else:
+            lm = load(pretrained, device, precision)
         self.lm, self._device = lm, lm.device
         self.batch_size = _number(batch_size) or 16
         self.scoring = {
