@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import signal
 import threading
 import time
 import uuid
@@ -141,15 +142,28 @@ def _add_errors_and_auth(app: FastAPI, api_key: str | None) -> None:
     async def busy(request: Request, exc: Busy) -> JSONResponse:
         return error(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key is None:
-            return await call_next(request)
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        given = given or request.query_params.get("api_key", "")
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            return error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'")
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(ApiKeyGuard, api_key=api_key)
+
+
+class ApiKeyGuard:
+    """ASGI middleware: a request without the key (`Authorization: Bearer KEY`, or `?api_key=KEY`
+    for the page) is a 401. A plain ASGI class, not `@app.middleware`: that wrapper would hide
+    a client's disconnect from a streaming response, which must see it to free the worker."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            given = given or request.query_params.get("api_key", "")
+            if not hmac.compare_digest(given.encode(), self.key):
+                reply = error(401, "missing or wrong API key: send 'Authorization: Bearer KEY'")
+                await reply(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _add_info_routes(app: FastAPI, server: Server) -> None:
@@ -254,7 +268,7 @@ def _add_live_route(app: FastAPI, server: Server) -> None:
             except HdlmError as e:
                 send("error", {"message": str(e)})
             except Cancelled:
-                pass  # nobody is listening
+                raise  # nobody is listening: the worker counts it and moves on
             except Exception as e:  # a bug: tell the page, and let the worker log it
                 send("error", {"message": f"internal error: {e}"})
                 raise
@@ -284,7 +298,13 @@ def serve(
     api_key: str | None = None,
     max_waiting: int = 16,
 ) -> None:
-    """Serve `lm` on http://HOST:PORT until SIGTERM or Ctrl-C: uvicorn stops accepting, lets
-    open requests finish (10 s at most), then the worker finishes its job and stops."""
+    """Serve `lm` on http://HOST:PORT until SIGTERM or Ctrl-C (from the main thread): uvicorn
+    stops accepting, lets open requests finish (10 s at most), then the worker finishes its job
+    and stops. After SIGTERM this returns (exit 0, as `hdlm train` does); uvicorn re-raises the
+    signal once it has shut down, which the handler installed here absorbs."""
     app = create_app(lm, name, api_key, max_waiting)
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=10, log_level="info")
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    try:
+        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=10, log_level="info")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
