@@ -171,9 +171,12 @@ def test_a_bad_request_is_one_clear_400_and_the_server_keeps_serving(body, messa
 
 def test_other_endpoints_check_their_bodies_too():
     with client("a3") as c:
-        assert "unknown field 'extra'" in c.post(
-            "/v1/score", json={"context": "a", "choices": ["b"], "extra": 1}
-        ).json()["error"]["message"]
+        assert (
+            "unknown field 'extra'"
+            in c.post("/v1/score", json={"context": "a", "choices": ["b"], "extra": 1}).json()[
+                "error"
+            ]["message"]
+        )
         assert c.post("/v1/score", json={"context": "a", "choices": []}).status_code == 400
         assert "no blank" in c.post("/v1/infill", json={"prompt": "abc"}).json()["error"]["message"]
         groups = c.post("/v1/infill", json={"prompt": "a___[2]", "groups": "@/etc/passwd"})

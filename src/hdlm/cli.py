@@ -454,7 +454,7 @@ def _serve_parser(commands) -> None:
     p.add_argument("--queue-size", type=positive_int, default=16,
                    help="requests that may wait for the model; more are answered 503")  # fmt: skip
     p.add_argument("--name", default=None,
-                   help="model id in the API (default: the checkpoint directory's name)")  # fmt: skip
+                   help="model id in the API (default: the checkpoint's folder name)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
 

@@ -35,7 +35,8 @@ TAU_LEAPING = ("tweedie", "euler")
 
 class LeapingSampler(ScheduleWalker):
     """The τ-leaping samplers (`tweedie`, `euler` in `sampling.samplers`): `method`'s step of
-    a `LeapingReverse` process along the schedule; no KV cache; the trace records what each step changed."""
+    a `LeapingReverse` process along the schedule; no KV cache; the trace records what each
+    step changed."""
 
     objectives = ("score-entropy",)
     processes = ("gamma-hybrid",)

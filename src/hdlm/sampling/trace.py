@@ -3,10 +3,10 @@
 Every sampler records into a `Trace`: the hyperschedule sampler (what each reverse step revealed,
 corrected or remasked), A3 decoding (the group each step committed: its positions are the ones
 "revealed" at that step), the AR sampler (one token revealed per step) and τ-leaping (what each
-step changed, `step_events`). `hdlm serve` streams the same steps live (`hdlm.serve.live`). `write_trace(trace,
-tokenizer, path)` renders the first sample of a `Trace` as an HTML page (one row per step, every
-token coloured by what happened to it) or as a PNG/SVG strip (steps x positions, one colour per
-state), chosen by the path's suffix.
+step changed, `step_events`); `hdlm serve` streams the same steps live (`hdlm.serve.live`).
+`write_trace(trace, tokenizer, path)` renders the first sample of a `Trace` as an HTML page (one
+row per step, every token coloured by what happened to it) or as a PNG/SVG strip (steps x
+positions, one colour per state), chosen by the path's suffix.
 """
 
 from __future__ import annotations

@@ -10,4 +10,3 @@
 FastAPI and uvicorn are the `serve` extra (`pip install 'hdlm[serve]'`); only this package
 imports them.
 """
-

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import signal
 import threading
 import time
@@ -109,7 +110,8 @@ class Server:
 
 def _describe(option) -> dict:
     """An `Option` as JSON: name, kind, default, range or choices, help."""
-    finite = {k: v for k, v in (("low", option.low), ("high", option.high)) if abs(v) != float("inf")}
+    bounds = (("low", option.low), ("high", option.high))
+    finite = {name: value for name, value in bounds if math.isfinite(value)}
     default = option.default if option.kind is not object else None
     return {"name": option.name, "kind": option.kind.__name__, "default": default,
             "choices": list(option.choices), "help": option.help, **finite}  # fmt: skip
@@ -191,7 +193,8 @@ def _add_info_routes(app: FastAPI, server: Server) -> None:
     async def tokenizer_info() -> dict:
         roles = getattr(lm.tokenizer, "roles", {})
         return {"eos_token": roles.get("eos"), "bos_token": roles.get("bos"),
-                "pad_token": roles.get("eos"), "model_max_length": lm.config.model.max_len}  # fmt: skip
+                "pad_token": roles.get("eos"),
+                "model_max_length": lm.config.model.max_len}  # fmt: skip
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict:

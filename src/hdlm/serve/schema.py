@@ -45,7 +45,7 @@ class CompletionRequest(SamplingRequest):
 
 
 class InfillRequest(SamplingRequest):
-    """`POST /v1/infill`: `prompt` is text with blanks, `___` or `___[N]` (`hdlm sample --infill`)."""
+    """`POST /v1/infill`: `prompt` is text with blanks, `___` or `___[N]` (as `--infill`)."""
 
     prompt: str
     n: int = Field(1, ge=1, le=64)
@@ -75,11 +75,7 @@ class ScoreRequest(BaseModel):
 def request_options() -> dict:
     """The sampler options a request may carry as extra fields: those with a command-line flag,
     and the template ones (`blank_max`); not `trace`, which the server owns."""
-    return {
-        name: option
-        for name, option in cli_options().items()
-        if option.cli or option.template
-    }
+    return {name: option for name, option in cli_options().items() if option.cli or option.template}
 
 
 def _typed(name: str, value: Any, kind: type) -> Any:
