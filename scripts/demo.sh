@@ -10,7 +10,7 @@ bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 OUT=results/study-demo
 rm -rf runs/study-demo "$OUT"
-hdlm study --config configs/study-demo.yaml --no-progress
+hdlm study --config configs/study-demo.yaml --progress training
 echo
 echo "== eps-hybrid, Adaptive Correction Sampler (eta 0.25): trace in $OUT/trace.html"
 hdlm sample runs/study-demo/eps-hybrid --sampler acs --eta 0.25 --steps 32 -n 1 --length 64 \

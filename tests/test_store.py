@@ -191,6 +191,7 @@ def test_a_full_disk_is_one_error_and_the_preparation_resumes(tmp_path, monkeypa
 
 def test_hub_datasets_are_streamed_and_read_no_further_than_needed(monkeypatch):
     datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the fake below is the hub: no reachability probe
     served = []
 
     def records():
@@ -208,6 +209,21 @@ def test_hub_datasets_are_streamed_and_read_no_further_than_needed(monkeypatch):
     assert len(served) < 20  # a few records of read-ahead at most, not the dataset
     with pytest.raises(DataError, match="no column data.text_field='body'.*text"):
         next(hub_documents(DataConfig(corpus="someone/corpus", text_field="body")))
+
+
+def test_an_unreachable_hub_is_one_line_at_once(tmp_path, capsys, monkeypatch):
+    import time
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    started = time.perf_counter()
+    assert main(["data", "prepare", "someone/corpus", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - started < 10 and len(err.strip().splitlines()) == 1
+    assert "cannot reach the Hugging Face hub at http://127.0.0.1:9" in err
+    assert "HF_HUB_OFFLINE=1" in err
 
 
 def test_block_order_is_a_permutation_for_every_size():

@@ -12,7 +12,8 @@ from test_cli import error_line
 
 from hdlm.cli import main
 from hdlm.config import DataConfig
-from hdlm.eval.zero_shot import read_documents, token_stream, zero_shot_perplexity
+from hdlm.eval import zero_shot
+from hdlm.eval.zero_shot import read_documents, token_stream, zero_shot_perplexity, zero_shot_store
 
 
 def run(args, capsys):
@@ -70,6 +71,26 @@ def test_the_blocks_protocol_is_the_nelbo_of_bos_blocks_of_the_stream():
     assert sliding["windows"] == math.ceil(len(stream) / 4)
 
 
+def test_scoring_in_segments_from_a_store_equals_scoring_the_whole_stream(tmp_path, monkeypatch):
+    """Segments of a few windows, each with the context its first window needs, read from a
+    token store: the very windows of the whole stream, so the same exact log-likelihood."""
+    lm = language_model("ar")
+    docs = [TEXT, "second document", TEXT[::-1]]
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = DataConfig(corpus=str(tmp_path / "set.jsonl"), cache_dir=str(tmp_path / "cache"))
+    store = zero_shot_store(cfg, None, lm.tokenizer, progress=False)
+    assert store.documents("train") == 3 and store.tokens("train") == len(
+        token_stream(docs, lm.tokenizer))  # fmt: skip
+    for stride in (None, 4):
+        whole = zero_shot_perplexity(lm, docs, stride=stride, progress=False)
+        monkeypatch.setattr(zero_shot, "SEGMENT_WINDOWS", 2)
+        parts = zero_shot_perplexity(lm, store, stride=stride, progress=False)
+        monkeypatch.undo()
+        assert parts["windows"] > 4 and parts["documents"] == 3
+        assert parts["tokens"] == whole["tokens"] and parts["windows"] == whole["windows"]
+        assert parts["nelbo_per_token"] == pytest.approx(whole["nelbo_per_token"], rel=1e-6)
+
+
 def test_diffusion_bounds_state_their_monte_carlo_budget(tmp_path, checkpoints, capsys):
     path = tmp_path / "notes.txt"
     path.write_text(TEXT)
@@ -87,6 +108,28 @@ def test_diffusion_bounds_state_their_monte_carlo_budget(tmp_path, checkpoints, 
     assert code == 0 and json.loads(out)["tokens"] == len(TOKENIZER.encode(TEXT)) + 1
     code, _, err = run(["eval", block, "--data", str(path), "--stride", "4"], capsys)
     assert code == 2 and "sliding window" in error_line(err)
+
+
+def test_zero_shot_reports_the_terms_of_a_diffusion_bound_as_the_split_evaluation_does():
+    """Out of domain a reader must see which term of a bound is large: the blocks protocol
+    reports each term per token, and they add up to the bound; exact families report the NLL."""
+    for family in ("mdlm", "eps-hybrid"):
+        lm = language_model(family)
+        result = zero_shot_perplexity(lm, [TEXT, "second document"], progress=False)
+        terms = result["nelbo_terms_per_token"]
+        width = lm.config.data.seq_len - 1
+        stream = token_stream([TEXT, "second document"], lm.tokenizer)
+        whole = [
+            [lm.tokenizer.bos_id, *stream[i : i + width]]
+            for i in range(0, len(stream) - width + 1, width)
+        ]
+        split_terms = lm.nelbo_terms(torch.tensor(whole))
+        assert set(terms) == set(split_terms) and len(terms) > 1, terms
+        assert sum(terms.values()) == pytest.approx(result["nelbo_per_token"], rel=1e-6)
+        sliding = zero_shot_perplexity(lm, [TEXT], stride=4, progress=False)
+        assert "nelbo_terms_per_token" not in sliding  # a conditional bound has no such split
+    exact = zero_shot_perplexity(language_model("ar"), [TEXT], progress=False)
+    assert exact["nelbo_terms_per_token"] == {"nll": exact["nelbo_per_token"]}
 
 
 def test_zero_shot_mistakes_are_one_line_errors(tmp_path, checkpoints, capsys):
@@ -114,6 +157,8 @@ def test_a_folder_reads_its_text_files_and_a_dataset_its_named_split(tmp_path, m
     assert sorted(read_documents(DataConfig(corpus=str(tmp_path)))) == ["alpha", "beta"]
 
     import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the fake below is the hub: no reachability probe
 
     calls = []
 

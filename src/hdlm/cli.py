@@ -306,9 +306,8 @@ def cmd_study(args: argparse.Namespace) -> None:
             )
         out = report_so_far(args.config)
     else:
-        out = run_study(
-            args.config, only=only, progress=not args.no_progress, train_only=args.train_only
-        )
+        progress = "none" if args.no_progress else args.progress
+        out = run_study(args.config, only=only, progress=progress, train_only=args.train_only)
     print(f"study {'runs trained in' if args.train_only else 'written to'} {out}")
 
 
@@ -613,6 +612,9 @@ def _study_and_plot_parsers(commands) -> None:
                    help="report the evaluations done so far; train nothing")  # fmt: skip
     p.add_argument("--train-only", action="store_true",
                    help="train (or resume) the runs and stop before evaluating them")  # fmt: skip
+    p.add_argument("--progress", choices=("all", "training", "none"), default="all",
+                   help="progress bars: all, training (one line per family while it trains) "
+                   "or none")  # fmt: skip
     _add_progress(p)
     p.set_defaults(func=cmd_study)
     p = commands.add_parser("plot", help="draw what a model or schedule does")

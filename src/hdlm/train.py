@@ -104,7 +104,7 @@ def train(
     config = resolve_architecture(config)  # model.from_hf: a Hugging Face directory's shape
     device = distributed.init(pick_device(config.train.device))
     try:
-        run = setup(config, device, resume)
+        run = setup(config, device, resume, progress)
         loop(run, progress, stop_after)
         return run.out
     finally:
@@ -127,8 +127,9 @@ def loop(run: Run, progress: bool, stop_after: int | None) -> None:
     house.close(stop.received)
 
 
-def setup(config: RunConfig, device: torch.device, resume: bool) -> Run:
-    """Data, model, optimizer and, with `resume`, the state of the latest checkpoint."""
+def setup(config: RunConfig, device: torch.device, resume: bool, progress: bool = True) -> Run:
+    """Data, model, optimizer and, with `resume`, the state of the latest checkpoint
+    (`progress`: the bar of a token store's preparation, on rank 0)."""
     tc = config.train
     precision = pick_precision(tc.precision, device)
     distributed.check_batch(tc.batch_size)
@@ -136,7 +137,7 @@ def setup(config: RunConfig, device: torch.device, resume: bool) -> Run:
     tokenizer = Tokenizer.load(resume_dir) if resume_dir else None
     with distributed.main_first():  # rank 0 prepares the token store; the others open it
         main = distributed.is_main()
-        data = prepare_data(config.data, tokenizer, progress=main, may_prepare=main)
+        data = prepare_data(config.data, tokenizer, progress=main and progress, may_prepare=main)
     config = with_vocabulary(config, data.tokenizer)
     torch.manual_seed(config.seed)
     lm = LanguageModel(config, data.tokenizer).to(device)

@@ -20,15 +20,18 @@ import io
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from pydoc_data.topics import topics
+from urllib.parse import urlsplit
 
 import numpy as np
 import zstandard
+from huggingface_hub import constants as hub_constants
 
 from hdlm.config import DataConfig
 from hdlm.data.sources import HiddenMarkov, markov_chain, synthetic_alphabet
@@ -40,6 +43,8 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")  # one document per record
 COMPRESSIONS = ("", ".gz", ".zst")
 READER_VERSION = 2  # part of every store key: bump when a reader's output changes
 PARQUET_BATCH = 1024  # rows read at a time from a parquet file
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+HUB_PROBE_SECONDS = 5.0
 
 # reStructuredText that is markup only. Dropped with their indented body: the directives below,
 # comments and link targets (".. " then anything but a directive, footnote or substitution).
@@ -320,6 +325,7 @@ def hub_dataset(cfg: DataConfig, split: str | None = None, streaming: bool = Fal
             f"corpus path {cfg.corpus} not found; give an existing file or folder "
             "(.txt/.md/.json/.jsonl/.parquet), or data.corpus=pydocs or synthetic"
         )
+    check_hub_reachable(f"corpus '{cfg.corpus}'")
     import datasets  # heavy: imported only when a corpus comes from the Hub
 
     try:
@@ -331,6 +337,27 @@ def hub_dataset(cfg: DataConfig, split: str | None = None, streaming: bool = Fal
             f"could not load {which} '{cfg.corpus}' from the Hugging Face hub ({reason}); check "
             "the name, data.hf_subset, --split and the connection, or use data.corpus=pydocs, "
             "synthetic or a local path"
+        ) from e
+
+
+def check_hub_reachable(what: str) -> None:
+    """A DataError at once when the Hugging Face hub cannot be reached, instead of the hub
+    clients' half minute of retries. Skipped when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set:
+    then the local cache answers."""
+    if any(os.environ.get(v, "0").lower() not in ("0", "", "false", "no") for v in OFFLINE_VARS):
+        return
+    if hub_constants.HF_HUB_OFFLINE:  # read from the environment when huggingface_hub loaded
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as e:
+        raise DataError(
+            f"cannot reach the Hugging Face hub at {endpoint} for {what} "
+            f"({e.strerror or type(e).__name__}); check the connection, or set HF_HUB_OFFLINE=1 "
+            "to use what is already in the local cache"
         ) from e
 
 

@@ -183,7 +183,11 @@ def conditional_support(lm) -> bool:
 def _diffusion_batch(lm, tokens: Tensor, scored: Tensor, options: dict) -> tuple[Tensor, Tensor]:
     samples = options["mc_samples"]
     if bool(scored.all()):
-        bound = lm.nelbo(tokens, samples=samples)
+        terms = lm.nelbo_terms(tokens, samples=samples)
+        bound = sum(terms.values())
+        if options.get("terms") is not None:  # whole windows: the bound's terms add up too
+            for name, value in terms.items():
+                options["terms"][name] = options["terms"].get(name, 0.0) + float(value.sum())
     elif conditional_support(lm):
         bound = lm.nelbo(tokens, scored, samples=samples)
     else:
@@ -233,19 +237,22 @@ def score_requests(
     progress: bool = False,
     desc: str = "score",
     window: int | None = None,
+    terms: dict[str, float] | None = None,
 ) -> list[Score]:
     """Σ log p(continuation | context) of each request (module docstring: windows, families).
 
     `mc_samples`: Monte Carlo draws per window for diffusion bounds; `stride`: chunk size
     (sliding window); `order` / `group_size`: the A3 factorisation (default the model's
     `a3.eval_order` / `a3.eval_group_size`); `window`: tokens per window with BOS (default
-    `data.seq_len`)."""
+    `data.seq_len`); `terms`: a dict that receives Σ nats of each term of a diffusion bound over
+    the windows scored whole (`LanguageModel.nelbo_terms`)."""
     if batch_size < 1:
         raise HdlmError(f"the batch size must be at least 1, not {batch_size}")
     options = {
         "mc_samples": mc_samples,
         "order": order or lm.config.a3.eval_order,
         "group_size": group_size or lm.config.a3.eval_group_size,
+        "terms": terms,
     }
     if options["order"] not in ("left-to-right", "random"):
         raise HdlmError(f"unknown A3 scoring order '{options['order']}': left-to-right or random")

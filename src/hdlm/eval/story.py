@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from hdlm import sampling
+from hdlm.data.readers import check_hub_reachable
 from hdlm.errors import DataError, HdlmError
 from hdlm.eval.perplexity import one_step_per_blank
 from hdlm.eval.scoring import conditional_support
@@ -79,6 +80,7 @@ def read_records(spec: str, split: str | None = None) -> list[dict]:
             raise DataError(f"{path} is not valid JSON lines / JSON: {e}") from e
     if path.exists() or spec.startswith(("/", ".", "~")):
         raise DataError(f"stories file {spec} not found (or not a file); give a .jsonl file")
+    check_hub_reachable(f"stories '{spec}'")
     import datasets  # heavy: only for stories from a Hugging Face dataset
 
     try:

@@ -17,7 +17,7 @@ from hdlm.errors import DataError, HdlmError
 from hdlm.eval.perplexity import infill_metrics, middle_span, perplexity
 from hdlm.eval.samples import SAMPLE_METRICS, load_reference, sample_metrics
 from hdlm.eval.story import load_stories, story_infill_metrics
-from hdlm.eval.zero_shot import read_documents, stream_blocks, token_stream, zero_shot_perplexity
+from hdlm.eval.zero_shot import zero_shot_perplexity, zero_shot_store
 
 
 def evaluate(
@@ -35,15 +35,15 @@ def evaluate(
     )
     result = {"checkpoint": str(args.checkpoint), "family": lm.config.family}
     progress = not args.no_progress
-    blocks = docs = None
+    blocks = scored_store = None
     zero_shot = bool(args.data) and not args.hash_split and not _is_training_corpus(args.data, lm)
     if "story-infill" in metrics:
         result["story_infill"] = _story_infill(args, lm, data_config, sampler_options)
     if {"ppl", "mauve", "infill"} & set(metrics):
-        blocks, docs, info = _held_out_data(args, lm, data_config, zero_shot)
+        blocks, scored_store, info = _held_out_data(args, lm, data_config, zero_shot)
         result.update(info, zero_shot=zero_shot)
     if "ppl" in metrics and zero_shot:
-        result.update(zero_shot_perplexity(lm, docs, data_config.seq_len, args.stride,
+        result.update(zero_shot_perplexity(lm, scored_store, data_config.seq_len, args.stride,
                                            args.mc_samples, args.batch_size, progress,
                                            args.max_blocks))  # fmt: skip
     elif "ppl" in metrics:
@@ -73,13 +73,13 @@ def _is_training_corpus(spec: str, lm) -> bool:
 
 
 def _held_out_data(args: argparse.Namespace, lm, data_config, zero_shot: bool):
-    """(blocks [n, seq_len], documents or None, what the JSON says about the data): all of
-    `--data` when it is not the training corpus (zero-shot), else its `--split` by hash."""
+    """(blocks [n, seq_len], the zero-shot token store or None, what the JSON says about the
+    data): all of `--data` when it is not the training corpus (zero-shot: one token store of
+    it, `zero_shot_store`), else its `--split` by hash."""
     if zero_shot:
-        docs = read_documents(data_config, args.split)
-        stream = token_stream(docs, lm.tokenizer)
-        blocks = stream_blocks(stream, data_config.seq_len, lm.tokenizer.bos_id)
-        return blocks, docs, {"corpus": data_config.corpus, "split": args.split or "all"}
+        store = zero_shot_store(data_config, args.split, lm.tokenizer, not args.no_progress)
+        blocks = store.blocks("train", data_config.seq_len, lm.tokenizer.bos_id)
+        return blocks, store, {"corpus": data_config.corpus, "split": args.split or "all"}
     split = args.split or "test"
     data = prepare_data(data_config, lm.tokenizer)
     blocks = data.blocks.get(split, [])

@@ -18,19 +18,30 @@ of the noise level per window (default `diffusion.eval_steps`; HDLM's official e
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import torch
+from tqdm import tqdm
 
 from hdlm.config import DataConfig
-from hdlm.data import load_documents, looks_like_path, pack_blocks
-from hdlm.data.readers import hub_dataset, hub_texts
+from hdlm.data.corpora import store_path
+from hdlm.data.readers import (
+    describe_source,
+    hub_dataset,
+    hub_texts,
+    iter_documents,
+    looks_like_path,
+)
+from hdlm.data.store import StoreSettings, TokenStore, prepare_store
+from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import DataError, HdlmError
 from hdlm.eval.scoring import conditional_support, is_exact, score_requests
 
 BUILT_IN = ("pydocs", "synthetic")
+SEGMENT_WINDOWS = 4096  # windows scored at a time: bounds memory, not the result
 
 
 def is_local_or_built_in(corpus: str) -> bool:
@@ -38,35 +49,50 @@ def is_local_or_built_in(corpus: str) -> bool:
     return corpus in BUILT_IN or Path(corpus).expanduser().exists() or looks_like_path(corpus)
 
 
-def read_documents(cfg: DataConfig, split: str | None = None) -> list[str]:
-    """The documents of `cfg.corpus`, all of them: a file (read whole as one text document
-    whatever its suffix; .json/.jsonl: one record per document, text in `data.text_field`), a
-    folder, a built-in corpus, or the split `split` (default test) of a Hugging Face dataset."""
+def zero_shot_documents(cfg: DataConfig, split: str | None = None) -> Iterator[str]:
+    """The documents of `cfg.corpus`, all of them, streamed: a file (read whole as one text
+    document whatever its suffix; .json/.jsonl/.parquet: one record per document, text in
+    `data.text_field`), a folder, a built-in corpus, or the split `split` (default test) of a
+    Hugging Face dataset."""
     if is_local_or_built_in(cfg.corpus):
         if split is not None:
             raise DataError(
                 f"--split {split}: '{cfg.corpus}' is scored whole (splits belong to Hugging Face "
                 "datasets); drop --split, or add --hash-split for the hash-assigned splits"
             )
-        docs = load_documents(cfg)
-    else:
-        split_data = hub_dataset(cfg, split or "test", streaming=True)
-        docs = list(islice((d for d in hub_texts(split_data, cfg) if d), cfg.max_documents))
+        return iter_documents(cfg)
+    split_data = hub_dataset(cfg, split or "test", streaming=True)
+    return islice((d for d in hub_texts(split_data, cfg) if d), cfg.max_documents)
+
+
+def read_documents(cfg: DataConfig, split: str | None = None) -> list[str]:
+    """`zero_shot_documents` in memory (small sets)."""
+    docs = list(zero_shot_documents(cfg, split))
     if not docs:
         raise DataError(f"'{cfg.corpus}' holds no non-empty document to score")
     return docs
+
+
+def zero_shot_store(
+    cfg: DataConfig, split: str | None, tokenizer: Tokenizer, progress: bool = True
+) -> TokenStore:
+    """The documents of `zero_shot_documents` tokenised into a token store with one split,
+    `train`, holding all of them in order (cached in `data.cache_dir/stores` like any store)."""
+    source = describe_source(cfg) | {"zero_shot_split": split}
+    settings = StoreSettings(source, 0.0, 0.0, cfg.shard_chars, cfg.max_tokens)
+    path = store_path(cfg, settings, tokenizer)
+    documents = zero_shot_documents(cfg, split)
+    workers = cfg.workers or min(os.cpu_count() or 1, 8)
+    store = prepare_store(documents, settings, tokenizer, path, workers, progress)
+    if store.documents("train") == 0:
+        raise DataError(f"'{cfg.corpus}' holds no non-empty document to score")
+    return store
 
 
 def token_stream(documents: list[str], tokenizer) -> list[int]:
     """doc0 EOS doc1 EOS ...: the ids every protocol scores."""
     eos = tokenizer.eos_id
     return [i for ids in tokenizer.encode_batch(documents) for i in (*ids, eos)]
-
-
-def stream_blocks(stream: list[int], seq_len: int, bos_id: int) -> torch.Tensor:
-    """Full blocks [n, seq_len] of the stream (BOS + seq_len - 1 tokens; the tail dropped), for
-    the metrics that need blocks of one length (MAUVE references, infilling)."""
-    return pack_blocks(np.asarray(stream, dtype=np.int64), seq_len, bos_id)
 
 
 def protocol(lm, seq_len: int, stride: int | None, mc_samples: int | None) -> dict:
@@ -99,7 +125,7 @@ def protocol(lm, seq_len: int, stride: int | None, mc_samples: int | None) -> di
 
 def zero_shot_perplexity(
     lm,
-    documents: list[str],
+    documents: list[str] | TokenStore,
     seq_len: int | None = None,
     stride: int | None = None,
     mc_samples: int | None = None,
@@ -107,11 +133,15 @@ def zero_shot_perplexity(
     progress: bool = True,
     max_windows: int | None = None,
 ) -> dict:
-    """Perplexity of all of `documents` under `lm` (module docstring: protocols), or of the
-    first `max_windows` windows' tokens.
+    """Perplexity of all of `documents` (texts, or the `train` split of a token store:
+    `zero_shot_store`) under `lm` (module docstring: protocols), or of the first `max_windows`
+    windows' tokens. The stream is scored in segments of SEGMENT_WINDOWS windows, each with the
+    context its first window needs, so memory does not grow with the stream.
 
     perplexity = exp(-Σ_windows log p(chunk | window context) / tokens), exact for ar / a3,
-    an upper bound (-log p replaced by the NELBO) for diffusion families."""
+    an upper bound (-log p replaced by the NELBO) for diffusion families, whose terms per token
+    (`nelbo_terms_per_token`, as the split evaluation reports them) come with the `blocks`
+    protocol."""
     seq_len = seq_len or lm.config.data.seq_len
     if not 2 <= seq_len <= lm.config.model.max_len:
         raise HdlmError(
@@ -119,21 +149,38 @@ def zero_shot_perplexity(
             f"({lm.config.model.max_len})"
         )
     settings = protocol(lm, seq_len, stride, mc_samples)
-    stream = token_stream(documents, lm.tokenizer)
-    if max_windows is not None:
-        stream = stream[: max_windows * settings["stride"]]
-    [score] = score_requests(
-        lm, [([], stream)], batch_size, settings["mc_samples"], settings["stride"],
-        progress=progress, desc="zero-shot", window=seq_len,
-    )  # fmt: skip
-    nats = -score.logprob / len(stream)
+    if isinstance(documents, TokenStore):
+        count, stream = documents.documents("train"), documents.stream("train")
+        read = stream.read
+    else:
+        count, stream = len(documents), np.asarray(token_stream(documents, lm.tokenizer))
+        read = lambda start, stop: stream[start:stop]  # noqa: E731
+    stride, context = settings["stride"], settings["context_tokens"]
+    tokens = len(stream) if max_windows is None else min(len(stream), max_windows * stride)
+    logprob, segment, terms = 0.0, SEGMENT_WINDOWS * stride, {}
+    whole_windows = settings["name"] == "blocks"  # every window scored whole: terms add up
+    starts = range(0, tokens, segment)
+    for start in tqdm(starts, desc="zero-shot", disable=not progress or len(starts) < 2):
+        before = read(max(0, start - context), start).tolist()
+        [score] = score_requests(
+            lm, [(before, read(start, min(start + segment, tokens)).tolist())], batch_size,
+            settings["mc_samples"], stride, progress=progress and len(starts) < 2,
+            desc="zero-shot", window=seq_len, terms=terms if whole_windows else None,
+        )  # fmt: skip
+        logprob += score.logprob
+    nats = -logprob / tokens
     exact = is_exact(lm)
-    return {
+    result = {
         "protocol": settings,
-        "documents": len(documents),
-        "tokens": len(stream),
-        "windows": -(-len(stream) // settings["stride"]),
+        "documents": count,
+        "tokens": tokens,
+        "windows": -(-tokens // stride),
         "nelbo_per_token": nats,
+    }
+    if exact or terms:  # a sliding window's conditional bound has no per-term split
+        terms = {"nll": -logprob} if exact else terms
+        result["nelbo_terms_per_token"] = {k: v / tokens for k, v in terms.items()}
+    return result | {
         "bits_per_token": nats / math.log(2),
         "perplexity": math.exp(nats),
         "kind": "exact" if exact else "upper bound",

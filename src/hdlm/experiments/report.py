@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from hdlm.experiments import plots
 from hdlm.files import new_figure
 
 
@@ -69,7 +70,20 @@ def infill_table(results: dict) -> list[str]:
 
 
 def frontier_plot(results: dict, path: Path) -> None:
-    """MAUVE against generative perplexity, one point per family and sampler setting."""
+    """MAUVE against generative perplexity, one point per family and sampler setting; without
+    MAUVE (a study that skips it), unigram entropy against generative perplexity, with held-out
+    text's entropy as a line (`plots.frontier_plot`)."""
+    samples = [s for result in results.values() for s in result.get("samples", {}).values()]
+    if not any(s.get("mauve") is not None for s in samples):
+        summary = {name: {label: {"gen_ppl": [s.get("gen_ppl")],
+                                  "unigram_entropy": [s.get("unigram_entropy")]}
+                          for label, s in result.get("samples", {}).items()}
+                   for name, result in results.items()}  # fmt: skip
+        held_out = next((s["reference_unigram_entropy"] for s in samples
+                         if s.get("reference_unigram_entropy") is not None), None)  # fmt: skip
+        plots.frontier_plot(summary, path, quality="gen-ppl", held_out_entropy=held_out,
+                            over_seeds=False)  # fmt: skip
+        return
     fig = new_figure(figsize=(7, 5))
     ax = fig.subplots()
     for name, result in results.items():

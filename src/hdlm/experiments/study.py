@@ -296,10 +296,15 @@ def training_summary(run_dir: Path) -> dict:
 def run_study(
     path: str | Path,
     only: list[str] | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     train_only: bool = False,
 ) -> Path:
-    """Run every stage of the study at `path` (or only the families or runs in `only`)."""
+    """Run every stage of the study at `path` (or only the families or runs in `only`).
+    `progress`: bars for everything (True / "all"), for training only ("training": one line per
+    family while it trains) or none (False / "none")."""
+    progress = {True: "all", False: "none"}.get(progress, progress)
+    if progress not in ("all", "training", "none"):
+        raise ConfigError(f"progress '{progress}': choose all, training or none")
     study = load_study(path)
     runs = study_runs(study)
     names = list(runs) if only is None else [r for r in runs if {r, runs[r][0]} & set(only)]
@@ -309,7 +314,7 @@ def run_study(
             f"--only {','.join(missing)}: not in the study; choose from {', '.join(study.families)}"
             f" or runs {', '.join(runs)}"
         )
-    train_all(study, names, progress)
+    train_all(study, names, progress != "none")
     if train_only:
         return study.runs_path
     reference = reference_run(study)
@@ -317,7 +322,7 @@ def run_study(
         study.runs_path / reference, run_config(study, reference).train.steps
     ):
         raise HdlmError(f"study: the reference run '{reference}' must be trained first")
-    evaluator = Evaluator(study, progress)
+    evaluator = Evaluator(study, progress == "all")
     results = {}
     for name in names:
         print(f"study: evaluating {name}")

@@ -41,6 +41,7 @@ from tokenizers import decoders, models
 from torch import Tensor
 
 from hdlm.config import DiffusionConfig, ModelConfig, RunConfig, complete
+from hdlm.data.readers import check_hub_reachable
 from hdlm.data.tokenizer import EOS, Tokenizer, TokenizerConfig, build_tokenizer
 from hdlm.errors import CheckpointError
 from hdlm.model.hf_arch import SUPPORTED
@@ -391,6 +392,7 @@ def hub_snapshot(repo_id: str) -> Path:
     except ModuleNotFoundError as e:
         raise CheckpointError(f"hf: names need huggingface_hub ({e}); pip install it") from e
     patterns = ["*.json", "*.yaml", "*.safetensors", "pytorch_model.bin", "tokenizer*"]
+    check_hub_reachable(f"{HUB_PREFIX}{repo_id}")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # network, HTTP and cache-miss errors have no common base class
