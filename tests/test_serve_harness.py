@@ -59,5 +59,5 @@ def test_local_completions_through_the_server_match_hdlm_harness(tmp_path):
     for sample in served["samples"]["served_mc"]:
         row = ROWS[sample["doc_id"]]
         expected = [s.logprob for s in lm.score_choices(row["context"] + " ", row["choices"])]
-        got = [value for (value, _greedy), in sample["resps"]]
+        got = [value for ((value, _greedy),) in sample["resps"]]
         assert got == pytest.approx(expected, abs=1e-4)
