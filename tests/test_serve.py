@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+import torch
 from helpers import language_model
 
 pytest.importorskip("fastapi")
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from live_server import running  # noqa: E402
 
 from hdlm.eval.scoring import score_requests  # noqa: E402
+from hdlm.sampling.trace import Trace, trace_states, write_trace  # noqa: E402
 from hdlm.serve.app import create_app  # noqa: E402
 from hdlm.serve.live import LiveTrace  # noqa: E402
 from hdlm.serve.worker import Busy, Cancelled, ModelWorker  # noqa: E402
@@ -315,6 +317,21 @@ def test_a_live_trace_stops_the_sampler_when_told():
     with pytest.raises(Cancelled):
         lm.sample(1, 10, steps=5, trace=trace)
     assert len(trace.tokens) == 1
+
+
+@pytest.mark.parametrize(
+    "family,options,steps",
+    [("ar", {}, 9), ("gamma-hybrid", {"steps": 4}, 4), ("gamma-hybrid", {"sampler": "euler"}, 128)],
+)
+def test_ar_and_tau_leaping_record_traces_too(tmp_path, family, options, steps):
+    lm = model(family)
+    trace = Trace()
+    tokens = lm.sample(1, 12, prompt="ab", seed=0, trace=trace, **options)
+    assert len(trace.tokens) == steps  # ar: one token per step after BOS and the prompt
+    assert torch.equal(trace.tokens[-1], tokens)
+    states = trace_states(trace, lm.tokenizer.mask_id)
+    assert (states[:, :2] == 1).all()  # the prompt stays visible
+    assert write_trace(trace, lm.tokenizer, tmp_path / "t.html").exists()
 
 
 def test_serve_refuses_a_bad_port_in_one_line(capsys):
