@@ -221,7 +221,7 @@ def test_frontier_labels_do_not_overlap():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hdlm.experiments.report_seeds import place_labels
+    from hdlm.experiments.plots import place_labels
 
     fig, ax = plt.subplots()
     points = [(1.0 + 0.001 * k, 2.0, f"setting-{k}", "C0") for k in range(8)]  # one spot

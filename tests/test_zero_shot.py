@@ -69,6 +69,14 @@ def test_the_blocks_protocol_is_the_nelbo_of_bos_blocks_of_the_stream():
     assert sliding["tokens"] == len(stream) and sliding["protocol"]["name"] == "sliding"
     assert sliding["protocol"]["context_tokens"] == width - 4
     assert sliding["windows"] == math.ceil(len(stream) / 4)
+    # ... each chunk of 4 given BOS and the width - 4 tokens before it: for ar exactly
+    # log p(context, chunk) - log p(context)
+    nats, context = 0.0, width - 4
+    for start in range(0, len(stream), 4):
+        before = [bos, *stream[max(0, start - context) : start]]
+        nats += lm.nelbo(torch.tensor([before + stream[start : start + 4]])).item()
+        nats -= lm.nelbo(torch.tensor([before])).item() if len(before) > 1 else 0.0
+    assert sliding["nelbo_per_token"] == pytest.approx(nats / len(stream), rel=1e-5)
 
 
 def test_scoring_in_segments_from_a_store_equals_scoring_the_whole_stream(tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def new_figure(**options):
     """A matplotlib `Figure` (`options`: figsize, layout, ...) on an Agg canvas, outside
     pyplot (whose global state it leaves alone); it saves PNG or SVG by the file's suffix, and
-    its canvas can measure text (`report_seeds.place_labels`)."""
+    its canvas can measure text (`experiments.plots.place_labels`)."""
     # matplotlib is loaded when a picture is drawn, so that importing hdlm stays fast
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
