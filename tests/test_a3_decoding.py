@@ -293,10 +293,8 @@ def test_a3_decoding_from_the_cli_with_groups_entropy_and_a_trace(runs, tmp_path
         ("mdlm", ["--eta", "0.1"], "--eta does not apply to mdlm models \\(sampler ancestral\\)"),
         ("mdlm", ["--schedule", "block:11:2", "--steps", "4"], "--steps sets the steps of a flat"),
         ("ar", ["--steps", "4"], "--steps does not apply to ar models"),
-        ("ar", ["--trace", "t.html"], "--trace does not apply to ar models"),
         ("ar", ["--order", "confidence"], "--order does not apply to ar models"),
         ("gamma-hybrid", ["--no-cache"], "--no-cache does not apply to gamma-hybrid models"),
-        ("gamma-hybrid", ["--trace", "t.html"], "--trace does not apply to gamma-hybrid"),
     ],
 )
 def test_options_that_do_not_apply_are_refused(runs, capsys, family, args, message):

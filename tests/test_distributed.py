@@ -155,15 +155,22 @@ def test_two_torchrun_nodes_read_disjoint_data_and_equal_one_process(tmp_path, s
         port = s.getsockname()[1]
     multi, trace = tmp_path / "nodes", tmp_path / "trace"
     trace.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=hdlm-test",
-               "-m", "hdlm", "train", "--no-progress", "--config", "configs/ar-tiny.yaml",
-               *(f"--set={s}" for s in settings(tmp_path, multi))]  # fmt: skip
+
+    def node(host: bool) -> list[str]:  # both "nodes" are 127.0.0.1: say which hosts the store
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=hdlm-test",
+                f"--rdzv-conf=is_host={int(host)}", "--max-restarts=0", "-m", "hdlm", "train",
+                "--no-progress", "--config", "configs/ar-tiny.yaml",
+                *(f"--set={s}" for s in settings(tmp_path, multi))]  # fmt: skip
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HDLM_DATA_TRACE": str(trace)}
-    nodes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]  # fmt: skip
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    assert all(node.returncode == 0 for node in nodes), outputs[0][-3000:] + outputs[1][-3000:]
+    logs = [tmp_path / f"node{k}.log" for k in range(2)]  # files: a full pipe would block a node
+    nodes = [subprocess.Popen(node(k == 0), env=env, stdout=open(logs[k], "w"),  # noqa: SIM115
+                              stderr=subprocess.STDOUT) for k in range(2)]  # fmt: skip
+    for process in nodes:
+        process.wait(timeout=300)
+    outputs = [log.read_text()[-3000:] for log in logs]
+    assert all(process.returncode == 0 for process in nodes), outputs[0] + outputs[1]
     assert_same_run(single, multi)
     reads = [[json.loads(line) for line in (trace / f"rank{r}.jsonl").read_text().splitlines()]
              for r in range(2)]  # fmt: skip

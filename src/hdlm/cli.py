@@ -1,5 +1,5 @@
-"""The `hdlm` command line: train | data | sample | eval | harness | bench | study | export |
-import | plot.
+"""The `hdlm` command line: train | data | sample | serve | eval | harness | bench | study |
+export | import | plot.
 
 Every option is checked here, at the edge, the same way for every command: numbers by range
 (`argparse` types below), sampling options against the loaded model's sampler (the sampler
@@ -163,6 +163,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(f"=== sample {i} ===\n{text}")
     if args.trace:
         print(f"wrote {write_trace(trace, lm.tokenizer, args.trace)}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from hdlm.serve.app import serve  # (the serve extra: fastapi and uvicorn are optional)
+    except ImportError as e:
+        raise HdlmError(
+            f"hdlm serve needs the serve extra ({e.name} is missing): pip install 'hdlm[serve]'"
+        ) from None
+    lm = _load(args)
+    name = args.name or Path(args.checkpoint).resolve().name
+    serve(lm, name, args.host, args.port, args.api_key, args.queue_size)
 
 
 def _check_trace_path(path: str) -> None:
@@ -437,6 +449,24 @@ def _sample_parser(commands) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+def _serve_parser(commands) -> None:
+    p = commands.add_parser(
+        "serve", help="a live denoising page and an OpenAI-compatible API (the serve extra)"
+    )
+    _add_checkpoint(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")  # fmt: skip
+    p.add_argument("--port", type=bounded(int, 0, 65535), default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (or ?api_key=KEY) on every "
+                   "endpoint")  # fmt: skip
+    p.add_argument("--queue-size", type=positive_int, default=16,
+                   help="requests that may wait for the model; more are answered 503")  # fmt: skip
+    p.add_argument("--name", default=None,
+                   help="model id in the API (default: the checkpoint's folder name)")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
+
+
 def _eval_parser(commands) -> None:
     p = commands.add_parser(
         "eval", help="perplexity (NELBO) on a corpus and the quality of samples (docs/metrics.md)"
@@ -631,8 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, sample and evaluate AR, diffusion, hybrid (HDLM) and A3 models.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_train_parser, _data_parser, _sample_parser, _eval_parser, _harness_parser,
-                _bench_parser, _interop_parsers, _study_and_plot_parsers):  # fmt: skip
+    for add in (_train_parser, _data_parser, _sample_parser, _serve_parser, _eval_parser,
+                _harness_parser, _bench_parser, _interop_parsers,
+                _study_and_plot_parsers):  # fmt: skip
         add(commands)
     return parser
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from hdlm import a3
 from hdlm.errors import HdlmError
-from hdlm.readout import MaskedCrossEntropy
+from hdlm.readout import MaskedCrossEntropy, clean_log_probs
 
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids), no BOS
 
@@ -300,3 +300,45 @@ def score_choices(
                         score.is_greedy)
         )  # fmt: skip
     return out
+
+
+# -- per-token log-probabilities (the OpenAI API's `logprobs`, `hdlm serve`) ----------------------
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """log p of every token of a sequence given the tokens before it (after BOS): exact for ar
+    and a3 (left to right, one token per group), a lower bound (-NELBO of the token given the
+    tokens before it) for diffusion families with a conditional bound; `top` holds the k most
+    likely tokens at each position (exact families only, else None)."""
+
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]] | None
+    bound: bool
+
+
+@torch.no_grad()
+def token_scores(lm, ids: Sequence[int], top: int = 0) -> TokenScores:
+    """`TokenScores` of `ids` (no BOS; at most `model.max_len` - 1 tokens for ar and a3)."""
+    if not is_exact(lm):
+        if not conditional_support(lm):
+            raise HdlmError(
+                f"family '{lm.config.family}' has no per-token likelihood or bound (ar, a3, and "
+                "mdlm / eps-hybrid with diffusion.time=count do)"
+            )
+        requests = [(list(ids[:i]), [ids[i]]) for i in range(len(ids))]
+        return TokenScores([s.logprob for s in score_requests(lm, requests)], None, bound=True)
+    tokens = torch.tensor([[lm.tokenizer.bos_id, *ids]], device=lm.device)
+    if lm.family.is_a3:  # one position per group, left to right: the AR factorisation
+        groups = torch.arange(tokens.shape[1], device=lm.device)[None]
+        logits = lm.net.two_stream(**a3.stream_inputs(tokens, groups, lm.tokenizer.mask_id))
+    else:
+        logits = lm.net(tokens[:, :-1], causal=True)
+    log_probs = clean_log_probs(logits[0], lm.tokenizer.mask_id)  # [len(ids), V]
+    picked = log_probs.gather(-1, tokens[0, 1:, None])[:, 0].tolist()
+    if not top:
+        return TokenScores(picked, None, bound=False)
+    best = log_probs.topk(top, dim=-1)
+    indices, values = best.indices.tolist(), best.values.tolist()
+    pairs = [list(zip(i, v, strict=True)) for i, v in zip(indices, values, strict=True)]
+    return TokenScores(picked, pairs, bound=False)

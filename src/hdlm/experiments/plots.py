@@ -99,6 +99,7 @@ def frontier_plot(
     spread = " (mean ± s.e. over seeds)" if over_seeds else ""
     ax.set_title(f"quality–diversity frontier, judged by {judge}{spread}")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     if labelled:
         ax.legend(fontsize=8, loc="best")
         if place_labels(ax, labelled):

@@ -26,25 +26,29 @@ from torch import Tensor
 from hdlm.denoiser import Denoiser, LeapingReverse
 from hdlm.errors import HdlmError
 from hdlm.sampling.hyperschedule import ScheduleWalker, check_schedule_length
-from hdlm.sampling.options import SCHEDULE, STEPS
+from hdlm.sampling.options import SCHEDULE, STEPS, TRACE
 from hdlm.sampling.tokens import filter_logits
+from hdlm.sampling.trace import Trace, step_events
 
 TAU_LEAPING = ("tweedie", "euler")
 
 
 class LeapingSampler(ScheduleWalker):
     """The τ-leaping samplers (`tweedie`, `euler` in `sampling.samplers`): `method`'s step of
-    a `LeapingReverse` process along the schedule; no KV cache, no trace."""
+    a `LeapingReverse` process along the schedule; no KV cache; the trace records what each
+    step changed."""
 
     objectives = ("score-entropy",)
     processes = ("gamma-hybrid",)
     needs = LeapingReverse
-    options = (SCHEDULE, STEPS)
+    options = (SCHEDULE, STEPS, TRACE)
     method: ClassVar[str]
 
     def run(self, denoiser, tokens, known, generator, options, pick, trace) -> Tensor:
         walk = self.walk(options, tokens)
-        return sample_tau_leaping(denoiser, tokens, known, generator, walk, self.method, **pick)
+        return sample_tau_leaping(
+            denoiser, tokens, known, generator, walk, self.method, trace, **pick
+        )
 
 
 def reshape_distribution(
@@ -71,13 +75,14 @@ def tau_leaping(
     generator: torch.Generator | None,
     method: str = "tweedie",
     conditioned: bool = True,
+    on_step: Callable[[Tensor, Tensor], None] | None = None,
 ) -> Tensor:
     """Walk `table` [S+1, L] from the tokens `x` [n, L] at levels table[0] down to table[S].
 
     `denoise(x_t, levels [n, L], step)` returns log p̃ [n, L, V] up to a constant per position,
     the network's clean-token distribution at every position (MASK at -inf). Unless the network
     is `conditioned` on the levels, a step whose tokens equal those of the last network call
-    reuses its output.
+    reuses its output. `on_step(before, after)` sees the tokens around every step that moves.
     """
     if method not in TAU_LEAPING:
         raise HdlmError(f"unknown τ-leaping method '{method}'; choose one of tweedie, euler")
@@ -90,16 +95,24 @@ def tau_leaping(
         # MDLM's trick, exact for a model that does not see the levels: same input, same output
         if conditioned or seen is None or not torch.equal(x, seen):
             log_probs, seen = denoise(x, t, k), x
+        before = x
         if method == "tweedie":
             x = process.tweedie_step(log_probs, x, t, s, generator)
-            continue
-        final = moving & (s == 0)
-        stepped = process.euler_step(log_probs, x, t, torch.where(final, t, s), generator)
-        if final.any():
-            denoised = process.tweedie_step(log_probs, x, torch.where(final, t, 0.0), s, generator)
-            stepped = torch.where(final, denoised, stepped)
-        x = stepped
+        else:
+            x = _euler_step(process, log_probs, x, t, s, moving, generator)
+        if on_step is not None:
+            on_step(before, x)
     return x
+
+
+def _euler_step(process, log_probs, x, t, s, moving, generator) -> Tensor:
+    """SEDD's Euler step; a position's final step to level 0 is a Tweedie step."""
+    final = moving & (s == 0)
+    stepped = process.euler_step(log_probs, x, t, torch.where(final, t, s), generator)
+    if final.any():
+        denoised = process.tweedie_step(log_probs, x, torch.where(final, t, 0.0), s, generator)
+        stepped = torch.where(final, denoised, stepped)
+    return stepped
 
 
 @torch.no_grad()
@@ -110,11 +123,12 @@ def sample_tau_leaping(
     generator: torch.Generator | None,
     schedule,
     method: str = "tweedie",
+    trace: Trace | None = None,
     **pick,
 ) -> Tensor:
     """Fill the positions of `tokens` [n, L] where `known` [L] is False (BOS, a prompt or the
     text around blanks are known) by walking `schedule` (a `Hyperschedule` over the L - 1
-    positions after BOS)."""
+    positions after BOS); `trace` records what every step changed."""
     layout, process = denoiser.layout, denoiser.process
     if layout.options.attention == "two-copy":
         raise HdlmError(
@@ -139,5 +153,9 @@ def sample_tau_leaping(
         scores[..., denoiser.mask_id] = float("-inf")  # in place: the head's fresh output
         return reshape_distribution(scores, **pick)
 
-    x = tau_leaping(denoise, process, x, table, generator, method, layout.conditioned)
+    def record(before: Tensor, after: Tensor) -> None:
+        trace.add(torch.cat((bos, after), 1), **step_events(before, after, denoiser.mask_id))
+
+    on_step = record if trace is not None else None
+    x = tau_leaping(denoise, process, x, table, generator, method, layout.conditioned, on_step)
     return torch.cat((bos, x), 1)

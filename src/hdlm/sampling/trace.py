@@ -1,11 +1,12 @@
 """Pictures of a sampling trajectory: which tokens were masked, revealed, corrected, remasked.
 
-Every sampler that fills positions step by step records into a `Trace`: the hyperschedule
-sampler (what each reverse step revealed, corrected or remasked) and A3 decoding (the group each
-step committed: its positions are the ones "revealed" at that step). `write_trace(trace,
-tokenizer, path)` renders the first sample of a `Trace` as an HTML page (one row per step, every
-token coloured by what happened to it) or as a PNG/SVG strip (steps x positions, one colour per
-state), chosen by the path's suffix.
+Every sampler records into a `Trace`: the hyperschedule sampler (what each reverse step revealed,
+corrected or remasked), A3 decoding (the group each step committed: its positions are the ones
+"revealed" at that step), the AR sampler (one token revealed per step) and τ-leaping (what each
+step changed, `step_events`); `hdlm serve` streams the same steps live (`hdlm.serve.live`).
+`write_trace(trace, tokenizer, path)` renders the first sample of a `Trace` as an HTML page (one
+row per step, every token coloured by what happened to it) or as a PNG/SVG strip (steps x
+positions, one colour per state), chosen by the path's suffix.
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ class Trace:
             raise TypeError(f"unknown trace events {sorted(events)}")
 
 
+def step_events(before: Tensor, after: Tensor, mask_id: int) -> dict[str, Tensor]:
+    """The events of a step from tokens `before` to `after` [n, L-1] (positions after BOS):
+    revealed (MASK -> token), corrected (token -> another token), remasked (token -> MASK); for
+    samplers that change tokens without saying why (τ-leaping)."""
+    was_masked, is_masked = before == mask_id, after == mask_id
+    return {
+        "revealed": was_masked & ~is_masked,
+        "corrected": ~was_masked & ~is_masked & (before != after),
+        "remasked": ~was_masked & is_masked,
+    }
+
+
 # state codes, in drawing order; the colours are shared by the HTML and the strip
 STATES = ("masked", "visible", "revealed", "corrected", "remasked")
 COLOURS = ("#d9d9d9", "#ffffff", "#8fd18f", "#f5a623", "#e05d5d")
@@ -52,9 +65,20 @@ SUFFIXES = (".html", ".png", ".svg")
 def trace_states(trace: Trace, mask_id: int, row: int = 0) -> torch.Tensor:
     """[steps, L-1] state code of every position after every step, for sample `row`."""
     tokens = torch.stack([step[row, 1:] for step in trace.tokens])
+    revealed, corrected, remasked = (
+        torch.stack([e[row] for e in events])
+        for events in (trace.revealed, trace.corrected, trace.remasked)
+    )
+    return state_codes(tokens, revealed, corrected, remasked, mask_id)
+
+
+def state_codes(
+    tokens: Tensor, revealed: Tensor, corrected: Tensor, remasked: Tensor, mask_id: int
+) -> Tensor:
+    """The `STATES` code of every position: `tokens` after a step and its events, any shape."""
     states = torch.where(tokens == mask_id, 0, 1)
-    for code, events in ((2, trace.revealed), (3, trace.corrected), (4, trace.remasked)):
-        states = torch.where(torch.stack([e[row] for e in events]), code, states)
+    for code, events in ((2, revealed), (3, corrected), (4, remasked)):
+        states = torch.where(events, code, states)
     return states
 
 

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from hdlm.errors import HdlmError
 from hdlm.sampling.ar import sample_ar
-from hdlm.sampling.options import USE_CACHE
+from hdlm.sampling.options import TRACE, USE_CACHE
 from hdlm.sampling.registry import Sampler, register
 
 
@@ -15,7 +15,7 @@ class Autoregressive(Sampler):
     name = "ar"
     summary = "left to right, x_i ~ p_θ(x_i | x_<i), with a KV cache"
     objectives = ("ar",)
-    options = (USE_CACHE,)
+    options = (USE_CACHE, TRACE)
 
     def run(self, denoiser, tokens, known, generator, options, pick, trace) -> Tensor:
         given = int(known.sum())
@@ -23,5 +23,5 @@ class Autoregressive(Sampler):
             raise HdlmError("ar checkpoints continue a prompt; infill with an a3 or masked model")
         return sample_ar(
             denoiser.net, tokens[:, :given], len(known), generator, denoiser.mask_id,
-            options["use_cache"], **pick,
+            options["use_cache"], trace, **pick,
         )  # fmt: skip
