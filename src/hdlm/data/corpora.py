@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from hdlm.data.sources import (
     markov_chain,
     synthetic_alphabet,
 )
-from hdlm.data.splits import SPLITS, TRAIN, assign_splits, content_hash, digest, split_documents
+from hdlm.data.splits import SPLITS, TRAIN, assign_splits, content_hash, digest, fill_empty_splits
 from hdlm.data.store import StoreBlocks, StoreSettings, TokenStore, prepare_store
 from hdlm.data.tokenizer import Tokenizer, build_tokenizer
 from hdlm.errors import DataError
@@ -113,7 +114,7 @@ def prepare_data(
     store = open_store(cfg, tokenizer, progress, may_prepare)
     tokenizer = tokenizer or store.tokenizer
     blocks = {s: store.blocks(s, cfg.seq_len, tokenizer.bos_id) for s in SPLITS}
-    fractions = store.index["fractions"]
+    fractions = dict(store.index["fractions"])  # a copy: the index stays as the store wrote it
     fractions["train"] = max(0.0, round(1.0 - sum(fractions.values()), 9))  # 0: eval only
     for split in SPLITS:
         if fractions[split] > 0 and len(blocks[split]) == 0:
@@ -168,7 +169,22 @@ def open_store(
                 "shared storage)"
             )
         return TokenStore(path)
-    documents = iter_documents(cfg)
+    return prepared_store(cfg, settings, iter_documents(cfg), tokenizer, progress, workers, path)
+
+
+def prepared_store(
+    cfg: DataConfig,
+    settings: StoreSettings,
+    documents: Iterable[str],
+    tokenizer: Tokenizer,
+    progress: bool = True,
+    workers: int | None = None,
+    path: Path | None = None,
+) -> TokenStore:
+    """The store of `settings` and `tokenizer` at `path` (default: its place in
+    `data.cache_dir/stores`), tokenised from `documents` when it is missing or unfinished, by
+    `workers` processes (default `data.workers`, else one per core, at most 8)."""
+    path = path or store_path(cfg, settings, tokenizer)
     workers = workers or cfg.workers or min(os.cpu_count() or 1, 8)
     return prepare_store(documents, settings, tokenizer, path, workers, progress)
 
@@ -225,19 +241,20 @@ def corpus_tokenizer(cfg: DataConfig, may_train: bool = True) -> Tokenizer:
 def tokenizer_sample(cfg: DataConfig) -> list[str]:
     """The train split's documents in order until they hold `tokenizer.train_chars` characters
     (all of them when the corpus is smaller: then split exactly as the store splits it)."""
-    read, size = [], 0
+    fractions = (cfg.val_fraction, cfg.test_fraction)
+    read, hashes, size, whole = [], [], 0, True
     for doc in iter_documents(cfg):
         read.append(doc)
-        if _split_of(doc, cfg) == TRAIN:
+        hashes.append(content_hash(doc))
+        if assign_splits(np.array(hashes[-1:], np.uint64), *fractions)[0] == TRAIN:
             size += len(doc)
             if size >= cfg.tokenizer.train_chars:
-                return [d for d in read if _split_of(d, cfg) == TRAIN]
-    return split_documents(read, cfg.val_fraction, cfg.test_fraction)["train"]
-
-
-def _split_of(doc: str, cfg: DataConfig) -> int:
-    hashes = np.array([content_hash(doc)], np.uint64)
-    return int(assign_splits(hashes, cfg.val_fraction, cfg.test_fraction)[0])
+                whole = False
+                break
+    owner = assign_splits(np.array(hashes, np.uint64), *fractions)
+    if whole:
+        owner = fill_empty_splits(owner, np.array(hashes, np.uint64), *fractions)
+    return [doc for doc, split in zip(read, owner, strict=True) if split == TRAIN]
 
 
 # ----------------------------------------------------------------------------- batches

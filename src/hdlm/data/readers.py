@@ -56,8 +56,9 @@ _RST_BLOCK = re.compile(
 _RST_LINE = re.compile(r"\s*(\.\. [\w-]+::|:[\w-]+:(\s.*)?)")
 
 
-def iter_documents(cfg: DataConfig) -> Iterator[str]:
-    """The non-empty documents of `cfg.corpus` in a deterministic order, at most max_documents."""
+def iter_documents(cfg: DataConfig, hub_split: str | None = None) -> Iterator[str]:
+    """The non-empty documents of `cfg.corpus` in a deterministic order, at most max_documents
+    (of a Hub dataset: every split in its order, or only `hub_split`)."""
     if cfg.corpus == "pydocs":
         docs = pydocs_documents()
     elif cfg.corpus == "synthetic":
@@ -66,7 +67,11 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
         docs = hmm_documents(cfg)
     else:
         path = Path(cfg.corpus).expanduser()
-        docs = local_documents(path, cfg.text_field) if path.exists() else hub_documents(cfg)
+        docs = (
+            local_documents(path, cfg.text_field)
+            if path.exists()
+            else hub_documents(cfg, hub_split)
+        )
     return islice((d for d in docs if d), cfg.max_documents)
 
 
@@ -299,11 +304,14 @@ def _parquet_texts(file: Path, text_field: str) -> Iterator[str]:
 # ----------------------------------------------------------------------------- the Hub
 
 
-def hub_documents(cfg: DataConfig) -> Iterator[str]:
+def hub_documents(cfg: DataConfig, split: str | None = None) -> Iterator[str]:
     """The `text_field` of every record of a Hub dataset, split after split in the dataset's
-    order, streamed: records are downloaded as they are read."""
-    for split in hub_dataset(cfg, streaming=True).values():
-        yield from hub_texts(split, cfg)
+    order (or of its split `split`), streamed: records are downloaded as they are read."""
+    if split is not None:
+        yield from hub_texts(hub_dataset(cfg, split, streaming=True), cfg)
+        return
+    for records in hub_dataset(cfg, streaming=True).values():
+        yield from hub_texts(records, cfg)
 
 
 def hub_texts(dataset: Iterable, cfg: DataConfig) -> Iterator[str]:

@@ -25,6 +25,7 @@ ids below the vocabulary size, and `verify` compares each shard's CRC-32 with th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -51,6 +52,11 @@ FORMAT = 1
 DOC_DTYPE = np.dtype([("split", "u1"), ("tokens", "<u4"), ("hash", "<u8")])
 ENCODE_BATCH = 256  # documents per encode_batch call: bounds a worker's Python objects
 OPEN_SHARDS = 64  # memory maps kept open per split (file descriptors stay well below limits)
+
+
+def shard_path(store: Path, chunk: int, split: str) -> Path:
+    """Where chunk `chunk`'s shard of `split` lives in the store directory `store`."""
+    return store / "chunks" / f"{chunk:06d}.{split}.bin"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -100,7 +106,7 @@ class TokenStore:
         return self.index["splits"][split]["tokens"]
 
     def stream(self, split: str) -> TokenStream:
-        shards = [(self.path / "chunks" / f"{c['id']:06d}.{split}.bin", c["tokens"][split])
+        shards = [(shard_path(self.path, c["id"], split), c["tokens"][split])
                   for c in self.index["chunks"] if c["tokens"][split]]  # fmt: skip
         return TokenStream(shards, self.dtype, self.vocab_size)
 
@@ -123,7 +129,7 @@ class TokenStore:
         """Check every shard's size and CRC-32 against the index; the number of shards."""
         shards = [(c, s) for c in self.index["chunks"] for s in SPLITS if c["tokens"][s]]
         for chunk, split in tqdm(shards, desc="verify", unit="shard", disable=not progress):
-            path = self.path / "chunks" / f"{chunk['id']:06d}.{split}.bin"
+            path = shard_path(self.path, chunk["id"], split)
             check_size(path, chunk["tokens"][split] * self.dtype.itemsize)
             if file_crc(path) != chunk["crc32"][split]:
                 raise DataError(
@@ -346,11 +352,8 @@ class StoreWriter:
 
     def _intact(self, meta: dict) -> bool:
         itemsize = np.dtype(self.settings["dtype"]).itemsize
-        files = [(self._shard(meta["id"], s), n * itemsize) for s, n in meta["tokens"].items() if n]
-        return all(p.is_file() and p.stat().st_size == size for p, size in files)
-
-    def _shard(self, chunk: int, split: str) -> Path:
-        return self.chunks_dir / f"{chunk:06d}.{split}.bin"
+        shards = [(shard_path(self.path, meta["id"], s), n) for s, n in meta["tokens"].items() if n]
+        return all(p.is_file() and p.stat().st_size == n * itemsize for p, n in shards)
 
     def write(self, chunk: int, docs: np.ndarray, streams: dict[str, np.ndarray], cut: bool):
         """Write chunk `chunk` (shards, then the document table, then its .json) atomically."""
@@ -358,7 +361,7 @@ class StoreWriter:
         for split, stream in streams.items():
             meta["tokens"][split], meta["crc32"][split] = len(stream), zlib.crc32(stream.data)
             if len(stream):
-                with atomic_path(self._shard(chunk, split)) as tmp:
+                with atomic_path(shard_path(self.path, chunk, split)) as tmp:
                     stream.tofile(tmp)
         with atomic_path(self.chunks_dir / f"{chunk:06d}.docs.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, docs)
@@ -370,7 +373,8 @@ class StoreWriter:
 
     def streams(self, meta: dict) -> dict[str, np.ndarray]:
         dtype = np.dtype(self.settings["dtype"])
-        return {s: np.fromfile(self._shard(meta["id"], s), dtype) if n else np.empty(0, dtype)
+        path = functools.partial(shard_path, self.path, meta["id"])
+        return {s: np.fromfile(path(s), dtype) if n else np.empty(0, dtype)
                 for s, n in meta["tokens"].items()}  # fmt: skip
 
     def finish(self, chunks: list[dict]) -> TokenStore:

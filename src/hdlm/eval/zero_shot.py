@@ -18,24 +18,20 @@ of the noise level per window (default `diffusion.eval_steps`; HDLM's official e
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from hdlm.config import DataConfig
-from hdlm.data.corpora import store_path
+from hdlm.data.corpora import prepared_store
 from hdlm.data.readers import (
     describe_source,
-    hub_dataset,
-    hub_texts,
     iter_documents,
     looks_like_path,
 )
-from hdlm.data.store import StoreSettings, TokenStore, prepare_store
+from hdlm.data.store import StoreSettings, TokenStore
 from hdlm.data.tokenizer import Tokenizer
 from hdlm.errors import DataError, HdlmError
 from hdlm.eval.scoring import conditional_support, is_exact, score_requests
@@ -61,8 +57,7 @@ def zero_shot_documents(cfg: DataConfig, split: str | None = None) -> Iterator[s
                 "datasets); drop --split, or add --hash-split for the hash-assigned splits"
             )
         return iter_documents(cfg)
-    split_data = hub_dataset(cfg, split or "test", streaming=True)
-    return islice((d for d in hub_texts(split_data, cfg) if d), cfg.max_documents)
+    return iter_documents(cfg, hub_split=split or "test")
 
 
 def read_documents(cfg: DataConfig, split: str | None = None) -> list[str]:
@@ -80,10 +75,7 @@ def zero_shot_store(
     `train`, holding all of them in order (cached in `data.cache_dir/stores` like any store)."""
     source = describe_source(cfg) | {"zero_shot_split": split}
     settings = StoreSettings(source, 0.0, 0.0, cfg.shard_chars, cfg.max_tokens)
-    path = store_path(cfg, settings, tokenizer)
-    documents = zero_shot_documents(cfg, split)
-    workers = cfg.workers or min(os.cpu_count() or 1, 8)
-    store = prepare_store(documents, settings, tokenizer, path, workers, progress)
+    store = prepared_store(cfg, settings, zero_shot_documents(cfg, split), tokenizer, progress)
     if store.documents("train") == 0:
         raise DataError(f"'{cfg.corpus}' holds no non-empty document to score")
     return store
